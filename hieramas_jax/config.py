@@ -1,0 +1,127 @@
+"""Shared configuration defaults; the files in configs/ start from ``base_config``.
+
+A config file's ``get_config(arg)`` takes a comma-separated arg string:
+
+  (empty)   the offline default: simulated LLM pool, synthetic problems in the task's format
+  smoke     tiny sizes: a run that finishes in about a minute on 2 CPU cores
+  files     the task's real benchmark files (../shared/data or HIERAMAS_DATA) instead of synthetic ones
+  openai    real OpenAI-compatible endpoints from ``llm.models`` instead of the simulator
+
+e.g. ``--config=configs/math.py:smoke`` or ``--config=configs/math.py:files,openai``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+KNOWN_ARGS = ("smoke", "files", "openai")
+
+
+def parse_arg(arg: str | None) -> set[str]:
+  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
+  unknown = tokens - set(KNOWN_ARGS)
+  if unknown:
+    raise ValueError(f"unknown config arg(s) {sorted(unknown)}; known: {', '.join(KNOWN_ARGS)} "
+                     "(comma-separated, e.g. configs/math.py:smoke,files)")
+  return tokens
+
+
+def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Defaults shared by every task; ``task`` is a name known to hieramas_jax.tasks."""
+  tokens = parse_arg(arg)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = "both"  # 'both', 'stage1' or 'stage2'
+
+  # Data: the synthetic generator (offline default) or the task's own files.
+  c.task = ml_collections.ConfigDict()
+  c.task.name = task
+  c.task.source = "files" if "files" in tokens else "synthetic"
+  c.task.data_path = ""  # empty: ../shared/data or HIERAMAS_DATA
+  c.task.num_train = 256
+  c.task.num_val = 64
+  c.task.num_test = 128
+
+  # LLM pool and backend.
+  c.llm = ml_collections.ConfigDict()
+  c.llm.backend = "openai" if "openai" in tokens else "sim"
+  c.llm.pool = "paper"  # the paper's pool from hieramas_jax.llm.pool; `models` entries override by name
+  c.llm.models = []  # list of dicts: name, base_url, api_key_env, price_in_per_m, price_out_per_m, ...
+  c.llm.exclude_models = []  # names the selector may never choose
+  c.llm.decision_model = "GPT-4o-mini"
+  c.llm.temperature = 0.7
+  c.llm.max_tokens = 1024
+  c.llm.timeout_s = 120.0
+  c.llm.max_retries = 5
+  c.llm.max_concurrency = 64
+  c.llm.cache = True  # SQLite response cache in the workdir
+  c.llm.sim_seed = 0
+  c.llm.sim_latency_s = 0.0
+
+  # Encoder of query, role and profile texts.
+  c.encoder = ml_collections.ConfigDict()
+  c.encoder.kind = "minilm"  # 'minilm', 'sentence_transformer', 'openai', 'hashing' (tests only)
+  c.encoder.path = ""  # model directory for 'sentence_transformer'
+  c.encoder.model = ""  # embedding model for 'openai'
+  c.encoder.cache = True
+
+  # Selector: P proposers + 1 synthesizer per role.
+  c.selector = ml_collections.ConfigDict()
+  c.selector.num_proposers = 2
+  c.selector.hidden_dim = 128
+  c.selector.synthesizer_may_skip = True
+  c.selector.proposer_may_skip = True
+
+  # Graph classifier.
+  c.gcn = ml_collections.ConfigDict()
+  c.gcn.role_dim = 32
+  c.gcn.hidden_dim = 64
+  c.gcn.num_layers = 2
+  c.gcn.mlp_dim = 64
+  c.gcn.impl = "dense"  # same function as the jraph 'segment' form; faster on CPU per bench/graph_scoring.py
+
+  # Candidate DAG pools.
+  c.graphs = ml_collections.ConfigDict()
+  c.graphs.density_range = (0.0, 1.0)
+  c.graphs.train_pool_size = 64
+  c.graphs.num_candidates = 100  # K scored at inference (paper: 100-200)
+
+  # Stage 1: REINFORCE on the selector.
+  c.stage1 = ml_collections.ConfigDict()
+  c.stage1.steps = 200
+  c.stage1.batch_size = 16
+  c.stage1.learning_rate = 3e-3
+  c.stage1.weight_decay = 1e-4
+  c.stage1.grad_clip = 1.0
+  c.stage1.entropy_coef = 0.01
+  c.stage1.temperature_start = 2.0
+  c.stage1.temperature_end = 0.5
+  c.stage1.alpha = 0.5  # multi-level credit: alpha * node reward + (1 - alpha) * system reward
+  c.stage1.baseline = "ema"  # 'none' (as published), 'ema', 'batch_mean'
+  c.stage1.reward_cost_solved = 300.0  # c_s
+  c.stage1.reward_cost_failed = 300.0  # c_f
+  c.stage1.eval_every = 25
+
+  # Stage 2: graph classifier on ranked random DAGs.
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.graphs_per_query = 16  # G
+  c.stage2.top_k = 4
+  c.stage2.epochs = 30
+  c.stage2.batch_size = 32
+  c.stage2.learning_rate = 3e-3
+  c.stage2.weight_decay = 1e-4
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 25
+  c.checkpoint.max_to_keep = 3
+
+  if "smoke" in tokens:
+    c.task.num_train, c.task.num_val, c.task.num_test = 24, 8, 8
+    c.selector.hidden_dim = 32
+    c.gcn.role_dim, c.gcn.hidden_dim, c.gcn.mlp_dim = 8, 16, 16
+    c.graphs.train_pool_size = 8
+    c.graphs.num_candidates = 8
+    c.stage1.steps, c.stage1.batch_size, c.stage1.eval_every = 6, 4, 3
+    c.stage2.graphs_per_query, c.stage2.top_k, c.stage2.epochs = 4, 1, 3
+    c.checkpoint.every_steps = 3
+  return c
