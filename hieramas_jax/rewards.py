@@ -1,0 +1,98 @@
+"""Cost-aware rewards and multi-level credit assignment (pure functions of arrays).
+
+Reward of one graded output with cost c (USD), as published:
+
+    solved: max(exp(-c_s * c), 0.5)        failed: max(-exp(c_f * c), -2.5)
+
+Multi-level credit for role r of query b:
+
+    reward[b, r] = alpha * node_reward[b, r] + (1 - alpha) * system_reward[b]   role gives an answer
+                 = system_reward[b]                                              planner / analyst
+                 = 0                                                             role skipped (or padding)
+
+where a node reward grades the role's own synthesizer output at the cost of the
+role's own calls, and the system reward grades the final answer at the total
+cost of the query (or, optionally, the decision node's cost alone, as the
+reference code did).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+SOLVED_FLOOR = 0.5
+FAILED_FLOOR = -2.5
+
+
+def output_reward(solved: jax.Array, cost: jax.Array, c_s: float = 300.0, c_f: float = 300.0) -> jax.Array:
+  """Reward of graded outputs (any shape) given their cost in USD."""
+  chex.assert_equal_shape([solved, cost])
+  cost = jnp.asarray(cost, jnp.float32)
+  good = jnp.maximum(jnp.exp(-c_s * cost), SOLVED_FLOOR)
+  bad = jnp.maximum(-jnp.exp(c_f * cost), FAILED_FLOOR)
+  return jnp.where(jnp.asarray(solved, bool), good, bad)
+
+
+def multilevel_reward(
+    node_solved: jax.Array,
+    node_cost: jax.Array,
+    system_solved: jax.Array,
+    system_cost: jax.Array,
+    gives_answer: jax.Array,
+    role_ran: jax.Array,
+    alpha: float,
+    c_s: float = 300.0,
+    c_f: float = 300.0,
+) -> jax.Array:
+  """Per-role credit [B, R].
+
+  Args:
+    node_solved: [B, R] whether the role's synthesizer output solves the problem.
+    node_cost: [B, R] cost of the role's own calls.
+    system_solved: [B] whether the final answer solves the problem.
+    system_cost: [B] the query's cost counted by the system reward.
+    gives_answer: [R] or [B, R] whether a role states an answer of its own.
+    role_ran: [B, R] False for skipped and padded roles.
+    alpha: weight of the node reward, in [0, 1].
+  """
+  chex.assert_rank([node_solved, node_cost, system_solved, system_cost, role_ran], [2, 2, 1, 1, 2])
+  chex.assert_equal_shape([node_solved, node_cost, role_ran])
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+  node = output_reward(node_solved, node_cost, c_s, c_f)
+  system = output_reward(system_solved, system_cost, c_s, c_f)[:, None]
+  gives = jnp.broadcast_to(jnp.asarray(gives_answer, bool), node.shape)
+  credit = jnp.where(gives, alpha * node + (1.0 - alpha) * system, system)
+  return jnp.where(jnp.asarray(role_ran, bool), credit, 0.0)
+
+
+def cosine_temperature(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
+  """Sampling temperature annealed from ``start`` to ``end`` on a half cosine."""
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(1, total_steps - 1), 0.0, 1.0)
+  return end + 0.5 * (start - end) * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def advantages(rewards: jax.Array, weights: jax.Array, baseline: jax.Array) -> jax.Array:
+  """Reward minus baseline on the rows that count, zero elsewhere; no gradient flows through."""
+  chex.assert_equal_shape([rewards, weights])
+  return jax.lax.stop_gradient(jnp.where(weights > 0, rewards - baseline, 0.0))
+
+
+def batch_mean_baseline(rewards: jax.Array, weights: jax.Array) -> jax.Array:
+  """Leave-one-out mean of each role's reward over the other valid queries of the batch: [B, R]."""
+  chex.assert_equal_shape([rewards, weights])
+  w = weights.astype(jnp.float32)
+  total = (rewards * w).sum(0, keepdims=True)
+  count = w.sum(0, keepdims=True)
+  others = jnp.maximum(count - w, 1.0)
+  return jnp.where(count - w > 0, (total - rewards * w) / others, 0.0)
+
+
+def ema_update(baseline: jax.Array, rewards: jax.Array, weights: jax.Array, decay: float = 0.9) -> jax.Array:
+  """Per-role exponential moving average of rewards [R], updated on valid entries only."""
+  w = weights.astype(jnp.float32)
+  count = w.sum(0)
+  mean = jnp.where(count > 0, (rewards * w).sum(0) / jnp.maximum(count, 1.0), baseline)
+  return jnp.where(count > 0, decay * baseline + (1.0 - decay) * mean, baseline)

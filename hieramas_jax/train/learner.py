@@ -1,0 +1,99 @@
+"""Jitted parameter updates of both stages (pure functions of arrays).
+
+Stage 1: REINFORCE on the selector with an entropy bonus. Stage 2: class-weighted
+binary cross-entropy on the graph classifier. Both use AdamW behind global-norm
+clipping and raise on a non-finite loss (checked on the host by the caller).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from hieramas_jax.models import selector as sel
+
+
+def make_optimizer(learning_rate: float, weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(learning_rate, weight_decay=weight_decay))
+
+
+class SelectorBatch(NamedTuple):
+  """One stage-1 batch; every array is static-shaped so nothing recompiles."""
+
+  query_role_emb: jax.Array  # [B, R, D]
+  option_emb: jax.Array  # [M + 1, Dp]
+  valid: jax.Array  # [B, R, P + 1, M + 1] bool
+  actions: jax.Array  # [B, R, P + 1] int
+  advantages: jax.Array  # [B, R] (stop-gradient)
+  weights: jax.Array  # [B] 1 for queries that count (no failed call), else 0
+
+
+def reinforce_loss(params, graphdef, batch: SelectorBatch, temperature, entropy_coef) -> tuple[jax.Array, dict]:
+  """Policy-gradient loss: -E[sum_positions log pi(a) * A] - entropy_coef * H."""
+  chex.assert_rank([batch.actions, batch.advantages, batch.weights], [3, 2, 1])
+  logits = nnx.merge(graphdef, params)(batch.query_role_emb, batch.option_emb)
+  lp = sel.log_prob(logits, batch.valid, batch.actions, temperature)  # [B, R, P+1]
+  ent = sel.entropy(logits, batch.valid, temperature)
+  w = batch.weights.astype(jnp.float32)
+  denom = jnp.maximum(w.sum(), 1.0)
+  adv = jax.lax.stop_gradient(batch.advantages)
+  pg = -jnp.sum(lp.sum(-1) * adv * w[:, None]) / denom
+  entropy = jnp.sum(ent.sum((1, 2)) * w) / denom
+  loss = pg - entropy_coef * entropy
+  return loss, {"loss": loss, "pg_loss": pg, "entropy": entropy}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnames=("params", "opt_state"))
+def selector_update(graphdef, tx: optax.GradientTransformation, params, opt_state, batch: SelectorBatch,
+                    temperature, entropy_coef):
+  (_, metrics), grads = jax.value_and_grad(reinforce_loss, has_aux=True)(params, graphdef, batch, temperature,
+                                                                         entropy_coef)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  return params, opt_state, metrics
+
+
+class ClassifierBatch(NamedTuple):
+  query_emb: jax.Array  # [B, D]
+  adjs: jax.Array  # [B, G, N, N]
+  labels: jax.Array  # [B, G] 0/1
+  weights: jax.Array  # [B, G] 1 for graphs that count (ran without failed calls)
+  role_mask: jax.Array  # [N]
+
+
+def weighted_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array, pos_weight) -> jax.Array:
+  """Class-weighted binary cross-entropy; positives weigh ``pos_weight`` (n_neg / n_pos)."""
+  chex.assert_equal_shape([logits, labels, weights])
+  labels = labels.astype(jnp.float32)
+  per = -(pos_weight * labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+  per_w = weights * jnp.where(labels > 0, pos_weight, 1.0)
+  return jnp.sum(per * weights) / jnp.maximum(jnp.sum(per_w), 1e-6)
+
+
+def classifier_loss(params, graphdef, batch: ClassifierBatch, pos_weight, impl: str):
+  logits = nnx.merge(graphdef, params)(batch.query_emb, batch.adjs, batch.role_mask, impl=impl)
+  return weighted_bce(logits, batch.labels, batch.weights, pos_weight)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "impl"), donate_argnames=("params", "opt_state"))
+def classifier_update(graphdef, tx: optax.GradientTransformation, params, opt_state, batch: ClassifierBatch,
+                      pos_weight, impl: str = "dense"):
+  loss, grads = jax.value_and_grad(classifier_loss)(params, graphdef, batch, pos_weight, impl)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def check_finite(metrics: dict[str, Any], step: int, stage: str) -> None:
+  """Raises on a non-finite loss so a broken run stops before it writes a checkpoint."""
+  loss = float(metrics["loss"])
+  if not jnp.isfinite(loss):
+    raise FloatingPointError(f"{stage}: non-finite loss {loss} at step {step}; lower the learning rate or check "
+                             "the rewards for NaN/inf (metrics: " +
+                             ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items()) + ")")

@@ -1,0 +1,58 @@
+"""Cost-aware reward, multi-level credit, baselines, temperature schedule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hieramas_jax import rewards
+
+
+def test_output_reward_matches_published_formula():
+  cost = jnp.array([0.0, 0.001, 0.01, 0.0, 0.001, 0.01])
+  solved = jnp.array([True, True, True, False, False, False])
+  got = rewards.output_reward(solved, cost, 300.0, 300.0)
+  want = [1.0, max(np.exp(-0.3), 0.5), 0.5, -1.0, -np.exp(0.3), -2.5]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_multilevel_credit():
+  node_solved = jnp.array([[True, False, True]])
+  node_cost = jnp.zeros((1, 3))
+  gives = jnp.array([False, True, True])
+  ran = jnp.array([[True, True, False]])
+  r = rewards.multilevel_reward(node_solved, node_cost, jnp.array([True]), jnp.array([0.0]), gives, ran, alpha=0.5)
+  # role 0: no answer -> system (1.0); role 1: 0.5 * (-1) + 0.5 * 1 = 0; role 2 skipped -> 0
+  np.testing.assert_allclose(r, [[1.0, 0.0, 0.0]])
+  r0 = rewards.multilevel_reward(node_solved, node_cost, jnp.array([True]), jnp.array([0.0]), gives, ran, alpha=0.0)
+  np.testing.assert_allclose(r0, [[1.0, 1.0, 0.0]])
+  with pytest.raises(ValueError, match="alpha"):
+    rewards.multilevel_reward(node_solved, node_cost, jnp.array([True]), jnp.array([0.0]), gives, ran, alpha=1.5)
+
+
+def test_cosine_temperature_goes_from_start_to_end_monotonically():
+  t = np.array([rewards.cosine_temperature(s, 11, 2.0, 0.5) for s in range(11)])
+  np.testing.assert_allclose([t[0], t[-1]], [2.0, 0.5], rtol=1e-6)
+  assert np.all(np.diff(t) < 0)
+
+
+def test_baselines_and_advantages():
+  r = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])
+  w = jnp.array([[1, 1], [1, 1], [1, 0]])
+  b = rewards.batch_mean_baseline(r, w)
+  np.testing.assert_allclose(b, [[4.0, 4.0], [3.0, 2.0], [2.0, 3.0]])
+  adv = rewards.advantages(r, w, b)
+  np.testing.assert_allclose(adv, [[-3.0, -2.0], [0.0, 2.0], [3.0, 0.0]])
+  g = jax.grad(lambda x: rewards.advantages(x, w, b).sum())(r)
+  np.testing.assert_array_equal(g, 0.0)  # stop_gradient
+  ema = rewards.ema_update(jnp.zeros(2), r, w, decay=0.5)
+  np.testing.assert_allclose(ema, [1.5, 1.5])
+
+
+def test_roc_auc():
+  from hieramas_jax.train import metrics
+  assert metrics.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+  assert metrics.roc_auc([1, 1, 1], [0, 1, 1]) == 0.5  # ties count half
+  assert np.isnan(metrics.roc_auc([1, 2], [1, 1]))
+  mean, n = metrics.mean_per_query_auc([[0.1, 0.9], [0.5, 0.2], [0.3, 0.3]], [[0, 1], [0, 1], [1, 1]])
+  assert (mean, n) == (0.5, 2)
