@@ -1,0 +1,346 @@
+"""Host-side execution of multi-agent plans over an LLM backend (asyncio; no JAX).
+
+A :class:`Plan` fixes, for one query, which model fills each position of each
+role (``assignment[r][p]``: proposers p < P, the synthesizer at index P; None
+skips the position), the DAG of roles (``adjacency[i][j] = 1``: role i's output
+goes into role j's prompt) and the decision model. ``execute`` runs many plans
+concurrently:
+
+* a role starts as soon as its predecessors are done (one asyncio task per role;
+  no barrier between topological layers);
+* its proposers run in parallel on the role prompt, then its synthesizer reads
+  their proposals; a role whose proposers are all skipped has its synthesizer
+  answer alone; a role whose synthesizer is skipped is dropped (no call at all,
+  its successors do not see it);
+* successors see the synthesizer outputs of their predecessors only;
+* the decision node reads every role output that exists and gives the final text.
+
+Every call goes through the backend (which bounds concurrency). A failed call is
+recorded as an error: a failed proposer is left out, a failed synthesizer leaves
+its role without output (like a dropped role for its successors), a failed
+decision leaves ``final_text`` None. Callers must not grade a None as wrong.
+Prompts come from the task (``proposer_messages`` etc.). Cost travels with each
+response; a query's total is the sum over its own calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+from typing import Any, Coroutine, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from hieramas_jax.llm.base import Backend, Response, check_models
+from hieramas_jax.tasks.base import Problem, RoleSpec, Task
+
+PROPOSER, SYNTHESIZER, DECISION = "proposer", "synthesizer", "decision"
+# Sample indices: proposer p of draw s uses s * _SAMPLE_STRIDE + p; the synthesizer
+# uses P (its position), the decision node _DECISION_POSITION. Distinct positions
+# with the same prompt and model thus get distinct samples and cache entries.
+_SAMPLE_STRIDE = 1000
+_DECISION_POSITION = _SAMPLE_STRIDE - 1
+
+
+class PlanError(ValueError):
+  """A plan that cannot be executed (bad shapes, a cycle, a non-0/1 adjacency)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What to run for one query.
+
+  Attributes:
+    problem: the query.
+    roles: the R roles (order = adjacency order).
+    assignment: [R][P+1] model names or None (skip); index P is the synthesizer.
+      Rows may differ in length (P per role).
+    adjacency: [R, R] 0/1, acyclic; ``adjacency[i][j] = 1``: i feeds j. Any
+      array-like (nested lists, numpy, a device array).
+    decision_model: the model of the decision node.
+    sample: which independent draw of this query; plans that want fresh LLM
+      samples of the same query (training episodes) pass different values, and a
+      re-run with the same value hits the response cache.
+  """
+
+  problem: Problem
+  roles: Sequence[RoleSpec]
+  assignment: Sequence[Sequence[str | None]]
+  adjacency: Any
+  decision_model: str
+  sample: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRecord:
+  """One LLM call of a query (also one line of the JSONL trace)."""
+
+  query_uid: str
+  query_index: int  # position of the plan in the batch
+  role: str | None  # None for the decision node
+  role_index: int  # -1 for the decision node
+  kind: str  # "proposer" | "synthesizer" | "decision"
+  position: int  # proposer index, P for the synthesizer, -1 for the decision node
+  model: str
+  prompt_tokens: int
+  completion_tokens: int
+  cost: float
+  start: float  # seconds since the batch started (queueing in the backend included)
+  end: float
+  latency: float  # the backend's latency of the answering request
+  error: str | None
+  cached: bool
+  attempts: int
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class QueryResult:
+  """Outcome of one plan.
+
+  Attributes:
+    uid: the problem's uid.
+    final_text: the decision node's answer, None if that call failed.
+    role_outputs: per role, the synthesizer's text; None when the role was
+      dropped or its synthesizer failed.
+    calls: every call made for this query.
+    total_cost: USD summed over ``calls``.
+    errors: one line per failed call.
+  """
+
+  uid: str
+  final_text: str | None
+  role_outputs: list[str | None]
+  calls: list[CallRecord]
+  total_cost: float
+  errors: list[str]
+
+  @property
+  def failed(self) -> bool:
+    """No final answer (the decision call failed): not gradable."""
+    return self.final_text is None
+
+  @property
+  def decision_cost(self) -> float:
+    return math.fsum(c.cost for c in self.calls if c.kind == DECISION)
+
+  def role_costs(self) -> list[float]:
+    """USD spent per role (proposers and synthesizer; 0.0 for dropped roles)."""
+    costs = [[] for _ in self.role_outputs]
+    for c in self.calls:
+      if c.role_index >= 0:
+        costs[c.role_index].append(c.cost)
+    return [math.fsum(c) for c in costs]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+  roles: tuple[RoleSpec, ...]
+  assignment: tuple[tuple[str | None, ...], ...]
+  predecessors: tuple[tuple[int, ...], ...]  # live predecessors of each live role
+  order: tuple[int, ...]  # live roles, topological
+
+
+def check_adjacency(adjacency: Any, n: int) -> np.ndarray:
+  """The adjacency as an int array after checking it is [n, n], 0/1 and acyclic."""
+  try:
+    adj = np.asarray(adjacency)
+  except Exception as e:  # pylint: disable=broad-except
+    raise PlanError(f"adjacency cannot be read as an array: {e}") from e
+  if adj.shape != (n, n):
+    raise PlanError(f"adjacency has shape {adj.shape}; expected ({n}, {n}) for {n} roles")
+  if adj.size and not np.isin(adj, (0, 1)).all():
+    raise PlanError(f"adjacency must hold only 0 and 1; got values {sorted(set(np.unique(adj).tolist()))}")
+  adj = adj.astype(np.int64)
+  if n and np.trace(adj):
+    raise PlanError(f"adjacency has self-loops at roles {np.flatnonzero(np.diag(adj)).tolist()}")
+  # Kahn's algorithm: anything left with in-edges sits on a cycle.
+  indeg = adj.sum(axis=0)
+  ready = [j for j in range(n) if indeg[j] == 0]
+  seen = 0
+  while ready:
+    i = ready.pop()
+    seen += 1
+    for j in np.flatnonzero(adj[i]):
+      indeg[j] -= 1
+      if indeg[j] == 0:
+        ready.append(int(j))
+  if seen != n:
+    raise PlanError(f"adjacency has a cycle through roles {np.flatnonzero(indeg > 0).tolist()}; it must be a DAG")
+  return adj
+
+
+def check_plan(plan: Plan) -> _Checked:
+  """Validates a plan and derives its live roles, their predecessors and order."""
+  n = len(plan.roles)
+  if len(plan.assignment) != n:
+    raise PlanError(f"query {plan.problem.uid!r}: assignment has {len(plan.assignment)} rows for {n} roles; "
+                    "give one row [proposers..., synthesizer] per role")
+  rows = []
+  for r, row in enumerate(plan.assignment):
+    row = tuple(None if m is None else str(m) for m in row)
+    if not row:
+      raise PlanError(f"query {plan.problem.uid!r}: role {r} has an empty assignment row; it needs at least "
+                      "the synthesizer position")
+    rows.append(row)
+  try:
+    adj = check_adjacency(plan.adjacency, n)
+  except PlanError as e:
+    raise PlanError(f"query {plan.problem.uid!r}: {e}") from None
+  live = [row[-1] is not None for row in rows]
+  preds = []
+  for j in range(n):
+    preds.append(tuple(int(i) for i in np.flatnonzero(adj[:, j]) if live[i]) if live[j] else ())
+  order = []
+  indeg = {j: len(preds[j]) for j in range(n) if live[j]}
+  ready = sorted(j for j, d in indeg.items() if d == 0)
+  while ready:
+    i = ready.pop(0)
+    order.append(i)
+    for j in indeg:
+      if i in preds[j]:
+        indeg[j] -= 1
+        if indeg[j] == 0:
+          ready.append(j)
+  return _Checked(tuple(plan.roles), tuple(rows), tuple(preds), tuple(order))
+
+
+class _Trace:
+  """Appends call records to a JSONL file as they complete."""
+
+  def __init__(self, path: str | os.PathLike[str] | None):
+    self._file = None
+    if path is not None:
+      parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+      os.makedirs(parent, exist_ok=True)
+      self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+
+  def write(self, record: CallRecord) -> None:
+    if self._file is not None:
+      self._file.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+
+async def _run_query(index: int, plan: Plan, checked: _Checked, backend: Backend, task: Task,
+                     params: Mapping[str, Any], t0: float, trace: _Trace) -> QueryResult:
+  problem = plan.problem
+  calls: list[CallRecord] = []
+  errors: list[str] = []
+  base = plan.sample * _SAMPLE_STRIDE
+
+  async def call(role_index: int, kind: str, position: int, model: str, messages) -> Response:
+    start = time.perf_counter() - t0
+    sample_index = base + (_DECISION_POSITION if kind == DECISION else position)
+    response = await backend.complete(model, messages, sample_index=sample_index, **params)
+    end = time.perf_counter() - t0
+    role = checked.roles[role_index].name if role_index >= 0 else None
+    record = CallRecord(
+        query_uid=problem.uid, query_index=index, role=role, role_index=role_index, kind=kind,
+        position=position, model=model, prompt_tokens=response.usage.prompt_tokens,
+        completion_tokens=response.usage.completion_tokens, cost=response.cost, start=start, end=end,
+        latency=response.latency, error=response.error, cached=response.cached, attempts=response.attempts)
+    calls.append(record)
+    trace.write(record)
+    if not response.ok:
+      where = "decision" if role is None else f"{role} {kind} {position}"
+      errors.append(f"{where} ({model}): {response.error or 'no text'}")
+    return response
+
+  tasks: dict[int, asyncio.Task[str | None]] = {}
+
+  async def run_role(r: int) -> str | None:
+    role, row = checked.roles[r], checked.assignment[r]
+    outputs = [await tasks[i] for i in checked.predecessors[r]]
+    seen = [(checked.roles[i].name, text) for i, text in zip(checked.predecessors[r], outputs)
+            if text is not None]
+    proposer_slots = [(p, m) for p, m in enumerate(row[:-1]) if m is not None]
+    proposals: list[str] = []
+    if proposer_slots:
+      messages = task.proposer_messages(problem, role, seen)
+      answers = await asyncio.gather(*(call(r, PROPOSER, p, m, messages) for p, m in proposer_slots))
+      proposals = [a.text for a in answers if a.ok]
+    synth_position = len(row) - 1
+    messages = task.synthesizer_messages(problem, role, proposals, seen)
+    answer = await call(r, SYNTHESIZER, synth_position, row[-1], messages)
+    return answer.text if answer.ok else None
+
+  for r in checked.order:
+    tasks[r] = asyncio.ensure_future(run_role(r))
+  role_outputs: list[str | None] = [None] * len(checked.roles)
+  for r in checked.order:
+    role_outputs[r] = await tasks[r]
+  seen = [(checked.roles[r].name, role_outputs[r]) for r in checked.order if role_outputs[r] is not None]
+  decision = await call(-1, DECISION, -1, plan.decision_model, task.decision_messages(problem, seen))
+  calls.sort(key=lambda c: (c.start, c.end))
+  return QueryResult(uid=problem.uid, final_text=decision.text if decision.ok else None,
+                     role_outputs=role_outputs, calls=calls,
+                     total_cost=math.fsum(c.cost for c in calls),  # exact: independent of call order
+                     errors=errors)
+
+
+async def execute_async(plans: Sequence[Plan], backend: Backend, task: Task, *,
+                        params: Mapping[str, Any] | None = None,
+                        trace_path: str | os.PathLike[str] | None = None) -> list[QueryResult]:
+  """Runs all plans concurrently; results in the order of ``plans``.
+
+  Every plan is validated and every model checked against the backend before
+  the first call (PlanError / UnknownModelError name the problem).
+  """
+  checked = [check_plan(p) for p in plans]
+  check_models(backend, {m for c in checked for row in c.assignment for m in row} |
+               {p.decision_model for p in plans})
+  params = dict(params or {})
+  trace = _Trace(trace_path)
+  t0 = time.perf_counter()
+  try:
+    return list(await asyncio.gather(*(
+        _run_query(i, plan, c, backend, task, params, t0, trace) for i, (plan, c) in enumerate(zip(plans, checked)))))
+  finally:
+    trace.close()
+
+
+_RUNNERS = threading.local()
+T = TypeVar("T")
+
+
+def execute(plans: Sequence[Plan], backend: Backend, task: Task, *, params: Mapping[str, Any] | None = None,
+            trace_path: str | os.PathLike[str] | None = None) -> list[QueryResult]:
+  """Synchronous ``execute_async``.
+
+  Runs on one event loop kept per thread, so HTTP connections of the backend are
+  reused across batches. Call ``execute_async`` instead from inside a running loop.
+  """
+  try:
+    asyncio.get_running_loop()
+  except RuntimeError:
+    pass
+  else:
+    raise RuntimeError("execute() was called from a running event loop; await execute_async(...) instead")
+  return run_sync(execute_async(plans, backend, task, params=params, trace_path=trace_path))
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+  """Runs a coroutine on this thread's persistent event loop (the one ``execute`` uses).
+
+  Use it for anything that must share that loop with the backend, e.g.
+  ``run_sync(backend.aclose())``.
+  """
+  runner = getattr(_RUNNERS, "runner", None)
+  if runner is None:
+    runner = _RUNNERS.runner = asyncio.Runner()
+  return runner.run(coroutine)
+
+
+def total_cost(results: Iterable[QueryResult]) -> float:
+  """USD over many query results."""
+  return math.fsum(r.total_cost for r in results)

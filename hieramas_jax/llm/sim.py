@@ -1,0 +1,669 @@
+"""The simulated LLM pool: the offline default backend, and its oracle.
+
+A :class:`SimWorld` is the hidden truth of a pool: per model a price, a latency,
+a completion length range, a skill table (logit of solving a problem alone, per
+subject and difficulty level) and a ``pick`` strength (how much the candidate
+answers it reads move it: the synthesizer's skill). ``SimWorld.p_correct`` is the
+one probability model; the text simulator and the oracle both use it:
+
+    p = sigmoid(skill[model, subject, level]
+                + pick[model] * (gain * log(1 + n_correct) - mislead * log(1 + n_wrong)))
+
+where n_correct / n_wrong count the right / wrong answers the prompt already
+holds (proposals, predecessors' outputs). So seeing good proposals raises the
+chance of a right answer (the collaboration effect) and a good synthesizer
+(large pick) exploits it more.
+
+:class:`SimulatedBackend` answers chat requests: it finds the problem by its
+question text inside the messages, reads the candidate answers in the prompt
+with the task's own ``extract``/``grade``, draws correctness from ``p_correct``
+with an RNG derived from (seed, model, messages, sample index) (so results do not
+depend on concurrency order), and writes a full answer in the task's format
+(some reasoning, then ``task.render_answer``). Token counts: prompt tokens by the
+fast 4-characters-per-token estimate, completion tokens drawn in the model's
+range (the text has that length).
+
+:class:`Oracle` computes from the same model, without text, the exact solve
+rate, expected cost and expected reward of an assignment and DAG for a query
+type (subject, level), and searches the best assignment and DAG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import itertools
+import math
+import random
+import re
+from typing import Any, Collection, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from hieramas_jax.llm.base import Message, Response, UnknownModelError, Usage, error_response
+from hieramas_jax.llm.pool import PAPER_POOL, ModelSpec
+from hieramas_jax.llm.tokens import CHARS_PER_TOKEN, count_message_tokens
+from hieramas_jax.tasks.base import Problem, RoleSpec, Task
+
+# ---------------------------------------------------------------------------
+# The world: models, skills, collaboration.
+# ---------------------------------------------------------------------------
+
+LEVELS = (1, 2, 3, 4, 5)
+_UNKNOWN_LEVEL = 3  # problems with level 0 (unknown) count as medium
+
+
+@dataclasses.dataclass(frozen=True)
+class SimModel:
+  """A simulated model: price, speed, verbosity and synthesizer strength."""
+
+  name: str
+  price_in_per_m: float
+  price_out_per_m: float
+  latency_s: float = 0.5  # mean seconds per call
+  pick: float = 1.0  # weight of the candidate answers it reads (0: ignores them)
+  completion_tokens: tuple[int, int] = (150, 400)  # uniform range, inclusive
+
+  @property
+  def expected_completion_tokens(self) -> float:
+    return (self.completion_tokens[0] + self.completion_tokens[1]) / 2.0
+
+  def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+    return (prompt_tokens * self.price_in_per_m + completion_tokens * self.price_out_per_m) / 1e6
+
+
+@dataclasses.dataclass(frozen=True)
+class SkillTable:
+  """Logit of a model solving a problem alone, per (model, subject, level).
+
+  The logit is ``ability[model] + offset(model, subject) - level_slope * (level - 3)``
+  unless ``table`` gives it outright. Offsets are ``offsets[(model, subject)]`` when
+  given, else a seeded draw with std ``subject_spread`` (so unseen subjects work
+  and every model has strong and weak subjects). ``table[(model, subject)]`` holds
+  five logits (levels 1..5) and overrides everything; the subject ``"*"`` there
+  matches any subject of that model that has no entry of its own.
+  """
+
+  ability: Mapping[str, float]
+  level_slope: float = 0.5
+  subject_spread: float = 0.0
+  offsets: Mapping[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+  table: Mapping[tuple[str, str], Sequence[float]] = dataclasses.field(default_factory=dict)
+  seed: int = 0
+
+  def __post_init__(self):
+    for key, row in self.table.items():
+      if len(row) != len(LEVELS):
+        raise ValueError(f"skill table row {key} has {len(row)} logits; give one per level {LEVELS}")
+    object.__setattr__(self, "_memo", {})
+
+  @classmethod
+  def from_array(cls, models: Sequence[str], subjects: Sequence[str], logits: Any,
+                 **kwargs: Any) -> "SkillTable":
+    """A table from an array [M, S, 5] of logits (levels 1..5)."""
+    arr = np.asarray(logits, dtype=float)
+    if arr.shape != (len(models), len(subjects), len(LEVELS)):
+      raise ValueError(f"logits have shape {arr.shape}; expected {(len(models), len(subjects), len(LEVELS))}")
+    table = {(m, s): tuple(arr[i, j]) for i, m in enumerate(models) for j, s in enumerate(subjects)}
+    return cls(ability=dict(kwargs.pop("ability", {})), table=table, **kwargs)
+
+  def _seeded_offset(self, model: str, subject: str) -> float:
+    if self.subject_spread == 0.0:
+      return 0.0
+    digest = hashlib.blake2b(f"{self.seed}|{model}|{subject}".encode(), digest_size=8).digest()
+    u1, u2 = (int.from_bytes(digest[:4], "little") + 0.5) / 2**32, (int.from_bytes(digest[4:], "little") + 0.5) / 2**32
+    return self.subject_spread * math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+  def logit(self, model: str, subject: str, level: int) -> float:
+    key = (model, subject, level)
+    memo = self._memo  # type: ignore[attr-defined]
+    value = memo.get(key)
+    if value is not None:
+      return value
+    lv = level if level in LEVELS else _UNKNOWN_LEVEL
+    row = self.table.get((model, subject)) or self.table.get((model, "*"))
+    if row is not None:
+      value = float(row[lv - 1])
+    else:
+      if model not in self.ability:
+        if any(k[0] == model for k in self.table):
+          raise ValueError(f"no skill for model {model!r} on subject {subject!r}: add a table row for it, a "
+                           f"({model!r}, '*') row, or an ability for the model")
+        known = sorted(set(self.ability) | {k[0] for k in self.table})
+        raise UnknownModelError(f"the skill table has no model {model!r}; it knows {known}")
+      offset = self.offsets.get((model, subject))
+      if offset is None:
+        offset = self._seeded_offset(model, subject)
+      value = float(self.ability[model]) + offset - self.level_slope * (lv - _UNKNOWN_LEVEL)
+    memo[key] = value
+    return value
+
+
+def _sigmoid(z: float) -> float:
+  if z >= 0:
+    return 1.0 / (1.0 + math.exp(-z))
+  e = math.exp(z)
+  return e / (1.0 + e)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimWorld:
+  """The hidden truth of a simulated pool (see the module docstring for the model).
+
+  Attributes:
+    models: the simulated models by name.
+    skill: solo-solve logits per (model, subject, level).
+    gain: logit gained per log(1 + correct candidates seen), times the reader's pick.
+    mislead: logit lost per log(1 + wrong candidates seen), times the reader's pick.
+    seed: seed of every call's RNG.
+    error_rate: chance that a call fails (an error response; the oracle ignores it).
+  """
+
+  models: Mapping[str, SimModel]
+  skill: SkillTable
+  gain: float = 1.5
+  mislead: float = 0.75
+  seed: int = 0
+  error_rate: float = 0.0
+
+  def __post_init__(self):
+    missing = [m for m in self.models if m not in self.skill.ability and
+               not any(k[0] == m for k in self.skill.table)]
+    if missing:
+      raise ValueError(f"the skill table has no entry for model(s) {missing}; give each model an ability "
+                       "or table rows")
+
+  def p_correct(self, model: str, subject: str, level: int, n_correct: int, n_wrong: int) -> float:
+    """Chance that ``model`` answers right having read these candidate answers."""
+    m = self.models[model]
+    z = self.skill.logit(model, subject, level)
+    if n_correct or n_wrong:
+      z += m.pick * (self.gain * math.log1p(n_correct) - self.mislead * math.log1p(n_wrong))
+    return _sigmoid(z)
+
+  def with_models(self, names: Sequence[str]) -> "SimWorld":
+    """The same world restricted to some models."""
+    unknown = [n for n in names if n not in self.models]
+    if unknown:
+      raise UnknownModelError(f"unknown model(s) {unknown}; the world has {sorted(self.models)}")
+    return dataclasses.replace(self, models={n: self.models[n] for n in names})
+
+
+# Hidden traits of the paper's pool in the default world: (ability at level 3,
+# pick, latency seconds, completion token range). Invented but ordered like
+# public benchmark results: reasoning models are stronger, slower and wordier.
+_DEFAULT_TRAITS: dict[str, tuple[float, float, float, tuple[int, int]]] = {
+    "Qwen3-8B": (0.3, 0.8, 0.6, (200, 500)),
+    "Qwen3-Next-80B-A3B": (1.4, 1.1, 0.8, (250, 550)),
+    "Llama-3.1-8B": (-0.8, 0.5, 0.3, (100, 250)),
+    "DeepSeek-V3.2": (1.8, 1.3, 1.5, (200, 500)),
+    "Gemma-3-27B": (0.4, 0.9, 0.6, (150, 350)),
+    "GPT-5-nano": (0.9, 0.9, 1.0, (300, 600)),
+    "GPT-5-mini": (2.0, 1.4, 1.2, (300, 600)),
+    "GPT-4o-mini": (0.2, 1.0, 0.5, (120, 300)),
+}
+
+
+def default_world(*, seed: int = 0, pool: Sequence[ModelSpec] = PAPER_POOL, subject_spread: float = 0.6,
+                  level_slope: float = 0.5, **kwargs: Any) -> SimWorld:
+  """The paper's pool with its prices and invented but plausible skills.
+
+  Models of ``pool`` not in the paper's pool get average traits.
+  """
+  models, ability = {}, {}
+  for spec in pool:
+    a, pick, latency, tokens = _DEFAULT_TRAITS.get(spec.name, (0.5, 1.0, 0.6, (150, 400)))
+    models[spec.name] = SimModel(spec.name, spec.price_in_per_m, spec.price_out_per_m, latency, pick, tokens)
+    ability[spec.name] = a
+  skill = SkillTable(ability=ability, level_slope=level_slope, subject_spread=subject_spread, seed=seed)
+  return SimWorld(models=models, skill=skill, seed=seed, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Reading prompts.
+# ---------------------------------------------------------------------------
+
+# Chunk headers of the default prompts: "[Math Solver]", "[Candidate 2]".
+_CHUNK_MARKER = re.compile(r"(?m)^\[[A-Za-z][^\]\n]{0,80}\]\n")
+_PREFIX_CHARS = 40
+
+
+class ProblemRegistry:
+  """Finds which registered problem a prompt is about, by its question text.
+
+  Questions are indexed by their first 40 characters; a prompt is probed at the
+  start of its lines (questions start a line in any sane prompt), the match is
+  verified in full, and the longest matching question wins.
+  """
+
+  def __init__(self, problems: Iterable[Problem] = ()):
+    self._by_prefix: dict[int, dict[str, list[Problem]]] = {}
+    self.size = 0
+    self.add(problems)
+
+  def add(self, problems: Iterable[Problem]) -> None:
+    for p in problems:
+      if not p.question:
+        raise ValueError(f"problem {p.uid!r} has an empty question; the simulator cannot find it in prompts")
+      k = min(_PREFIX_CHARS, len(p.question))
+      bucket = self._by_prefix.setdefault(k, {}).setdefault(p.question[:k], [])
+      if all(q.question != p.question for q in bucket):
+        bucket.append(p)
+        self.size += 1
+
+  def find(self, text: str) -> tuple[Problem, int] | None:
+    """The problem whose question occurs in ``text`` and where, or None."""
+    hint = text.find("Problem:\n")  # the default prompts' layout: a fast first probe
+    first = [hint + len("Problem:\n")] if hint >= 0 else []
+    for pos in itertools.chain(first, _line_starts(text)):
+      best = None
+      for k, index in self._by_prefix.items():
+        for p in index.get(text[pos:pos + k], ()):
+          if text.startswith(p.question, pos) and (best is None or len(p.question) > len(best.question)):
+            best = p
+      if best is not None:
+        return best, pos
+    return None
+
+
+def _line_starts(text: str) -> Iterable[int]:
+  yield 0
+  pos = text.find("\n")
+  while pos >= 0:
+    yield pos + 1
+    pos = text.find("\n", pos + 1)
+
+
+# Filler for the reasoning part of simulated answers: lowercase words only (no
+# digits, braces, single letters or "answer"), so no task's extractor finds an
+# answer in it.
+_WORDS = ("first", "we", "note", "that", "the", "given", "terms", "combine", "so", "next", "check", "each",
+          "step", "carefully", "using", "known", "rules", "then", "simplify", "result", "value", "follows",
+          "from", "this", "consider", "case", "which", "gives", "same", "quantity", "again", "verify",
+          "compare", "with", "other", "approach", "both", "agree", "hence", "conclude", "claim", "holds")
+_FILLER_RNG = random.Random(1234)
+_FILLER = " ".join(_FILLER_RNG.choice(_WORDS) for _ in range(20000))
+del _FILLER_RNG
+
+
+def _filler(rng: random.Random, n_chars: int) -> str:
+  if n_chars <= 0:
+    return ""
+  n_chars = min(n_chars, len(_FILLER) // 2)
+  start = rng.randrange(0, len(_FILLER) - n_chars)
+  return _FILLER[start:start + n_chars].strip().capitalize()
+
+
+def _messages_digest(messages: Sequence[Message]) -> bytes:
+  h = hashlib.blake2b(digest_size=16)
+  for m in messages:
+    h.update((m.get("role") or "").encode())
+    h.update(b"\x00")
+    h.update((m.get("content") or "").encode())
+    h.update(b"\x01")
+  return h.digest()
+
+
+# ---------------------------------------------------------------------------
+# The backend.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SimReading:
+  """What the simulator read in a prompt (exposed for tests and debugging)."""
+
+  problem: Problem
+  n_correct: int
+  n_wrong: int
+
+
+class SimulatedBackend:
+  """The simulated pool behind the Backend interface.
+
+  Args:
+    world: the hidden truth (models, skills, collaboration).
+    task: gives ``extract``/``grade`` to read candidates and ``render_answer`` to write.
+    problems: the problems it may be asked about (more can be added with ``register``).
+    realtime: sleep each call's simulated latency times ``latency_scale`` (False:
+      answer at once; ``Response.latency`` reports the simulated latency either way).
+    latency_scale: factor on the simulated latencies when sleeping.
+  """
+
+  def __init__(self, world: SimWorld, task: Task, problems: Iterable[Problem] = (), *,
+               realtime: bool = False, latency_scale: float = 1.0):
+    self.world = world
+    self.task = task
+    self.registry = ProblemRegistry(problems)
+    self.realtime = realtime
+    self.latency_scale = latency_scale
+    self.calls = 0
+    # Strings of the task's prompts that may look like answers to its extractor
+    # (e.g. "Put the final answer in \boxed{}"); removed before reading candidates.
+    self._strip = tuple(s for s in {task.answer_instruction} if s)
+    self._verdicts: dict[tuple[str, str], bool] = {}  # (uid, extracted answer) -> right?
+    self._right_answer: dict[str, str | None] = {}
+
+  def register(self, problems: Iterable[Problem]) -> None:
+    self.registry.add(problems)
+
+  def known_models(self) -> Collection[str]:
+    return self.world.models.keys()
+
+  # -- reading ------------------------------------------------------------
+  def _is_right(self, problem: Problem, answer: str, chunk: str) -> bool:
+    right = self._right_answer.get(problem.uid, "")
+    if right == "":
+      right = self.task.extract(self.task.render_answer(problem, True, random.Random(0)))
+      self._right_answer[problem.uid] = right
+    if answer == right:
+      return True
+    key = (problem.uid, answer)
+    verdict = self._verdicts.get(key)
+    if verdict is None:
+      if len(self._verdicts) > 1_000_000:
+        self._verdicts.clear()
+      verdict = self._verdicts[key] = bool(self.task.grade(problem, chunk))
+    return verdict
+
+  def read(self, messages: Sequence[Message]) -> SimReading | None:
+    """The problem a prompt is about and the right/wrong answers it already holds."""
+    found = None
+    for m in reversed(messages):  # the user message comes last in the default prompts
+      content = m.get("content") or ""
+      hit = self.registry.find(content)
+      if hit is not None:
+        found = (hit, content)
+        break
+    if found is None:
+      return None
+    (problem, pos), content = found
+    body = content[:pos] + content[pos + len(problem.question):]
+    for s in self._strip:
+      body = body.replace(s, "")
+    n_correct = n_wrong = 0
+    chunks = _CHUNK_MARKER.split(body)
+    for chunk in chunks[1:]:  # chunks[0] is the preamble before the first candidate
+      answer = self.task.extract(chunk)
+      if answer is None:
+        continue
+      if self._is_right(problem, answer, chunk):
+        n_correct += 1
+      else:
+        n_wrong += 1
+    return SimReading(problem, n_correct, n_wrong)
+
+  # -- answering ----------------------------------------------------------
+  def call_rng(self, model: str, messages: Sequence[Message], sample_index: int) -> random.Random:
+    digest = hashlib.blake2b(
+        f"{self.world.seed}|{model}|{sample_index}|".encode() + _messages_digest(messages), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+  def answer(self, model: str, messages: Sequence[Message], sample_index: int = 0) -> Response:
+    """The simulated completion, computed synchronously (no sleeping)."""
+    spec = self.world.models.get(model)
+    if spec is None:
+      raise UnknownModelError(f"unknown model {model!r}; the simulated pool has {sorted(self.world.models)}")
+    self.calls += 1
+    reading = self.read(messages)
+    if reading is None:
+      return error_response(model, "simulator: no registered problem's question occurs in the messages; "
+                            "register the problems with the simulator (SimulatedBackend.register)", attempts=1)
+    rng = self.call_rng(model, messages, sample_index)
+    latency = spec.latency_s * rng.uniform(0.8, 1.2)
+    if self.world.error_rate and rng.random() < self.world.error_rate:
+      return error_response(model, "simulator: injected failure", latency=latency)
+    p = self.world.p_correct(model, reading.problem.subject, reading.problem.level, reading.n_correct,
+                             reading.n_wrong)
+    correct = rng.random() < p
+    n_out = rng.randint(*spec.completion_tokens)
+    final = self.task.render_answer(reading.problem, correct, rng)
+    # The text is n_out tokens long by the 4-characters estimate, so that the
+    # prompts that quote it grow by about n_out tokens (what the oracle expects).
+    reasoning = _filler(rng, int(n_out * CHARS_PER_TOKEN) - len(final) - 2)
+    text = f"{reasoning}.\n{final}" if reasoning else final
+    usage = Usage(count_message_tokens(messages, exact=False), n_out)
+    return Response(model=model, text=text, usage=usage, cost=spec.cost(usage.prompt_tokens, n_out),
+                    latency=latency)
+
+  async def complete(self, model: str, messages: Sequence[Message], *, sample_index: int = 0,
+                     **params: Any) -> Response:
+    del params  # the simulator's answers do not depend on generation parameters
+    response = self.answer(model, messages, sample_index)
+    if self.realtime and self.latency_scale > 0 and response.latency > 0:
+      await asyncio.sleep(response.latency * self.latency_scale)
+    return response
+
+
+# ---------------------------------------------------------------------------
+# The oracle.
+# ---------------------------------------------------------------------------
+
+DEFAULT_C = 300.0  # c_s and c_f of the paper
+
+
+def reward_of(solved: bool | float, cost: float, c_s: float = DEFAULT_C, c_f: float = DEFAULT_C) -> float:
+  """The paper's cost-aware reward; ``solved`` may be a probability (expected reward)."""
+  good = max(math.exp(-c_s * cost), 0.5)
+  bad = max(-math.exp(min(c_f * cost, 700.0)), -2.5)
+  return float(solved) * good + (1.0 - float(solved)) * bad
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleResult:
+  """Expected outcome of one plan for one query type.
+
+  Attributes:
+    solve_rate: chance that the decision node answers right (exact under the model).
+    expected_cost: expected USD of all calls (expected token counts).
+    expected_reward: ``reward_of(solve_rate, expected_cost)``, i.e. the reward's
+      expectation over correctness with the cost at its expectation (the cost's
+      own spread, a few percent, is ignored).
+    role_solve_rates: per role, the chance its output is right; None if dropped.
+  """
+
+  solve_rate: float
+  expected_cost: float
+  expected_reward: float
+  role_solve_rates: tuple[float | None, ...]
+
+
+Assignment = Sequence[Sequence[str | None]]
+
+
+def _poisson_binomial(ps: Sequence[float]) -> list[float]:
+  dist = [1.0]
+  for p in ps:
+    nxt = [0.0] * (len(dist) + 1)
+    for k, q in enumerate(dist):
+      nxt[k] += q * (1.0 - p)
+      nxt[k + 1] += q * p
+    dist = nxt
+  return dist
+
+
+def _as_adjacency(adjacency: Any, n: int) -> list[list[int]]:
+  adj = np.asarray(adjacency)
+  if adj.shape != (n, n):
+    raise ValueError(f"adjacency has shape {adj.shape}; expected ({n}, {n}) for {n} roles")
+  return [[int(v != 0) for v in row] for row in adj.tolist()]
+
+
+def _topological_order(adj: Sequence[Sequence[int]], nodes: Sequence[int]) -> list[int]:
+  remaining = set(nodes)
+  order: list[int] = []
+  while remaining:
+    ready = sorted(j for j in remaining if not any(adj[i][j] for i in remaining if i != j))
+    if not ready:
+      raise ValueError("the adjacency has a cycle; role graphs must be DAGs")
+    order.extend(ready)
+    remaining.difference_update(ready)
+  return order
+
+
+class Oracle:
+  """Exact expected solve rate, cost and reward of plans under a SimWorld.
+
+  It enumerates the joint right/wrong outcomes of the roles (2^R states, R <= 16)
+  and, per role, the outcomes of its proposers, with the probabilities of
+  ``SimWorld.p_correct``. Expected prompt tokens come from the task's own prompt
+  builders with placeholder texts of each model's expected length, counted like
+  the simulator counts them.
+
+  Args:
+    world: the simulated pool.
+    task: the task whose prompts the executor uses.
+    roles: the roles of the plans (their order is the adjacency's order).
+    c_s, c_f: reward constants.
+  """
+
+  def __init__(self, world: SimWorld, task: Task, roles: Sequence[RoleSpec], *,
+               c_s: float = DEFAULT_C, c_f: float = DEFAULT_C):
+    if len(roles) > 16:
+      raise ValueError(f"the exact oracle enumerates 2^R outcomes; R={len(roles)} > 16 is too many")
+    self.world = world
+    self.task = task
+    self.roles = tuple(roles)
+    self.c_s, self.c_f = c_s, c_f
+    self._placeholders: dict[str, str] = {}
+
+  def _placeholder(self, model: str) -> str:
+    text = self._placeholders.get(model)
+    if text is None:
+      n = self.world.models[model].expected_completion_tokens
+      text = self._placeholders[model] = "x" * int(round(n * CHARS_PER_TOKEN))
+    return text
+
+  def _prompt_tokens(self, messages: Sequence[Message]) -> int:
+    return count_message_tokens(messages, exact=False)
+
+  def evaluate(self, subject: str, level: int, assignment: Assignment, adjacency: Any, decision_model: str, *,
+               question: str | None = None, question_tokens: int = 40) -> OracleResult:
+    """Expected outcome of (assignment [R][P+1], adjacency [R,R], decision model) on one query type.
+
+    ``question`` (or a stand-in of ``question_tokens`` tokens) sizes the prompts for costs.
+    """
+    world = self.world
+    n = len(self.roles)
+    if len(assignment) != n:
+      raise ValueError(f"assignment has {len(assignment)} rows; expected one per role ({n})")
+    for name in {m for row in assignment for m in row if m is not None} | {decision_model}:
+      if name not in world.models:
+        raise UnknownModelError(f"unknown model {name!r}; the simulated pool has {sorted(world.models)}")
+    adj = _as_adjacency(adjacency, n)
+    active = [len(row) > 0 and row[-1] is not None for row in assignment]
+    order = _topological_order(adj, [r for r in range(n) if active[r]])
+    preds = {r: [i for i in order if adj[i][r] and i != r] for r in order}
+    problem = Problem(uid="oracle", question=question or "q" * int(question_tokens * CHARS_PER_TOKEN),
+                      answer="", subject=subject, level=level)
+
+    # Expected cost (by linearity; independent of correctness).
+    cost = 0.0
+    for r in order:
+      role, row = self.roles[r], assignment[r]
+      seen = [(self.roles[i].name, self._placeholder(assignment[i][-1])) for i in preds[r]]
+      proposers = [m for m in row[:-1] if m is not None]
+      if proposers:
+        tokens = self._prompt_tokens(self.task.proposer_messages(problem, role, seen))
+        for m in proposers:
+          cost += world.models[m].cost(tokens, world.models[m].expected_completion_tokens)
+      synth = row[-1]
+      tokens = self._prompt_tokens(self.task.synthesizer_messages(
+          problem, role, [self._placeholder(m) for m in proposers], seen))
+      cost += world.models[synth].cost(tokens, world.models[synth].expected_completion_tokens)
+    outputs = [(self.roles[r].name, self._placeholder(assignment[r][-1])) for r in order]
+    tokens = self._prompt_tokens(self.task.decision_messages(problem, outputs))
+    cost += world.models[decision_model].cost(tokens, world.models[decision_model].expected_completion_tokens)
+
+    # Exact solve rates: joint right/wrong states of the roles done so far.
+    states: dict[tuple[int, ...], float] = {(): 1.0}
+    slot = {}
+    role_rates: list[float | None] = [None] * n
+    for r in order:
+      row = assignment[r]
+      proposers = [m for m in row[:-1] if m is not None]
+      synth = row[-1]
+      nxt: dict[tuple[int, ...], float] = {}
+      memo: dict[int, float] = {}
+      for state, prob in states.items():
+        k_right = sum(state[slot[i]] for i in preds[r])
+        if k_right not in memo:
+          k_wrong = len(preds[r]) - k_right
+          dist = _poisson_binomial([world.p_correct(m, subject, level, k_right, k_wrong) for m in proposers])
+          memo[k_right] = sum(
+              q * world.p_correct(synth, subject, level, k_right + c, k_wrong + len(proposers) - c)
+              for c, q in enumerate(dist))
+        q_right = memo[k_right]
+        nxt[state + (1,)] = nxt.get(state + (1,), 0.0) + prob * q_right
+        nxt[state + (0,)] = nxt.get(state + (0,), 0.0) + prob * (1.0 - q_right)
+      slot[r] = len(slot)
+      states = nxt
+      role_rates[r] = sum(p for s, p in states.items() if s[slot[r]])
+    solve = 0.0
+    for state, prob in states.items():
+      k_right = sum(state)
+      solve += prob * world.p_correct(decision_model, subject, level, k_right, len(state) - k_right)
+    return OracleResult(solve_rate=solve, expected_cost=cost,
+                        expected_reward=reward_of(solve, cost, self.c_s, self.c_f),
+                        role_solve_rates=tuple(role_rates))
+
+  def best_assignment(self, subject: str, level: int, adjacency: Any, decision_model: str, *,
+                      proposers: int = 2, models: Sequence[str] | None = None, restarts: int = 6,
+                      max_sweeps: int = 20, seed: int = 0, objective: str = "expected_reward",
+                      **evaluate_kwargs: Any) -> tuple[list[list[str | None]], OracleResult]:
+    """Coordinate ascent over positions (each: a model or skip), from several starts.
+
+    Returns the best assignment [R][proposers+1] found and its result. The first
+    start puts the strongest model everywhere, the others are random; a sweep
+    tries every option at every position and keeps improvements until none is left.
+    Local search: not guaranteed optimal, but exact evaluation makes each step sound.
+    """
+    models = list(self.world.models) if models is None else list(models)
+    n = len(self.roles)
+    options: list[str | None] = [None, *models]
+    rng = random.Random(seed)
+
+    def score(a: list[list[str | None]]) -> tuple[float, OracleResult]:
+      res = self.evaluate(subject, level, a, adjacency, decision_model, **evaluate_kwargs)
+      return getattr(res, objective), res
+
+    strongest = max(models, key=lambda m: self.world.skill.logit(m, subject, level))
+    best: tuple[float, list[list[str | None]], OracleResult] | None = None
+    for start in range(max(1, restarts)):
+      if start == 0:
+        current = [[strongest] * (proposers + 1) for _ in range(n)]
+      else:
+        current = [[rng.choice(options) for _ in range(proposers)] + [rng.choice(models)] for _ in range(n)]
+      value, result = score(current)
+      for _ in range(max_sweeps):
+        improved = False
+        for r in range(n):
+          for pos in range(proposers + 1):
+            for option in options:
+              if option == current[r][pos]:
+                continue
+              trial = [list(row) for row in current]
+              trial[r][pos] = option
+              v, res = score(trial)
+              if v > value + 1e-12:
+                current, value, result, improved = trial, v, res, True
+        if not improved:
+          break
+      if best is None or value > best[0]:
+        best = (value, current, result)
+    assert best is not None
+    return best[1], best[2]
+
+  def best_dag(self, subject: str, level: int, dags: Sequence[Any], decision_model: str,
+               **search_kwargs: Any) -> tuple[int, list[list[str | None]], OracleResult, list[OracleResult]]:
+    """The DAG of ``dags`` (each [R,R]) whose best assignment scores highest.
+
+    Returns (index, its assignment, its result, the best result of every DAG).
+    """
+    if not dags:
+      raise ValueError("best_dag needs at least one DAG")
+    found = [self.best_assignment(subject, level, d, decision_model, **search_kwargs) for d in dags]
+    objective = search_kwargs.get("objective", "expected_reward")
+    index = max(range(len(dags)), key=lambda i: getattr(found[i][1], objective))
+    return index, found[index][0], found[index][1], [f[1] for f in found]

@@ -1,0 +1,61 @@
+"""The simulator server's command line (python -m launch.sim_server)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from hieramas_jax import executor
+from hieramas_jax.executor import Plan
+from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy
+from hieramas_jax.llm.pool import paper_pool
+from hieramas_jax.llm.sim_task import ArithmeticTask
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server_url():
+  cmd = [sys.executable, "-m", "launch.sim_server", "--port", "0", "--latency_s", "0.01",
+         "--load_kwargs", json.dumps({"n": 20}), "--fault_first_attempts", "1", "--fault_first_kind", "500"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 30
+    url = None
+    while time.time() < deadline and url is None:
+      line = proc.stdout.readline()
+      if not line:
+        break
+      if "listening on" in line:
+        url = line.strip().rsplit(" ", 1)[-1]
+    if url is None:
+      proc.kill()
+      pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+    yield url
+  finally:
+    proc.terminate()
+    proc.communicate(timeout=10)  # waits and closes the pipes
+
+
+def test_cli_serves_models_and_completions_with_faults(server_url):
+  assert server_url.startswith("http://127.0.0.1:") and server_url.endswith("/v1")
+  with urllib.request.urlopen(f"{server_url}/models", timeout=5) as r:
+    models = {m["id"] for m in json.load(r)["data"]}
+  assert "GPT-5-mini" in models and len(models) == 8
+  task = ArithmeticTask()
+  problems = task.load("test", n=20)
+  backend = OpenAIBackend(paper_pool(base_url=server_url),
+                          retry=RetryPolicy(max_retries=2, base_delay_s=0.001), timeout_s=5)
+  plans = [Plan(p, task.roles, [["Qwen3-8B", "GPT-4o-mini"]] * 3, [[0, 1, 0], [0, 0, 1], [0, 0, 0]], "GPT-5-mini")
+           for p in problems[:3]]
+  results = executor.execute(plans, backend, task)
+  executor.run_sync(backend.aclose())
+  assert all(not r.errors and task.extract(r.final_text) is not None for r in results)
+  assert all(c.attempts == 2 for r in results for c in r.calls)  # every first attempt got a 500
+  with urllib.request.urlopen(f"{server_url.rsplit('/v1', 1)[0]}/stats", timeout=5) as r:
+    stats = json.load(r)
+  assert stats["faults"] == {"500": 21} and stats["completed"] == 21
