@@ -100,6 +100,8 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage1.baseline = "ema"  # 'none' (as published), 'ema', 'batch_mean'
   c.stage1.reward_cost_solved = 300.0  # c_s
   c.stage1.reward_cost_failed = 300.0  # c_f
+  c.stage1.system_cost = "total"  # cost counted by the system reward: 'total' or 'decision' (reference code)
+  c.stage1.ema_decay = 0.9
   c.stage1.eval_every = 25
 
   # Stage 2: graph classifier on ranked random DAGs.

@@ -189,8 +189,13 @@ def dag_pool(
     pool_size: int,
     density_range: DensityRange = (0.0, 1.0),
     max_attempts: int | None = None,
+    allow_fewer: bool = False,
 ) -> np.ndarray:
-  """``pool_size`` distinct random DAGs [K, N, N], reproducible from ``seed``."""
+  """``pool_size`` distinct random DAGs [K, N, N], reproducible from ``seed``.
+
+  With ``allow_fewer`` a request larger than the number of distinct DAGs that
+  can be found (few roles) returns those found instead of raising.
+  """
   if pool_size < 1:
     raise ValueError(f"pool_size must be >= 1, got {pool_size}")
   _edge_count_range(num_nodes, density_range)  # fail early on an impossible range
@@ -202,6 +207,8 @@ def dag_pool(
     seen.setdefault(adj.tobytes(), adj)
     if len(seen) == pool_size:
       return np.stack(list(seen.values()))
+  if allow_fewer:
+    return np.stack(list(seen.values()))
   raise ValueError(
       f"found only {len(seen)} distinct DAGs over {num_nodes} roles with density in {density_range} "
       f"after {max_attempts} draws, fewer than pool_size={pool_size}; lower the pool size or widen the range")

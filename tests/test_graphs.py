@@ -117,3 +117,9 @@ def test_pad_adjacency():
   assert p.shape == (5, 5) and p[3:].sum() == 0 and p[:, 3:].sum() == 0
   with pytest.raises(ValueError, match="cannot pad"):
     graphs.pad_adjacency(graphs.chain(6), 5)
+
+
+def test_allow_fewer_returns_every_distinct_graph_found():
+  pool = graphs.dag_pool(0, 2, 5, allow_fewer=True)
+  assert pool.shape == (2, 2, 2)
+  assert {g.tobytes() for g in pool} == {graphs.chain(2).tobytes(), graphs.chain(2, order=[1, 0]).tobytes()}

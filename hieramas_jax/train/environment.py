@@ -1,0 +1,267 @@
+"""Everything host-side a training run needs, built from a config and checked first.
+
+``build_environment`` validates the config (pool, keys, sizes, density range)
+before any LLM call, loads the task and its splits, builds the LLM backend (the
+simulated pool or OpenAI-compatible endpoints) behind the response cache, and
+embeds the query, query+role and model-profile texts once (on-disk cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from hieramas_jax import graphs, paths
+from hieramas_jax.llm import base as llm_base
+from hieramas_jax.llm import pool as llm_pool
+from hieramas_jax.tasks.base import Problem, RoleSpec, Task
+
+SKIP_PROFILE = "skip: make no call at this position; costs nothing and gives no answer."
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; raised before any LLM call."""
+
+
+@dataclasses.dataclass
+class Environment:
+  """The task, its splits, the LLM backend and the embeddings of one run."""
+
+  config: ml_collections.ConfigDict
+  task: Task
+  roles: tuple[RoleSpec, ...]
+  specs: list[llm_pool.ModelSpec]
+  backend: Any  # llm Backend (cached where configured)
+  splits: dict[str, list[Problem]]
+  encoder_id: str
+  option_emb: np.ndarray  # [M + 1, D], skip last
+  query_emb: dict[str, np.ndarray]  # split -> [n, D]
+  query_role_emb: dict[str, np.ndarray]  # split -> [n, R, D]
+  model_allowed: np.ndarray  # [M] bool
+  gives_answer: np.ndarray  # [R] bool
+  workdir: pathlib.Path
+
+  @property
+  def model_names(self) -> list[str]:
+    return [s.name for s in self.specs]
+
+  @property
+  def num_roles(self) -> int:
+    return len(self.roles)
+
+  @property
+  def decision_model(self) -> str:
+    return self.config.llm.decision_model
+
+  def generation_params(self) -> dict[str, Any]:
+    return {"temperature": float(self.config.llm.temperature), "max_tokens": int(self.config.llm.max_tokens)}
+
+  def close(self) -> None:
+    cache = getattr(self.backend, "cache", None)
+    if cache is not None:
+      cache.close()
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def pool_specs(config: ml_collections.ConfigDict) -> list[llm_pool.ModelSpec]:
+  """The model pool: the paper's pool with config overrides, or the config's models alone."""
+  overrides = [dict(m) for m in config.llm.models]
+  if config.llm.pool == "paper":
+    by_name = {s.name: s for s in llm_pool.PAPER_POOL}
+    for entry in overrides:
+      if "name" not in entry:
+        raise ConfigError(f"llm.models entry {entry} has no 'name'")
+      base = by_name.get(entry["name"], llm_pool.ModelSpec(name=entry["name"]))
+      by_name[entry["name"]] = dataclasses.replace(base, **entry)
+    specs = list(by_name.values())
+  elif config.llm.pool in ("", "config"):
+    specs = [llm_pool.spec_from_dict(e) for e in overrides]
+  else:
+    raise ConfigError(f"llm.pool={config.llm.pool!r}; use 'paper' (the paper's pool plus llm.models overrides) "
+                      "or 'config' (exactly llm.models)")
+  if config.llm.backend == "openai":
+    specs = [s for s in specs if s.base_url] or specs  # models without an endpoint are not usable there
+  return specs
+
+
+def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = None) -> list[llm_pool.ModelSpec]:
+  """Checks a config; raises one ConfigError naming the problem and the fix. Returns the pool."""
+  c = config
+  if c.llm.backend not in ("sim", "openai"):
+    raise ConfigError(f"llm.backend={c.llm.backend!r}; choose 'sim' (offline simulated pool) or 'openai'")
+  if c.stages not in ("both", "stage1", "stage2"):
+    raise ConfigError(f"stages={c.stages!r}; choose 'both', 'stage1' or 'stage2'")
+  specs = pool_specs(c)
+  try:
+    llm_pool.validate_pool(specs, check_keys=c.llm.backend == "openai")
+  except llm_base.ConfigError as e:
+    raise ConfigError(str(e)) from None
+  names = {s.name for s in specs}
+  if c.llm.backend == "openai":
+    no_url = [s.name for s in specs if not s.base_url]
+    if no_url:
+      raise ConfigError(f"llm.backend='openai' but model(s) {no_url} have no base_url; give each an endpoint in "
+                        "llm.models or use llm.backend='sim'")
+  if c.llm.decision_model not in names:
+    raise ConfigError(f"llm.decision_model={c.llm.decision_model!r} is not in the pool {sorted(names)}")
+  unknown = sorted(set(c.llm.exclude_models) - names)
+  if unknown:
+    raise ConfigError(f"llm.exclude_models names unknown model(s) {unknown}; the pool has {sorted(names)}")
+  if len(set(c.llm.exclude_models)) >= len(names) and not c.selector.synthesizer_may_skip:
+    raise ConfigError("every model is excluded and synthesizers may not skip: nothing can be selected")
+  for field, value, low in [("task.num_train", c.task.num_train, 1), ("task.num_val", c.task.num_val, 1),
+                            ("task.num_test", c.task.num_test, 1), ("selector.num_proposers", c.selector.num_proposers, 0),
+                            ("stage1.steps", c.stage1.steps, 0), ("stage1.batch_size", c.stage1.batch_size, 1),
+                            ("stage2.graphs_per_query", c.stage2.graphs_per_query, 2),
+                            ("stage2.top_k", c.stage2.top_k, 1), ("stage2.epochs", c.stage2.epochs, 0),
+                            ("stage2.batch_size", c.stage2.batch_size, 1),
+                            ("graphs.train_pool_size", c.graphs.train_pool_size, 1),
+                            ("graphs.num_candidates", c.graphs.num_candidates, 1),
+                            ("checkpoint.every_steps", c.checkpoint.every_steps, 1)]:
+    if int(value) < low:
+      raise ConfigError(f"{field}={value}; it must be >= {low}")
+  if c.stage1.batch_size > c.task.num_train:
+    raise ConfigError(f"stage1.batch_size={c.stage1.batch_size} exceeds task.num_train={c.task.num_train}; "
+                      "lower the batch or add training problems")
+  if c.stage2.top_k >= c.stage2.graphs_per_query:
+    raise ConfigError(f"stage2.top_k={c.stage2.top_k} must be below stage2.graphs_per_query="
+                      f"{c.stage2.graphs_per_query}, or every graph would be positive")
+  if not 0.0 <= c.stage1.alpha <= 1.0:
+    raise ConfigError(f"stage1.alpha={c.stage1.alpha}; it must lie in [0, 1]")
+  if c.stage1.baseline not in ("none", "ema", "batch_mean"):
+    raise ConfigError(f"stage1.baseline={c.stage1.baseline!r}; choose 'none', 'ema' or 'batch_mean'")
+  if c.stage1.temperature_end <= 0 or c.stage1.temperature_start <= 0:
+    raise ConfigError("stage1 temperatures must be > 0")
+  if num_roles is not None:
+    lo, hi = tuple(c.graphs.density_range)
+    try:
+      graphs._edge_count_range(num_roles, (lo, hi))  # pylint: disable=protected-access
+    except ValueError as e:
+      raise ConfigError(f"graphs.density_range: {e}") from None
+  return specs
+
+
+# ---------------------------------------------------------------------------
+# Construction
+# ---------------------------------------------------------------------------
+
+
+def load_task(config: ml_collections.ConfigDict) -> Task:
+  from hieramas_jax import tasks  # pylint: disable=g-import-not-at-top
+
+  name = config.task.name
+  if config.task.source == "synthetic":
+    if name not in ("math", "synthetic"):
+      raise ConfigError(f"task.source='synthetic' exists for MATH-format tasks only, not {name!r}; "
+                        "set task.source='files'")
+    return tasks.get_task("synthetic")
+  if config.task.source != "files":
+    raise ConfigError(f"task.source={config.task.source!r}; choose 'synthetic' or 'files'")
+  return tasks.get_task(name)
+
+
+def load_splits(config: ml_collections.ConfigDict, task: Task) -> dict[str, list[Problem]]:
+  """Disjoint train / val / test problem lists of the configured sizes (seeded)."""
+  c = config.task
+  sizes = {"train": int(c.num_train), "val": int(c.num_val), "test": int(c.num_test)}
+  if c.source == "synthetic":
+    return {split: task.load(split, n=n, seed=config.seed) for split, n in sizes.items()}
+  kwargs = {"path": c.data_path} if c.data_path else {}
+  try:
+    problems = task.load("test", **kwargs)
+  except FileNotFoundError as e:
+    raise ConfigError(f"{e}. Offline runs without files: use configs/math.py (synthetic problems)") from None
+  need = sum(sizes.values())
+  if len(problems) < need:
+    raise ConfigError(f"task {c.name!r} has {len(problems)} problems, fewer than train+val+test={need}; "
+                      "lower task.num_train/num_val/num_test")
+  order = np.random.default_rng(config.seed).permutation(len(problems))
+  picked = [problems[i] for i in order[:need]]
+  return {"train": picked[:sizes["train"]],
+          "val": picked[sizes["train"]:sizes["train"] + sizes["val"]],
+          "test": picked[sizes["train"] + sizes["val"]:]}
+
+
+def make_backend(config: ml_collections.ConfigDict, specs: Sequence[llm_pool.ModelSpec], task: Task,
+                 problems: Sequence[Problem], workdir: pathlib.Path):
+  """The LLM backend of a run (with the response cache in the workdir when configured)."""
+  from hieramas_jax.llm import cache as llm_cache  # pylint: disable=g-import-not-at-top
+
+  if config.llm.backend == "sim":
+    from hieramas_jax.llm import sim  # pylint: disable=g-import-not-at-top
+    world = sim.default_world(seed=config.llm.sim_seed, pool=specs)
+    backend = sim.SimulatedBackend(world, task, problems, realtime=config.llm.sim_latency_s > 0,
+                                   latency_scale=float(config.llm.sim_latency_s))
+  else:
+    from hieramas_jax.llm import openai_backend  # pylint: disable=g-import-not-at-top
+    backend = openai_backend.OpenAIBackend(
+        specs, max_concurrency=config.llm.max_concurrency, timeout_s=config.llm.timeout_s,
+        retry=openai_backend.RetryPolicy(max_retries=config.llm.max_retries))
+  if config.llm.cache:
+    backend = llm_cache.CachedBackend(backend, workdir / "llm_cache.sqlite")
+  return backend
+
+
+def query_role_text(problem: Problem, role: RoleSpec) -> str:
+  return f"Role: {role.name}. {role.description}\nQuery: {problem.question}"
+
+
+def make_text_encoder(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  from hieramas_jax import encoders  # pylint: disable=g-import-not-at-top
+
+  kwargs: dict[str, Any] = {}
+  if config.encoder.kind == "sentence_transformer":
+    kwargs["model_dir"] = config.encoder.path
+  if config.encoder.kind == "openai" and config.encoder.model:
+    kwargs["model"] = config.encoder.model
+  cache_dir = workdir / "embeddings" if config.encoder.cache else None
+  return encoders.make_encoder(config.encoder.kind, cache_dir=cache_dir, **kwargs)
+
+
+def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                      backend: Any = None, encoder: Any = None) -> Environment:
+  """Validates ``config`` and builds the run's environment (no LLM call is made here).
+
+  ``backend`` / ``encoder`` replace the configured ones (tests, custom simulators).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  task = load_task(config)
+  roles = tuple(task.roles)
+  specs = validate_config(config, num_roles=len(roles))
+  workdir.mkdir(parents=True, exist_ok=True)
+  splits = load_splits(config, task)
+  all_problems = [p for split in splits.values() for p in split]
+  if backend is None:
+    backend = make_backend(config, specs, task, all_problems, workdir)
+  llm_base.check_models(backend, [s.name for s in specs])
+  if encoder is None:
+    encoder = make_text_encoder(config, workdir)
+
+  def embed(texts):
+    return np.asarray(encoder.encode(list(texts)), np.float32)
+
+  option_emb = embed([s.profile or s.name for s in specs] + [SKIP_PROFILE])
+  query_emb, query_role_emb = {}, {}
+  for split, problems in splits.items():
+    query_emb[split] = embed([p.question for p in problems])
+    qr = embed([query_role_text(p, r) for p in problems for r in roles])
+    query_role_emb[split] = qr.reshape(len(problems), len(roles), -1)
+  excluded = set(config.llm.exclude_models)
+  return Environment(
+      config=config, task=task, roles=roles, specs=list(specs), backend=backend, splits=splits,
+      encoder_id=encoder.encoder_id, option_emb=option_emb, query_emb=query_emb,
+      query_role_emb=query_role_emb,
+      model_allowed=np.array([s.name not in excluded for s in specs], bool),
+      gives_answer=np.array([r.gives_answer for r in roles], bool), workdir=workdir)
+
+
+def data_available() -> bool:
+  return paths.default_data_dir() is not None

@@ -1,0 +1,118 @@
+"""Host-side rollouts: selector actions -> plans -> executor -> graded outcomes.
+
+Nothing here is jitted; the jitted pieces (selector forward pass, sampling) are
+called with static shapes so they compile once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hieramas_jax import executor, rewards
+from hieramas_jax.models import selector as sel
+from hieramas_jax.tasks.base import Problem
+from hieramas_jax.train.environment import Environment
+
+
+@dataclasses.dataclass
+class Outcome:
+  """Graded results of a batch of plans (arrays over queries B and roles R)."""
+
+  results: list[executor.QueryResult]
+  node_solved: np.ndarray  # [B, R] bool (False where the role gave no output)
+  role_ran: np.ndarray  # [B, R] bool: the role produced an output
+  final_solved: np.ndarray  # [B] bool
+  valid: np.ndarray  # [B] bool: no call failed, so the outcome can be graded
+  node_cost: np.ndarray  # [B, R] USD of each role's own calls
+  total_cost: np.ndarray  # [B] USD of all calls
+  decision_cost: np.ndarray  # [B] USD of the decision call
+
+  def system_cost(self, which: str) -> np.ndarray:
+    if which == "total":
+      return self.total_cost
+    if which == "decision":
+      return self.decision_cost
+    raise ValueError(f"system cost {which!r}; choose 'total' or 'decision'")
+
+  def system_reward(self, c_s: float, c_f: float, which: str = "total") -> np.ndarray:
+    return np.asarray(rewards.output_reward(self.final_solved, self.system_cost(which), c_s, c_f))
+
+
+def selection_mask(env: Environment, batch: int) -> sel.SelectionMask:
+  c = env.config.selector
+  return sel.SelectionMask.build(batch, env.num_roles, c.num_proposers, len(env.specs),
+                                 model_allowed=env.model_allowed, synthesizer_may_skip=c.synthesizer_may_skip,
+                                 proposer_may_skip=c.proposer_may_skip)
+
+
+def make_plans(env: Environment, problems: Sequence[Problem], actions: np.ndarray, adjs: np.ndarray,
+               sample: int) -> list[executor.Plan]:
+  assignments = sel.actions_to_assignment(actions, env.model_names)
+  return [executor.Plan(problem=p, roles=env.roles, assignment=a, adjacency=np.asarray(adj),
+                        decision_model=env.decision_model, sample=int(sample))
+          for p, a, adj in zip(problems, assignments, adjs)]
+
+
+def run_plans(env: Environment, problems: Sequence[Problem], plans: Sequence[executor.Plan],
+              trace_path=None) -> Outcome:
+  """Executes plans and grades every role output and final answer with the task's grader."""
+  results = executor.execute(plans, env.backend, env.task, params=env.generation_params(), trace_path=trace_path)
+  b, r = len(plans), env.num_roles
+  node_solved = np.zeros((b, r), bool)
+  role_ran = np.zeros((b, r), bool)
+  final_solved = np.zeros(b, bool)
+  valid = np.array([not res.errors and res.final_text is not None for res in results])
+  # Grade everything in one call so tasks with expensive graders can parallelise.
+  items, where = [], []
+  for i, res in enumerate(results):
+    if res.final_text is not None:
+      items.append((problems[i], res.final_text))
+      where.append((i, -1))
+    for j, text in enumerate(res.role_outputs):
+      if text is not None:
+        role_ran[i, j] = True
+        if env.gives_answer[j]:
+          items.append((problems[i], text))
+          where.append((i, j))
+  verdicts = env.task.grade_many([p for p, _ in items], [t for _, t in items]) if items else []
+  for (i, j), ok in zip(where, verdicts):
+    if j < 0:
+      final_solved[i] = ok
+    else:
+      node_solved[i, j] = ok
+  node_cost = np.array([res.role_costs() for res in results], np.float64).reshape(b, r)
+  total = np.array([res.total_cost for res in results], np.float64)
+  decision = np.array([res.decision_cost for res in results], np.float64)
+  return Outcome(results, node_solved, role_ran, final_solved, valid, node_cost, total, decision)
+
+
+def credit(env: Environment, outcome: Outcome, alpha: float) -> np.ndarray:
+  """Multi-level reward [B, R] of a graded batch."""
+  c = env.config.stage1
+  return np.asarray(rewards.multilevel_reward(
+      outcome.node_solved, outcome.node_cost.astype(np.float32), outcome.final_solved,
+      outcome.system_cost(c.system_cost).astype(np.float32), env.gives_answer, outcome.role_ran, alpha,
+      c.reward_cost_solved, c.reward_cost_failed))
+
+
+def greedy_actions(env: Environment, graphdef, params, split: str, index: np.ndarray) -> np.ndarray:
+  """The selector's argmax assignment [b, R, P+1] for problems ``index`` of a split."""
+  qr = jnp.asarray(env.query_role_emb[split][index])
+  logits = sel.selector_logits(graphdef, params, qr, jnp.asarray(env.option_emb))
+  return np.asarray(sel.argmax(logits, selection_mask(env, len(index)).valid))
+
+
+def fixed_random_dags(pool: np.ndarray, count: int, seed: int) -> np.ndarray:
+  """A seeded choice of one pool DAG per query (the evaluation graphs of stage 1)."""
+  rng = np.random.default_rng(seed)
+  return pool[rng.integers(0, len(pool), count)]
+
+
+def sample_key(seed: int, stream: int, step: int) -> jax.Array:
+  """Step-derived randomness: a resumed run draws exactly what an uninterrupted one would."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), step)

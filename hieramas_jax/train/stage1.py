@@ -1,0 +1,186 @@
+"""Stage 1: train the LLM selector with REINFORCE and a multi-level, cost-aware reward.
+
+Per step: a batch of training queries and one random DAG each from the pool
+(both drawn from step-derived RNG), assignments sampled from the selector at the
+cosine-annealed temperature, execution, grading of every role output and of the
+final answer, multi-level credit, and one jitted AdamW update. Validation with
+argmax selection on fixed (query, DAG) pairs every ``eval_every`` steps keeps the
+best parameters. Checkpoints every ``checkpoint.every_steps`` and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from hieramas_jax import checkpointing, graphs, rewards
+from hieramas_jax.models import selector as sel
+from hieramas_jax.train import learner, rollout
+from hieramas_jax.train.environment import Environment
+from hieramas_jax.train.metric_writer import MetricWriter
+from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
+
+_SAMPLE_STREAM = 1  # fold-in stream ids keep the random draws of different purposes apart
+_BATCH_STREAM = 2
+
+
+def build_selector(env: Environment):
+  c = env.config.selector
+  model = sel.LLMSelector(c.num_proposers, env.query_role_emb["train"].shape[-1], env.option_emb.shape[-1],
+                          hidden_dim=c.hidden_dim, rngs=nnx.Rngs(env.config.seed))
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def train_pool(env: Environment) -> np.ndarray:
+  """The DAG pool stage 1 samples from (seeded by the config)."""
+  return graphs.dag_pool(env.config.seed + 1, env.num_roles, env.config.graphs.train_pool_size,
+                         tuple(env.config.graphs.density_range), allow_fewer=True)
+
+
+@dataclasses.dataclass
+class Stage1Result:
+  graphdef: Any
+  params: Any  # best parameters by validation reward
+  final_params: Any
+  best_val_reward: float
+  history: list[dict[str, float]]
+
+
+def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, float]:
+  """Argmax selection on the validation queries, each on a fixed random DAG."""
+  problems = env.splits["val"]
+  index = np.arange(len(problems))
+  actions = rollout.greedy_actions(env, graphdef, params, "val", index)
+  adjs = rollout.fixed_random_dags(pool, len(problems), env.config.seed + 7)
+  outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=0))
+  c = env.config.stage1
+  reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
+  v = outcome.valid
+  return {"val_reward": float(reward[v].mean()) if v.any() else float("nan"),
+          "val_accuracy": float(outcome.final_solved[v].mean()) if v.any() else float("nan"),
+          "val_cost": float(outcome.total_cost.mean()), "val_failed": float((~v).mean())}
+
+
+def _state_tree(params, opt_state, baseline, best_params, best_val):
+  return {"params": params, "opt_state": opt_state, "baseline": jnp.asarray(baseline, jnp.float32),
+          "best_params": best_params, "best_val": jnp.asarray(best_val, jnp.float32)}
+
+
+def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter,
+                   watcher: PreemptionWatcher | None = None, *, progress: bool = True) -> Stage1Result:
+  """Runs (or resumes) stage 1 and returns the best selector."""
+  c = env.config.stage1
+  config = env.config
+  graphdef, params = build_selector(env)
+  tx = learner.make_optimizer(c.learning_rate, c.weight_decay, c.grad_clip)
+  opt_state = tx.init(params)
+  baseline = np.zeros(env.num_roles, np.float32)
+  best_params, best_val = params, -np.inf
+  pool = train_pool(env)
+  start = 0
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage1", max_to_keep=config.checkpoint.max_to_keep)
+  history: list[dict[str, float]] = []
+  if ckpt.latest_step() is not None:
+    template = _state_tree(params, opt_state, baseline, best_params, best_val)
+    restored, meta = ckpt.restore(checkpointing.abstract_tree(template))
+    params, opt_state = restored["params"], restored["opt_state"]
+    baseline = np.asarray(restored["baseline"])
+    best_params, best_val = restored["best_params"], float(restored["best_val"])
+    start = int(meta["step"])
+    history = list(meta.get("history", []))
+    print(f"stage 1: resumed from step {start} ({ckpt.directory})")
+
+  def save(step: int) -> None:
+    ckpt.save(step, _state_tree(params, opt_state, baseline, best_params, best_val),
+              {"stage": 1, "step": step, "config": config.to_dict(), "history": history,
+               "encoder_id": env.encoder_id, "model_names": env.model_names,
+               "roles": [r.name for r in env.roles]}, force=True)
+
+  train_problems = env.splits["train"]
+  option_emb = jnp.asarray(env.option_emb)
+  valid = rollout.selection_mask(env, c.batch_size).valid
+  bar = tqdm.trange(start, c.steps, desc="stage 1 (selector)", disable=not progress, initial=start, total=c.steps)
+  step = start
+  try:
+    for step in bar:
+      rng = np.random.default_rng([config.seed, _BATCH_STREAM, step])
+      index = rng.choice(len(train_problems), size=c.batch_size, replace=False)
+      adjs = pool[rng.integers(0, len(pool), c.batch_size)]
+      temperature = float(rewards.cosine_temperature(step, c.steps, c.temperature_start, c.temperature_end))
+      qr = jnp.asarray(env.query_role_emb["train"][index])
+      logits = sel.selector_logits(graphdef, params, qr, option_emb)
+      actions = sel.sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
+      problems = [train_problems[i] for i in index]
+      outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, np.asarray(actions), adjs,
+                                                                    sample=step + 1))
+      credit = rollout.credit(env, outcome, c.alpha)
+      weights = outcome.valid[:, None] & outcome.role_ran
+      if c.baseline == "ema":
+        base = np.broadcast_to(baseline, credit.shape)
+      elif c.baseline == "batch_mean":
+        base = np.asarray(rewards.batch_mean_baseline(credit, weights))
+      else:
+        base = np.zeros_like(credit)
+      adv = np.asarray(rewards.advantages(credit, weights.astype(np.float32), base))
+      batch = learner.SelectorBatch(qr, option_emb, valid, actions, jnp.asarray(adv, jnp.float32),
+                                    jnp.asarray(outcome.valid, jnp.float32))
+      params, opt_state, metrics = learner.selector_update(graphdef, tx, params, opt_state, batch,
+                                                           temperature, c.entropy_coef)
+      learner.check_finite(metrics, step, "stage 1")
+      if c.baseline == "ema":
+        baseline = np.asarray(rewards.ema_update(jnp.asarray(baseline), credit, weights, c.ema_decay))
+      sys_reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
+      row = {k: float(v) for k, v in metrics.items()}
+      row.update(temperature=temperature, reward=float(sys_reward[outcome.valid].mean()) if outcome.valid.any()
+                 else float("nan"), accuracy=float(outcome.final_solved.mean()), cost=float(outcome.total_cost.mean()),
+                 failed=float((~outcome.valid).mean()))
+      done = step + 1
+      if done % c.eval_every == 0 or done == c.steps:
+        row.update(validate(env, graphdef, params, pool))
+        if row["val_reward"] > best_val:
+          best_val, best_params = row["val_reward"], jax.tree_util.tree_map(jnp.copy, params)
+        history.append({"step": done, "val_reward": row["val_reward"], "val_accuracy": row["val_accuracy"]})
+      writer.write("stage1", done, row)
+      bar.set_postfix(reward=f"{row['reward']:.3f}", T=f"{temperature:.2f}")
+      if done % config.checkpoint.every_steps == 0 or done == c.steps:
+        save(done)
+      if watcher is not None and watcher.stop_requested:
+        save(done)
+        raise StopRequested(f"stopped by signal after stage-1 step {done}; checkpoint saved in {ckpt.directory}")
+  finally:
+    bar.close()
+    ckpt.close()
+  if best_val == -np.inf:  # no validation ran (steps == 0)
+    best_params = params
+  return Stage1Result(graphdef, best_params, params, float(best_val), history)
+
+
+def load_selector(env: Environment, workdir: pathlib.Path):
+  """The best stage-1 selector of a workdir, restored into this environment's shapes.
+
+  Raises FileNotFoundError (never a silent fresh selector) when stage 1 has not run.
+  """
+  graphdef, params = build_selector(env)
+  ckpt_dir = workdir / "checkpoints" / "stage1"
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"stage 2 needs a trained selector but {ckpt_dir} holds no checkpoint; "
+                              "run stage 1 first (stages='both' or 'stage1')")
+    meta = ckpt.metadata()
+    if meta.get("model_names") != env.model_names or meta.get("roles") != [r.name for r in env.roles]:
+      raise ValueError(f"the stage-1 checkpoint in {ckpt_dir} was trained for models {meta.get('model_names')} "
+                       f"and roles {meta.get('roles')}, not this config's {env.model_names} / "
+                       f"{[r.name for r in env.roles]}; use a fresh workdir")
+    tx = learner.make_optimizer(1e-3, 0.0, 1.0)
+    template = _state_tree(params, tx.init(params), np.zeros(env.num_roles), params, 0.0)
+    # Only the shapes of the optimizer state matter for the template; its values are replaced.
+    restored, _ = ckpt.restore(checkpointing.abstract_tree(template))
+  return graphdef, restored["best_params"]

@@ -1,0 +1,189 @@
+"""Stage 2: train the graph classifier on ranked random DAGs under the frozen selector.
+
+For every training and validation query, the frozen (argmax) selector's
+assignment runs on G random DAGs; the DAGs are ranked by system reward and the
+top-k solved ones are labelled positive. The GCN is trained with class-weighted
+BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
+kept. Labels are stored in the workdir, so a resumed run does not re-execute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from hieramas_jax import checkpointing, graphs
+from hieramas_jax.models import gcn
+from hieramas_jax.train import learner, metrics, rollout
+from hieramas_jax.train.environment import Environment
+from hieramas_jax.train.metric_writer import MetricWriter
+from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
+
+_SHUFFLE_STREAM = 3
+
+
+def build_classifier(env: Environment):
+  c = env.config.gcn
+  model = gcn.GraphClassifier(env.num_roles, env.query_emb["train"].shape[-1], role_dim=c.role_dim,
+                              hidden_dim=c.hidden_dim, num_layers=c.num_layers, mlp_dim=c.mlp_dim,
+                              rngs=nnx.Rngs(env.config.seed + 100))
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def candidate_pool(env: Environment) -> np.ndarray:
+  """The K candidate DAGs scored at inference (all distinct ones when fewer exist)."""
+  return graphs.dag_pool(env.config.seed + 2, env.num_roles, env.config.graphs.num_candidates,
+                         tuple(env.config.graphs.density_range), allow_fewer=True)
+
+
+def label_graphs(rewards_: np.ndarray, solved: np.ndarray, valid: np.ndarray, top_k: int) -> np.ndarray:
+  """Top-k solved DAGs of each query by system reward -> 1, others 0. Shapes [Q, G]."""
+  labels = np.zeros(rewards_.shape, np.int8)
+  for q in range(rewards_.shape[0]):
+    ok = np.flatnonzero(solved[q] & valid[q])
+    best = ok[np.argsort(-rewards_[q, ok], kind="stable")][:top_k]
+    labels[q, best] = 1
+  return labels
+
+
+@dataclasses.dataclass
+class GraphData:
+  adjs: np.ndarray  # [Q, G, N, N]
+  rewards: np.ndarray  # [Q, G]
+  solved: np.ndarray  # [Q, G]
+  valid: np.ndarray  # [Q, G]
+  labels: np.ndarray  # [Q, G]
+
+
+def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.ndarray) -> GraphData:
+  """Runs the frozen selector's assignment of every query of ``split`` on G DAGs from ``pool``."""
+  c = env.config.stage2
+  problems = env.splits[split]
+  q_count, g = len(problems), min(c.graphs_per_query, len(pool))
+  actions = rollout.greedy_actions(env, sel_graphdef, sel_params, split, np.arange(q_count))
+  rng = np.random.default_rng([env.config.seed, 4, {"train": 0, "val": 1, "test": 2}[split]])
+  picks = np.stack([rng.choice(len(pool), size=g, replace=False) for _ in range(q_count)])
+  adjs = pool[picks]  # [Q, G, N, N]
+  flat_problems = [problems[q] for q in range(q_count) for _ in range(g)]
+  flat_actions = np.repeat(actions, g, axis=0)
+  outcome = rollout.run_plans(env, flat_problems, rollout.make_plans(
+      env, flat_problems, flat_actions, adjs.reshape(q_count * g, *adjs.shape[2:]), sample=0))
+  s1 = env.config.stage1
+  reward = outcome.system_reward(s1.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(q_count, g)
+  solved = outcome.final_solved.reshape(q_count, g)
+  valid = outcome.valid.reshape(q_count, g)
+  return GraphData(adjs.astype(np.int8), reward, solved, valid, label_graphs(reward, solved, valid, c.top_k))
+
+
+def _load_or_collect(env, path: pathlib.Path, sel_graphdef, sel_params, split, pool) -> GraphData:
+  if path.exists():
+    with np.load(path) as f:
+      return GraphData(**{k: f[k] for k in ("adjs", "rewards", "solved", "valid", "labels")})
+  data = collect(env, sel_graphdef, sel_params, split, pool)
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, **dataclasses.asdict(data))
+  tmp.replace(path)  # atomic: a kill never leaves half a file
+  return data
+
+
+def val_auc(env: Environment, graphdef, params, data: GraphData, split: str = "val") -> tuple[float, int]:
+  scores = gcn.score_pool(graphdef, params, jnp.asarray(env.query_emb[split]),
+                          jnp.asarray(data.adjs, jnp.float32), impl=env.config.gcn.impl)
+  return metrics.mean_per_query_auc(np.asarray(scores), data.labels, data.valid)
+
+
+@dataclasses.dataclass
+class Stage2Result:
+  graphdef: Any
+  params: Any
+  best_val_auc: float
+  history: list[dict[str, float]]
+
+
+def _state_tree(params, opt_state, best_params, best_auc):
+  return {"params": params, "opt_state": opt_state, "best_params": best_params,
+          "best_auc": jnp.asarray(best_auc, jnp.float32)}
+
+
+def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWriter, sel_graphdef, sel_params,
+                     watcher: PreemptionWatcher | None = None, *, progress: bool = True) -> Stage2Result:
+  """Runs (or resumes) stage 2 and returns the best classifier by validation ROC-AUC."""
+  config, c = env.config, env.config.stage2
+  data_dir = workdir / "stage2_data"
+  data_dir.mkdir(parents=True, exist_ok=True)
+  pool = candidate_pool(env)
+  train = _load_or_collect(env, data_dir / "train.npz", sel_graphdef, sel_params, "train", pool)
+  val = _load_or_collect(env, data_dir / "val.npz", sel_graphdef, sel_params, "val", pool)
+  n_pos = int((train.labels * train.valid).sum())
+  n_neg = int(((1 - train.labels) * train.valid).sum())
+  pos_weight = n_neg / max(n_pos, 1)
+  writer.write("stage2", 0, {"train_positives": n_pos, "train_negatives": n_neg, "pos_weight": pos_weight})
+
+  graphdef, params = build_classifier(env)
+  tx = learner.make_optimizer(c.learning_rate, c.weight_decay, config.stage1.grad_clip)
+  opt_state = tx.init(params)
+  best_params, best_auc, start = params, -np.inf, 0
+  history: list[dict[str, float]] = []
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage2", max_to_keep=config.checkpoint.max_to_keep)
+  if ckpt.latest_step() is not None:
+    restored, meta = ckpt.restore(checkpointing.abstract_tree(_state_tree(params, opt_state, best_params, 0.0)))
+    params, opt_state, best_params = restored["params"], restored["opt_state"], restored["best_params"]
+    best_auc, start, history = float(restored["best_auc"]), int(meta["step"]), list(meta.get("history", []))
+    print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
+
+  q_count = train.adjs.shape[0]
+  batch = min(c.batch_size, q_count)
+  role_mask = jnp.ones((env.num_roles,), jnp.float32)
+  query_emb = env.query_emb["train"]
+  bar = tqdm.trange(start, c.epochs, desc="stage 2 (graph classifier)", disable=not progress, initial=start,
+                    total=c.epochs)
+  try:
+    for epoch in bar:
+      order = np.random.default_rng([config.seed, _SHUFFLE_STREAM, epoch]).permutation(q_count)
+      losses = []
+      for i in range(0, q_count - batch + 1, batch):  # full batches only: one compiled shape
+        idx = order[i:i + batch]
+        cb = learner.ClassifierBatch(jnp.asarray(query_emb[idx]), jnp.asarray(train.adjs[idx], jnp.float32),
+                                     jnp.asarray(train.labels[idx], jnp.float32),
+                                     jnp.asarray(train.valid[idx], jnp.float32), role_mask)
+        params, opt_state, m = learner.classifier_update(graphdef, tx, params, opt_state, cb, pos_weight,
+                                                         impl=config.gcn.impl)
+        learner.check_finite(m, epoch, "stage 2")
+        losses.append(float(m["loss"]))
+      auc, counted = val_auc(env, graphdef, params, val)
+      if auc > best_auc:
+        best_auc, best_params = auc, jax.tree_util.tree_map(jnp.copy, params)
+      done = epoch + 1
+      history.append({"epoch": done, "val_auc": auc})
+      writer.write("stage2", done, {"loss": float(np.mean(losses)), "val_auc": auc, "val_queries_counted": counted})
+      bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auc=f"{auc:.3f}")
+      ckpt.save(done, _state_tree(params, opt_state, best_params, best_auc),
+                {"stage": 2, "step": done, "config": config.to_dict(), "history": history,
+                 "encoder_id": env.encoder_id, "roles": [r.name for r in env.roles]}, force=True)
+      if watcher is not None and watcher.stop_requested:
+        raise StopRequested(f"stopped by signal after stage-2 epoch {done}; checkpoint saved in {ckpt.directory}")
+  finally:
+    bar.close()
+    ckpt.close()
+  if best_auc == -np.inf:
+    best_params = params
+  return Stage2Result(graphdef, best_params, float(best_auc), history)
+
+
+def load_classifier(env: Environment, workdir: pathlib.Path):
+  graphdef, params = build_classifier(env)
+  ckpt_dir = workdir / "checkpoints" / "stage2"
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no stage-2 checkpoint in {ckpt_dir}; run stage 2 first")
+    tx = learner.make_optimizer(1e-3, 0.0, 1.0)
+    restored, _ = ckpt.restore(checkpointing.abstract_tree(_state_tree(params, tx.init(params), params, 0.0)))
+  return graphdef, restored["best_params"]
