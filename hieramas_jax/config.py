@@ -62,7 +62,10 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.encoder = ml_collections.ConfigDict()
   c.encoder.kind = "minilm"  # 'minilm', 'sentence_transformer', 'openai', 'hashing' (tests only)
   c.encoder.path = ""  # model directory for 'sentence_transformer'
-  c.encoder.model = ""  # embedding model for 'openai'
+  c.encoder.model = ""  # embedding model for 'openai' (default text-embedding-3-small)
+  c.encoder.base_url = ""  # OpenAI-compatible endpoint for 'openai' (empty: api.openai.com)
+  c.encoder.api_key_env = "OPENAI_API_KEY"
+  c.encoder.dim = 0  # embedding size for 'openai' models the encoder does not know (0: ask the endpoint once)
   c.encoder.cache = True
 
   # Selector: P proposers + 1 synthesizer per role.

@@ -220,8 +220,14 @@ def make_text_encoder(config: ml_collections.ConfigDict, workdir: pathlib.Path):
   kwargs: dict[str, Any] = {}
   if config.encoder.kind == "sentence_transformer":
     kwargs["model_dir"] = config.encoder.path
-  if config.encoder.kind == "openai" and config.encoder.model:
-    kwargs["model"] = config.encoder.model
+  if config.encoder.kind == "openai":
+    if config.encoder.model:
+      kwargs["model"] = config.encoder.model
+    if config.encoder.base_url:
+      kwargs["base_url"] = config.encoder.base_url
+    kwargs["api_key_env"] = config.encoder.api_key_env or None
+    if config.encoder.dim:
+      kwargs["dim"] = int(config.encoder.dim)
   cache_dir = workdir / "embeddings" if config.encoder.cache else None
   return encoders.make_encoder(config.encoder.kind, cache_dir=cache_dir, **kwargs)
 

@@ -45,12 +45,20 @@ def candidate_pool(env: Environment) -> np.ndarray:
 
 
 def label_graphs(rewards_: np.ndarray, solved: np.ndarray, valid: np.ndarray, top_k: int) -> np.ndarray:
-  """Top-k solved DAGs of each query by system reward -> 1, others 0. Shapes [Q, G]."""
+  """Top-k solved DAGs of each query by system reward -> 1, others 0. Shapes [Q, G].
+
+  Graphs tied with the k-th best solved reward are positive too: the reward's
+  floor (0.5 for any solved run costing over ln(2)/c_s USD) makes many solved
+  runs tie, and an arbitrary cut among equals would teach the classifier noise
+  (or, with a cost tie-break, cheapness at the expense of accuracy).
+  """
   labels = np.zeros(rewards_.shape, np.int8)
   for q in range(rewards_.shape[0]):
     ok = np.flatnonzero(solved[q] & valid[q])
-    best = ok[np.argsort(-rewards_[q, ok], kind="stable")][:top_k]
-    labels[q, best] = 1
+    if ok.size == 0:
+      continue
+    kth = np.sort(rewards_[q, ok])[::-1][min(top_k, ok.size) - 1]
+    labels[q, ok[rewards_[q, ok] >= kth - 1e-9]] = 1
   return labels
 
 
@@ -61,6 +69,7 @@ class GraphData:
   solved: np.ndarray  # [Q, G]
   valid: np.ndarray  # [Q, G]
   labels: np.ndarray  # [Q, G]
+  cost: np.ndarray  # [Q, G] USD
 
 
 def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.ndarray) -> GraphData:
@@ -80,13 +89,15 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
   reward = outcome.system_reward(s1.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(q_count, g)
   solved = outcome.final_solved.reshape(q_count, g)
   valid = outcome.valid.reshape(q_count, g)
-  return GraphData(adjs.astype(np.int8), reward, solved, valid, label_graphs(reward, solved, valid, c.top_k))
+  cost = outcome.total_cost.reshape(q_count, g)
+  return GraphData(adjs.astype(np.int8), reward, solved, valid, label_graphs(reward, solved, valid, c.top_k),
+                   cost)
 
 
 def _load_or_collect(env, path: pathlib.Path, sel_graphdef, sel_params, split, pool) -> GraphData:
   if path.exists():
     with np.load(path) as f:
-      return GraphData(**{k: f[k] for k in ("adjs", "rewards", "solved", "valid", "labels")})
+      return GraphData(**{k: f[k] for k in ("adjs", "rewards", "solved", "valid", "labels", "cost")})
   data = collect(env, sel_graphdef, sel_params, split, pool)
   tmp = path.with_suffix(".tmp.npz")
   np.savez(tmp, **dataclasses.asdict(data))
