@@ -8,6 +8,7 @@ Re-running the same command resumes from the workdir's checkpoints.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from hieramas_jax import train
@@ -21,6 +22,8 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
   train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 

@@ -56,7 +56,7 @@ def selector_update(graphdef, tx: optax.GradientTransformation, params, opt_stat
                                                                          entropy_coef)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return params, opt_state, metrics
 
 
@@ -87,7 +87,7 @@ def classifier_update(graphdef, tx: optax.GradientTransformation, params, opt_st
                       pos_weight, impl: str = "dense"):
   loss, grads = jax.value_and_grad(classifier_loss)(params, graphdef, batch, pos_weight, impl)
   updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def check_finite(metrics: dict[str, Any], step: int, stage: str) -> None:

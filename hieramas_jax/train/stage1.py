@@ -99,6 +99,8 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
     print(f"stage 1: resumed from step {start} ({ckpt.directory})")
 
   def save(step: int) -> None:
+    if step in ckpt.all_steps():  # periodic save of this step already happened
+      return
     ckpt.save(step, _state_tree(params, opt_state, baseline, best_params, best_val),
               {"stage": 1, "step": step, "config": config.to_dict(), "history": history,
                "encoder_id": env.encoder_id, "model_names": env.model_names,
