@@ -1,0 +1,168 @@
+"""MATH (competition mathematics): MATH-500 and the 5000-problem MATH test.
+
+Data, in their public JSONL formats: ``math/math500_test.jsonl`` (problem,
+solution, answer, subject, level as an int, unique_id) and ``math/math_test.jsonl``
+(problem, level as "Level 3", type, solution, idx; the answer is the last
+``\\boxed{}`` of the solution). Any JSONL file of either form loads with
+``path=``; Hugging Face ``datasets`` is used only when asked (``source='hf'``).
+
+Splits: ``test`` / ``math500`` (MATH-500), ``math_test`` (all 5000), ``train``
+(the 4500 problems of the MATH test that are not in MATH-500, as PRM800K used
+them; with ``source='hf'``: the 7500-problem MATH training set).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import re
+from typing import Any, Iterable, Mapping
+
+from hieramas_jax import paths
+from hieramas_jax.tasks import base
+from hieramas_jax.tasks import math_grading
+
+MATH_ROLES = (
+    base.RoleSpec("Mathematical Analyst",
+                  "You study the problem before anyone solves it: restate what is asked, name the "
+                  "concepts and formulas that apply, and outline a plan of attack.",
+                  gives_answer=False),
+    base.RoleSpec("Math Solver",
+                  "You carry out the solution: compute carefully, show each step, and reach an exact "
+                  "final answer."),
+    base.RoleSpec("Inspector",
+                  "You check the work of the team: verify each step and the final answer against the "
+                  "problem, fix any error you find, and state the answer you are confident in."),
+)
+MATH_ANSWER_INSTRUCTION = ("Reason step by step, then give the final answer in simplest exact form inside "
+                           "\\boxed{}, for example \\boxed{\\frac{3}{4}}.")
+
+_FILES = {"math500": "math/math500_test.jsonl", "math_test": "math/math_test.jsonl"}
+_HF_SOURCES = {  # split -> (dataset, config names or None, dataset split)
+    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
+    "math_test": ("EleutherAI/hendrycks_math", ("algebra", "counting_and_probability", "geometry",
+                                                "intermediate_algebra", "number_theory", "prealgebra",
+                                                "precalculus"), "test"),
+}
+_HF_SOURCES["train"] = (_HF_SOURCES["math_test"][0], _HF_SOURCES["math_test"][1], "train")
+
+
+def parse_level(value: Any) -> int:
+  """1..5 from 5, "5" or "Level 5"; 0 when unknown."""
+  match = re.search(r"\d+", str(value))
+  level = int(match.group(0)) if match else 0
+  return level if 1 <= level <= 5 else 0
+
+
+def problem_from_record(record: Mapping[str, Any], uid: str) -> base.Problem:
+  """A Problem from one record of MATH-500 or MATH format."""
+  solution = record.get("solution", "") or ""
+  answer = record.get("answer")
+  if answer is None or str(answer).strip() == "":
+    answer = math_grading.last_boxed(solution)
+  if answer is None:
+    raise ValueError(f"MATH record {uid} has neither an answer field nor a \\boxed{{}} answer in its solution")
+  subject = record.get("subject") or record.get("type") or ""
+  return base.Problem(uid=uid, question=record["problem"], answer=str(answer).strip(), subject=str(subject),
+                      level=parse_level(record.get("level", 0)), meta={"solution": solution})
+
+
+def _records_from_jsonl(path: pathlib.Path) -> Iterable[tuple[int, dict[str, Any]]]:
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f):
+      if line.strip():
+        yield line_number, json.loads(line)
+
+
+def _uid(record: Mapping[str, Any], prefix: str, index: int) -> str:
+  if record.get("unique_id"):
+    return str(record["unique_id"])
+  if record.get("idx") is not None:
+    return f"{prefix}/{record['idx']}"
+  return f"{prefix}/{index}"
+
+
+class MathTask(base.Task):
+  """MATH with the roles of the paper: Mathematical Analyst, Math Solver, Inspector."""
+
+  name = "math"
+  roles = MATH_ROLES
+  answer_instruction = MATH_ANSWER_INSTRUCTION
+
+  def __init__(self, timeout_s: int = 5):
+    self.timeout_s = timeout_s  # math-verify's per-call limit (main thread only)
+
+  # ---- data
+  def load(self, split: str = "test", path: str | pathlib.Path | None = None, limit: int | None = None,
+           source: str = "local", subjects: Iterable[str] | None = None,
+           levels: Iterable[int] | None = None) -> list[base.Problem]:
+    """Problems of ``split`` (see the module doc), or of any JSONL file ``path``.
+
+    Args:
+      split: 'test' (= 'math500'), 'math500', 'math_test' or 'train'.
+      path: a JSONL file in MATH-500 or MATH format (overrides split's file).
+      limit: keep the first ``limit`` problems (after filtering).
+      source: 'local' (files under the data folder) or 'hf' (Hugging Face datasets).
+      subjects, levels: keep only these subjects / levels.
+    """
+    split = "math500" if split == "test" else split
+    if path is not None:
+      path = pathlib.Path(path)
+      problems = [problem_from_record(r, _uid(r, f"math/{path.stem}", i)) for i, r in _records_from_jsonl(path)]
+    elif source == "hf":
+      problems = self._load_hf(split)
+    elif source != "local":
+      raise ValueError(f"unknown source {source!r}; use 'local' or 'hf'")
+    elif split in _FILES:
+      problems = self._load_file(split)
+    elif split == "train":
+      held_out = {p.question.strip() for p in self._load_file("math500")}
+      problems = [p for p in self._load_file("math_test") if p.question.strip() not in held_out]
+    else:
+      raise ValueError(f"unknown MATH split {split!r}; use 'test', 'math500', 'math_test' or 'train'")
+    if subjects is not None:
+      wanted = {s.lower() for s in subjects}
+      problems = [p for p in problems if p.subject.lower() in wanted]
+    if levels is not None:
+      wanted_levels = set(levels)
+      problems = [p for p in problems if p.level in wanted_levels]
+    return problems[:limit] if limit is not None else problems
+
+  def _load_file(self, split: str) -> list[base.Problem]:
+    path = paths.require_data_file(_FILES[split])
+    return [problem_from_record(r, _uid(r, f"math/{split}", i)) for i, r in _records_from_jsonl(path)]
+
+  def _load_hf(self, split: str) -> list[base.Problem]:
+    if split not in _HF_SOURCES:
+      raise ValueError(f"split {split!r} has no Hugging Face source; use one of {', '.join(_HF_SOURCES)}")
+    try:
+      import datasets  # optional; only for users with network access
+    except ImportError as e:
+      raise ImportError("source='hf' needs the `datasets` package (pip install datasets) and network "
+                        "access; or use the local JSONL files / path=") from e
+    name, configs, hf_split = _HF_SOURCES[split]
+    problems = []
+    for config in configs or (None,):
+      rows = datasets.load_dataset(name, config, split=hf_split) if config else datasets.load_dataset(
+          name, split=hf_split)
+      for i, row in enumerate(rows):
+        prefix = f"math/hf/{hf_split}/{config}" if config else f"math/hf/{split}"
+        problems.append(problem_from_record(row, _uid(row, prefix, i)))
+    return problems
+
+  # ---- answers
+  def extract(self, text: str) -> str | None:
+    return math_grading.extract_answer(text)
+
+  def grade(self, problem: base.Problem, text: str) -> bool:
+    return math_grading.equivalent(problem.answer, self.extract(text), timeout_s=self.timeout_s)
+
+  def render_answer(self, problem: base.Problem, correct: bool, rng: random.Random) -> str:
+    if correct:
+      return f"Working through the problem gives the result. The final answer is \\boxed{{{problem.answer}}}."
+    for wrong in math_grading.perturb(problem.answer, rng):
+      text = f"Working through the problem gives the result. The final answer is \\boxed{{{wrong}}}."
+      if not self.grade(problem, text):
+        return text
+    return "I could not reach a final answer."  # no extractable answer: graded wrong
