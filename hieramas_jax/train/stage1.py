@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from flax import nnx
 
 from hieramas_jax import checkpointing, graphs, rewards
 from hieramas_jax.models import selector as sel
-from hieramas_jax.train import learner, rollout
+from hieramas_jax.train import builders, learner, rollout
 from hieramas_jax.train.environment import Environment
 from hieramas_jax.train.metric_writer import MetricWriter
 from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
@@ -32,11 +31,7 @@ _BATCH_STREAM = 2
 
 
 def build_selector(env: Environment):
-  c = env.config.selector
-  model = sel.LLMSelector(c.num_proposers, env.query_role_emb["train"].shape[-1], env.option_emb.shape[-1],
-                          hidden_dim=c.hidden_dim, rngs=nnx.Rngs(env.config.seed))
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
+  return builders.build_selector(env.config, env.query_role_emb["train"].shape[-1], env.option_emb.shape[-1])
 
 
 def train_pool(env: Environment) -> np.ndarray:
@@ -69,9 +64,7 @@ def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, 
           "val_cost": float(outcome.total_cost.mean()), "val_failed": float((~v).mean())}
 
 
-def _state_tree(params, opt_state, baseline, best_params, best_val):
-  return {"params": params, "opt_state": opt_state, "baseline": jnp.asarray(baseline, jnp.float32),
-          "best_params": best_params, "best_val": jnp.asarray(best_val, jnp.float32)}
+_state_tree = builders.selector_state_tree
 
 
 def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter,
@@ -166,23 +159,8 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
 
 
 def load_selector(env: Environment, workdir: pathlib.Path):
-  """The best stage-1 selector of a workdir, restored into this environment's shapes.
-
-  Raises FileNotFoundError (never a silent fresh selector) when stage 1 has not run.
-  """
-  graphdef, params = build_selector(env)
-  ckpt_dir = workdir / "checkpoints" / "stage1"
-  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"stage 2 needs a trained selector but {ckpt_dir} holds no checkpoint; "
-                              "run stage 1 first (stages='both' or 'stage1')")
-    meta = ckpt.metadata()
-    if meta.get("model_names") != env.model_names or meta.get("roles") != [r.name for r in env.roles]:
-      raise ValueError(f"the stage-1 checkpoint in {ckpt_dir} was trained for models {meta.get('model_names')} "
-                       f"and roles {meta.get('roles')}, not this config's {env.model_names} / "
-                       f"{[r.name for r in env.roles]}; use a fresh workdir")
-    tx = learner.make_optimizer(1e-3, 0.0, 1.0)
-    template = _state_tree(params, tx.init(params), np.zeros(env.num_roles), params, 0.0)
-    # Only the shapes of the optimizer state matter for the template; its values are replaced.
-    restored, _ = ckpt.restore(checkpointing.abstract_tree(template))
-  return graphdef, restored["best_params"]
+  """The best stage-1 selector of a workdir, for this environment's models and roles."""
+  graphdef, params, _ = builders.load_selector(
+      workdir, env.config, env.query_role_emb["train"].shape[-1], env.option_emb.shape[-1],
+      model_names=env.model_names, roles=[r.name for r in env.roles])
+  return graphdef, params

@@ -17,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from flax import nnx
 
 from hieramas_jax import checkpointing, graphs
 from hieramas_jax.models import gcn
-from hieramas_jax.train import learner, metrics, rollout
+from hieramas_jax.train import builders, learner, metrics, rollout
 from hieramas_jax.train.environment import Environment
 from hieramas_jax.train.metric_writer import MetricWriter
 from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
@@ -30,12 +29,7 @@ _SHUFFLE_STREAM = 3
 
 
 def build_classifier(env: Environment):
-  c = env.config.gcn
-  model = gcn.GraphClassifier(env.num_roles, env.query_emb["train"].shape[-1], role_dim=c.role_dim,
-                              hidden_dim=c.hidden_dim, num_layers=c.num_layers, mlp_dim=c.mlp_dim,
-                              rngs=nnx.Rngs(env.config.seed + 100))
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
+  return builders.build_classifier(env.config, env.num_roles, env.query_emb["train"].shape[-1])
 
 
 def candidate_pool(env: Environment) -> np.ndarray:
@@ -119,9 +113,7 @@ class Stage2Result:
   history: list[dict[str, float]]
 
 
-def _state_tree(params, opt_state, best_params, best_auc):
-  return {"params": params, "opt_state": opt_state, "best_params": best_params,
-          "best_auc": jnp.asarray(best_auc, jnp.float32)}
+_state_tree = builders.classifier_state_tree
 
 
 def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWriter, sel_graphdef, sel_params,
@@ -190,11 +182,5 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
 
 
 def load_classifier(env: Environment, workdir: pathlib.Path):
-  graphdef, params = build_classifier(env)
-  ckpt_dir = workdir / "checkpoints" / "stage2"
-  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"no stage-2 checkpoint in {ckpt_dir}; run stage 2 first")
-    tx = learner.make_optimizer(1e-3, 0.0, 1.0)
-    restored, _ = ckpt.restore(checkpointing.abstract_tree(_state_tree(params, tx.init(params), params, 0.0)))
-  return graphdef, restored["best_params"]
+  graphdef, params, _ = builders.load_classifier(workdir, env.config, env.num_roles, env.query_emb["train"].shape[-1])
+  return graphdef, params

@@ -1,0 +1,91 @@
+"""Model construction and best-checkpoint loading, shared by training and inference.
+
+Parameters travel as pure dicts (``nnx.to_pure_dict``) with a separate graphdef,
+so jitted functions take plain pytrees and orbax saves plain arrays.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from hieramas_jax import checkpointing
+from hieramas_jax.models import gcn
+from hieramas_jax.models import selector as sel
+from hieramas_jax.train import learner
+
+
+def build_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
+  c = config.selector
+  model = sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
+                          rngs=nnx.Rngs(config.seed))
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def build_classifier(config: ml_collections.ConfigDict, num_roles: int, query_dim: int):
+  c = config.gcn
+  model = gcn.GraphClassifier(num_roles, query_dim, role_dim=c.role_dim, hidden_dim=c.hidden_dim,
+                              num_layers=c.num_layers, mlp_dim=c.mlp_dim, rngs=nnx.Rngs(config.seed + 100))
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def selector_state_tree(params, opt_state, baseline, best_params, best_val):
+  return {"params": params, "opt_state": opt_state, "baseline": jnp.asarray(baseline, jnp.float32),
+          "best_params": best_params, "best_val": jnp.asarray(best_val, jnp.float32)}
+
+
+def classifier_state_tree(params, opt_state, best_params, best_auc):
+  return {"params": params, "opt_state": opt_state, "best_params": best_params,
+          "best_auc": jnp.asarray(best_auc, jnp.float32)}
+
+
+def _template_optimizer_state(params):
+  # Only the structure matters for a restore target; hyper-parameters do not change it.
+  return learner.make_optimizer(1e-3, 0.0, 1.0).init(params)
+
+
+def load_selector(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, text_dim: int, profile_dim: int,
+                  *, model_names: Sequence[str] | None = None, roles: Sequence[str] | None = None,
+                  sharding=None) -> tuple[Any, Any, dict]:
+  """(graphdef, best params, metadata) of the stage-1 selector in ``workdir``.
+
+  Raises FileNotFoundError when there is none (never a silent fresh selector),
+  and ValueError when it was trained for other models or roles.
+  """
+  graphdef, params = build_selector(config, text_dim, profile_dim)
+  ckpt_dir = pathlib.Path(workdir) / "checkpoints" / "stage1"
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no trained selector: {ckpt_dir} holds no checkpoint; run stage 1 first "
+                              "(stages='both' or 'stage1')")
+    meta = ckpt.metadata()
+    if model_names is not None and meta.get("model_names") != list(model_names):
+      raise ValueError(f"the stage-1 checkpoint in {ckpt_dir} was trained for models {meta.get('model_names')}, "
+                       f"not {list(model_names)}; use the same pool or a fresh workdir")
+    if roles is not None and meta.get("roles") != list(roles):
+      raise ValueError(f"the stage-1 checkpoint in {ckpt_dir} was trained for roles {meta.get('roles')}, "
+                       f"not {list(roles)}; use the same task or a fresh workdir")
+    template = selector_state_tree(params, _template_optimizer_state(params), np.zeros(len(meta.get("roles", [0]))),
+                                   params, 0.0)
+    restored, meta = ckpt.restore(checkpointing.abstract_tree(template, sharding))
+  return graphdef, restored["best_params"], meta
+
+
+def load_classifier(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, num_roles: int, query_dim: int,
+                    *, sharding=None) -> tuple[Any, Any, dict]:
+  """(graphdef, best params, metadata) of the stage-2 graph classifier in ``workdir``."""
+  graphdef, params = build_classifier(config, num_roles, query_dim)
+  ckpt_dir = pathlib.Path(workdir) / "checkpoints" / "stage2"
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no trained graph classifier: {ckpt_dir} holds no checkpoint; run stage 2 first")
+    template = classifier_state_tree(params, _template_optimizer_state(params), params, 0.0)
+    restored, meta = ckpt.restore(checkpointing.abstract_tree(template, sharding))
+  return graphdef, restored["best_params"], meta
