@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import pathlib
 import sqlite3
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -59,11 +60,28 @@ class CachedEncoder:
     self.timeout_s = timeout_s
     self.num_hits = 0
     self.num_encoded = 0
-    with self._connect() as conn:
-      # WAL is a property of the file: set once, readers never block on writers.
-      conn.execute("PRAGMA journal_mode=WAL")
-      conn.execute(_SCHEMA)
-      conn.commit()
+    self._init_database()
+
+  def _init_database(self) -> None:
+    # WAL is a property of the file: set once, readers never block on writers.
+    # Switching the journal mode needs the database to itself and SQLite does not
+    # wait for that (no busy handler), so a cache opened by several users at once
+    # retries with backoff instead of failing with "database is locked".
+    deadline = time.monotonic() + self.timeout_s
+    delay = 0.01
+    while True:
+      try:
+        with self._connect() as conn:
+          if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+          conn.execute(_SCHEMA)
+          conn.commit()
+        return
+      except sqlite3.OperationalError as err:
+        if "locked" not in str(err) or time.monotonic() > deadline:
+          raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
   @property
   def encoder_id(self) -> str:

@@ -1,0 +1,220 @@
+"""What training learns on the simulated pool, judged by the simulator's exact oracle.
+
+Prints one JSON line. For each simulator seed it trains both stages with the
+default MATH config (synthetic problems, simulated pool) and, on held-out test
+queries, computes with the oracle (expected values, no sampling noise):
+
+- ``best``: the oracle's best assignment on its best DAG of the candidate pool;
+- ``random``: a uniformly random assignment (models or skip) on a random DAG;
+- ``trained``: the selector's argmax assignment on the classifier's chosen DAG;
+- ``gap_closed`` = (trained - random) / (best - random), on mean rewards;
+- the stage-2 classifier's best validation ROC-AUC, and the expected reward of
+  the trained assignment on the chosen DAG against the same assignment on a
+  random DAG of the pool;
+- stage-1 episodes (queries executed and graded) per second.
+
+Then a credit-assignment scenario: one role's model choice matters for its own
+output while a strong decision model that ignores the roles masks it in the
+final answer. It trains with alpha = 0.5 (multi-level reward) and alpha = 0
+(system reward only), prints both learning curves (fraction of that role's
+synthesizer picks that are the right model) and writes a PNG.
+
+    python bench/train_sim.py [--seeds 0,1,2] [--steps 200] [--out bench_out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import time
+
+import numpy as np
+
+from hieramas_jax import config as base_config
+from hieramas_jax import encoders
+from hieramas_jax.llm import cache as llm_cache
+from hieramas_jax.llm import sim
+from hieramas_jax.models import selector as sel
+from hieramas_jax.train import environment, evaluation, rollout, stage1, stage2
+from hieramas_jax.train.metric_writer import MetricWriter
+
+
+def _assignment(env, actions_row):
+  return sel.actions_to_assignment(actions_row[None], env.model_names)[0]
+
+
+def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int = 0) -> dict[str, float]:
+  problems = env.splits["test"]
+  n = len(problems)
+  learned = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", np.arange(n))
+  chosen, _ = evaluation.choose_graphs(env, s2.graphdef, s2.params, "test", pool)
+  rng = np.random.default_rng(seed)
+  random_dag_idx = rng.integers(0, len(pool), n)
+  rand_actions = evaluation.random_actions(env, n * n_random, seed + 1).reshape(n, n_random, *learned.shape[1:])
+  rand_dags = rng.integers(0, len(pool), (n, n_random))
+  best_by_type: dict[tuple[str, int], float] = {}
+  rows = {"trained": [], "trained_assignment_random_dag": [], "random": [], "best": []}
+  for i, p in enumerate(problems):
+    key = (p.subject, p.level)
+    if key not in best_by_type:
+      _, _, best, _ = oracle.best_dag(p.subject, p.level, list(pool), env.decision_model,
+                                      proposers=env.config.selector.num_proposers, models=env.model_names,
+                                      restarts=3)
+      best_by_type[key] = best.expected_reward
+    ev = lambda actions, adj: oracle.evaluate(p.subject, p.level, _assignment(env, actions), adj,  # noqa: E731
+                                              env.decision_model, question=p.question).expected_reward
+    rows["best"].append(best_by_type[key])
+    rows["trained"].append(ev(learned[i], pool[chosen[i]]))
+    rows["trained_assignment_random_dag"].append(ev(learned[i], pool[random_dag_idx[i]]))
+    rows["random"].append(float(np.mean([ev(rand_actions[i, j], pool[rand_dags[i, j]]) for j in range(n_random)])))
+  means = {k: float(np.mean(v)) for k, v in rows.items()}
+  gap = means["best"] - means["random"]
+  means["gap"] = gap
+  means["gap_closed"] = (means["trained"] - means["random"]) / gap if gap > 0 else float("nan")
+  return means
+
+
+def run_seed(seed: int, steps: int, out: pathlib.Path, encoder) -> dict[str, float]:
+  c = base_config.base_config("math")
+  c.llm.sim_seed = seed
+  c.stage1.steps = steps
+  workdir = out / f"seed{seed}"
+  shutil.rmtree(workdir, ignore_errors=True)
+  env = environment.build_environment(c, workdir, encoder=encoder)
+  writer = MetricWriter(workdir, tensorboard=False)
+  start = time.perf_counter()
+  s1 = stage1.train_selector(env, workdir, writer, progress=False)
+  s1_time = time.perf_counter() - start
+  s2 = stage2.train_classifier(env, workdir, writer, s1.graphdef, s1.params, progress=False)
+  writer.close()
+  pool = stage2.candidate_pool(env)
+  backend = env.backend.backend if isinstance(env.backend, llm_cache.CachedBackend) else env.backend
+  oracle = sim.Oracle(backend.world, env.task, env.roles, c_s=c.stage1.reward_cost_solved,
+                      c_f=c.stage1.reward_cost_failed)
+  figures = oracle_figures(env, oracle, s1, s2, pool, seed=seed)
+  env.close()
+  figures.update(seed=seed, val_auc=s2.best_val_auc,
+                 episodes_per_s=steps * c.stage1.batch_size / s1_time, stage1_s=s1_time)
+  return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+# ---------------------------------------------------------------------------
+# Credit assignment scenario
+# ---------------------------------------------------------------------------
+
+_RIGHT, _WRONG, _DECIDER = "Sharp", "Dull", "Oracle-Decider"
+
+
+def credit_world(seed: int) -> sim.SimWorld:
+  """Two equally priced role models (one right for every subject, one wrong) and a decision model
+  that solves nearly everything and reads no candidates, so the final answer masks the roles."""
+  models = {
+      _RIGHT: sim.SimModel(_RIGHT, 0.1, 0.4, latency_s=0.0, pick=1.0),
+      _WRONG: sim.SimModel(_WRONG, 0.1, 0.4, latency_s=0.0, pick=1.0),
+      _DECIDER: sim.SimModel(_DECIDER, 0.1, 0.4, latency_s=0.0, pick=0.0),
+  }
+  table = {(_RIGHT, "*"): (3.0,) * 5, (_WRONG, "*"): (-3.0,) * 5, (_DECIDER, "*"): (4.0,) * 5}
+  return sim.SimWorld(models=models, skill=sim.SkillTable(ability={}, table=table), seed=seed)
+
+
+def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int = 0) -> list[float]:
+  c = base_config.base_config("math")
+  c.llm.pool = "config"
+  c.llm.models = [{"name": n, "price_in_per_m": 0.1, "price_out_per_m": 0.4, "profile": f"model {n}"}
+                  for n in (_RIGHT, _WRONG, _DECIDER)]
+  c.llm.decision_model = _DECIDER
+  c.llm.exclude_models = [_DECIDER]  # roles choose between the right and the wrong model
+  c.llm.cache = False
+  c.selector.synthesizer_may_skip = False
+  c.stage1.alpha = alpha
+  c.stage1.steps = steps
+  c.stage1.eval_every = max(1, steps // 20)  # each "validation" records one point of the curve
+  c.stages = "stage1"
+  workdir = out / f"credit_alpha{alpha}"
+  shutil.rmtree(workdir, ignore_errors=True)
+  task = environment.load_task(c)
+  splits = environment.load_splits(c, task)
+  backend = sim.SimulatedBackend(credit_world(seed), task, [p for s in splits.values() for p in s])
+  env = environment.build_environment(c, workdir, backend=backend, encoder=encoder)
+  solver = [r.name for r in env.roles].index("Math Solver")
+  curve: list[float] = []
+  original = stage1.validate
+
+  def record(env_, graphdef, params, pool):
+    del pool
+    actions = rollout.greedy_actions(env_, graphdef, params, "val", np.arange(len(env_.splits["val"])))
+    synth = actions[:, solver, -1]
+    curve.append(float(np.mean(synth == env_.model_names.index(_RIGHT))))
+    return {"val_reward": 0.0, "val_accuracy": curve[-1], "val_cost": 0.0, "val_failed": 0.0}
+
+  stage1.validate = record
+  try:
+    writer = MetricWriter(workdir, tensorboard=False)
+    stage1.train_selector(env, workdir, writer, progress=False)
+    writer.close()
+  finally:
+    stage1.validate = original
+    env.close()
+  return curve
+
+
+def steps_to_reach(curve: list[float], every: int, level: float = 0.9) -> int | None:
+  for i, v in enumerate(curve):
+    if v >= level:
+      return (i + 1) * every
+  return None
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--credit_steps", type=int, default=120)
+  parser.add_argument("--out", default="bench_out/train_sim")
+  parser.add_argument("--encoder", default="minilm", help="minilm (default) or hashing (fast, for smoke runs)")
+  args = parser.parse_args()
+  out = pathlib.Path(args.out).absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  encoder = encoders.make_encoder(args.encoder, cache_dir=out / "embeddings")
+  seeds = [run_seed(int(s), args.steps, out, encoder) for s in args.seeds.split(",")]
+  every = max(1, args.credit_steps // 20)
+  multi = credit_run(0.5, args.credit_steps, out, encoder)
+  system_only = credit_run(0.0, args.credit_steps, out, encoder)
+  png = out / "credit_assignment.png"
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    xs = [(i + 1) * every for i in range(len(multi))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, multi, label="alpha = 0.5 (multi-level)")
+    ax.plot(xs, system_only, label="alpha = 0 (system reward only)")
+    ax.set_xlabel("stage-1 step")
+    ax.set_ylabel("right model chosen (fraction of val queries)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.set_title("Credit assignment: a masked role's model choice")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+  except ImportError:
+    png = None
+  mean = lambda k: round(float(np.mean([s[k] for s in seeds])), 4)  # noqa: E731
+  print(json.dumps({
+      "bench": "train_sim",
+      "seeds": seeds,
+      "mean_gap": mean("gap"), "mean_gap_closed": mean("gap_closed"), "mean_val_auc": mean("val_auc"),
+      "mean_trained": mean("trained"), "mean_trained_assignment_random_dag": mean("trained_assignment_random_dag"),
+      "episodes_per_s": mean("episodes_per_s"),
+      "credit_curve_every_steps": every,
+      "credit_alpha_0.5": [round(v, 3) for v in multi],
+      "credit_alpha_0": [round(v, 3) for v in system_only],
+      "credit_steps_to_0.9_alpha_0.5": steps_to_reach(multi, every),
+      "credit_steps_to_0.9_alpha_0": steps_to_reach(system_only, every),
+      "credit_plot": str(png) if png else None,
+  }))
+
+
+if __name__ == "__main__":
+  main()
