@@ -26,6 +26,7 @@ from hieramas_jax.train.environment import Environment
 from hieramas_jax.train.metric_writer import MetricWriter
 from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
 
+_sample = jax.jit(sel.sample)  # one compiled sampler; temperature is a traced argument
 _SAMPLE_STREAM = 1  # fold-in stream ids keep the random draws of different purposes apart
 _BATCH_STREAM = 2
 
@@ -76,7 +77,7 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
   tx = learner.make_optimizer(c.learning_rate, c.weight_decay, c.grad_clip)
   opt_state = tx.init(params)
   baseline = np.zeros(env.num_roles, np.float32)
-  best_params, best_val = params, -np.inf
+  best_params, best_val = jax.tree_util.tree_map(jnp.copy, params), -np.inf  # params get donated
   pool = train_pool(env)
   start = 0
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage1", max_to_keep=config.checkpoint.max_to_keep)
@@ -112,7 +113,7 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
       temperature = float(rewards.cosine_temperature(step, c.steps, c.temperature_start, c.temperature_end))
       qr = jnp.asarray(env.query_role_emb["train"][index])
       logits = sel.selector_logits(graphdef, params, qr, option_emb)
-      actions = sel.sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
+      actions = _sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
       problems = [train_problems[i] for i in index]
       outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, np.asarray(actions), adjs,
                                                                     sample=step + 1))

@@ -133,7 +133,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   graphdef, params = build_classifier(env)
   tx = learner.make_optimizer(c.learning_rate, c.weight_decay, config.stage1.grad_clip)
   opt_state = tx.init(params)
-  best_params, best_auc, start = params, -np.inf, 0
+  best_params, best_auc, start = jax.tree_util.tree_map(jnp.copy, params), -np.inf, 0  # params get donated
   history: list[dict[str, float]] = []
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage2", max_to_keep=config.checkpoint.max_to_keep)
   if ckpt.latest_step() is not None:
