@@ -54,6 +54,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.llm.timeout_s = 120.0
   c.llm.max_retries = 5
   c.llm.max_concurrency = 64
+  c.llm.send_seed = True  # send each call's sample index as `seed`: repeated samples differ, re-runs repeat
   c.llm.cache = True  # SQLite response cache in the workdir
   c.llm.sim_seed = 0
   c.llm.sim_latency_s = 0.0

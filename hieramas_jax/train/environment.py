@@ -204,7 +204,8 @@ def make_backend(config: ml_collections.ConfigDict, specs: Sequence[llm_pool.Mod
     from hieramas_jax.llm import openai_backend  # pylint: disable=g-import-not-at-top
     backend = openai_backend.OpenAIBackend(
         specs, max_concurrency=config.llm.max_concurrency, timeout_s=config.llm.timeout_s,
-        retry=openai_backend.RetryPolicy(max_retries=config.llm.max_retries))
+        retry=openai_backend.RetryPolicy(max_retries=config.llm.max_retries),
+        seed_from_sample_index=bool(config.llm.send_seed))
   if config.llm.cache:
     backend = llm_cache.CachedBackend(backend, workdir / "llm_cache.sqlite")
   return backend
