@@ -149,6 +149,8 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
     curve.append(float(np.mean(synth == env_.model_names.index(_RIGHT))))
     return {"val_reward": 0.0, "val_accuracy": curve[-1], "val_cost": 0.0, "val_failed": 0.0}
 
+  record(env, *stage1.build_selector(env), None)  # step 0: the initial selector (same seed as training)
+
   stage1.validate = record
   try:
     writer = MetricWriter(workdir, tensorboard=False)
@@ -161,9 +163,10 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
 
 
 def steps_to_reach(curve: list[float], every: int, level: float = 0.9) -> int | None:
-  for i, v in enumerate(curve):
-    if v >= level:
-      return (i + 1) * every
+  """First recorded step from which the curve stays at or above ``level`` (curve[0] is step 0)."""
+  for i in range(len(curve)):
+    if all(v >= level for v in curve[i:]):
+      return i * every
   return None
 
 
@@ -187,7 +190,7 @@ def main() -> None:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    xs = [(i + 1) * every for i in range(len(multi))]
+    xs = [i * every for i in range(len(multi))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, multi, label="alpha = 0.5 (multi-level)")
     ax.plot(xs, system_only, label="alpha = 0 (system reward only)")
