@@ -90,6 +90,21 @@ def batch_mean_baseline(rewards: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.where(count - w > 0, (total - rewards * w) / others, 0.0)
 
 
+def group_baseline(rewards: jax.Array, weights: jax.Array, group_size: int) -> jax.Array:
+  """Leave-one-out mean over the other samples of the same query: [B, R], B = queries x group_size.
+
+  Rows of a group are consecutive. Comparing samples of one query removes the
+  query's difficulty from the advantage, the largest source of variance here.
+  """
+  chex.assert_equal_shape([rewards, weights])
+  b, r = rewards.shape
+  if b % group_size:
+    raise ValueError(f"batch of {b} rows is not a whole number of groups of {group_size}")
+  grouped = jax.vmap(batch_mean_baseline)(rewards.reshape(b // group_size, group_size, r),
+                                          weights.reshape(b // group_size, group_size, r))
+  return grouped.reshape(b, r)
+
+
 def ema_update(baseline: jax.Array, rewards: jax.Array, weights: jax.Array, decay: float = 0.9) -> jax.Array:
   """Per-role exponential moving average of rewards [R], updated on valid entries only."""
   w = weights.astype(jnp.float32)

@@ -56,3 +56,11 @@ def test_roc_auc():
   assert np.isnan(metrics.roc_auc([1, 2], [1, 1]))
   mean, n = metrics.mean_per_query_auc([[0.1, 0.9], [0.5, 0.2], [0.3, 0.3]], [[0, 1], [0, 1], [1, 1]])
   assert (mean, n) == (0.5, 2)
+
+
+def test_group_baseline_is_leave_one_out_within_each_query():
+  r = jnp.array([[1.0], [3.0], [10.0], [20.0]])
+  w = jnp.ones_like(r)
+  np.testing.assert_allclose(rewards.group_baseline(r, w, 2), [[3.0], [1.0], [20.0], [10.0]])
+  with pytest.raises(ValueError, match="groups of 3"):
+    rewards.group_baseline(r, w, 3)

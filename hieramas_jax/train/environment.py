@@ -136,8 +136,11 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
                       f"{c.stage2.graphs_per_query}, or every graph would be positive")
   if not 0.0 <= c.stage1.alpha <= 1.0:
     raise ConfigError(f"stage1.alpha={c.stage1.alpha}; it must lie in [0, 1]")
-  if c.stage1.baseline not in ("none", "ema", "batch_mean"):
-    raise ConfigError(f"stage1.baseline={c.stage1.baseline!r}; choose 'none', 'ema' or 'batch_mean'")
+  if c.stage1.baseline not in ("none", "ema", "batch_mean", "group"):
+    raise ConfigError(f"stage1.baseline={c.stage1.baseline!r}; choose 'none', 'ema', 'batch_mean' or 'group'")
+  if c.stage1.baseline == "group" and (c.stage1.group_size < 2 or c.stage1.batch_size % c.stage1.group_size):
+    raise ConfigError(f"stage1.baseline='group' needs group_size >= 2 dividing batch_size; got group_size="
+                      f"{c.stage1.group_size}, batch_size={c.stage1.batch_size}")
   if c.stage1.temperature_end <= 0 or c.stage1.temperature_start <= 0:
     raise ConfigError("stage1 temperatures must be > 0")
   if num_roles is not None:

@@ -51,11 +51,13 @@ def selection_mask(env: Environment, batch: int) -> sel.SelectionMask:
 
 
 def make_plans(env: Environment, problems: Sequence[Problem], actions: np.ndarray, adjs: np.ndarray,
-               sample: int) -> list[executor.Plan]:
+               sample: int | Sequence[int]) -> list[executor.Plan]:
+  """Executor plans; ``sample`` (one per plan, or one for all) picks fresh LLM draws per episode."""
   assignments = sel.actions_to_assignment(actions, env.model_names)
+  samples = [int(sample)] * len(problems) if np.ndim(sample) == 0 else [int(s) for s in sample]
   return [executor.Plan(problem=p, roles=env.roles, assignment=a, adjacency=np.asarray(adj),
-                        decision_model=env.decision_model, sample=int(sample))
-          for p, a, adj in zip(problems, assignments, adjs)]
+                        decision_model=env.decision_model, sample=s)
+          for p, a, adj, s in zip(problems, assignments, adjs, samples)]
 
 
 def run_plans(env: Environment, problems: Sequence[Problem], plans: Sequence[executor.Plan],

@@ -108,21 +108,27 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
   try:
     for step in bar:
       rng = np.random.default_rng([config.seed, _BATCH_STREAM, step])
-      index = rng.choice(len(train_problems), size=c.batch_size, replace=False)
-      adjs = pool[rng.integers(0, len(pool), c.batch_size)]
+      # With the group baseline, batch_size // group_size queries are each sampled group_size times on one DAG.
+      group = c.group_size if c.baseline == "group" else 1
+      queries = rng.choice(len(train_problems), size=c.batch_size // group, replace=False)
+      index = np.repeat(queries, group)
+      adjs = np.repeat(pool[rng.integers(0, len(pool), len(queries))], group, axis=0)
+      samples = (step + 1) * group + np.tile(np.arange(group), len(queries))  # distinct LLM draws per episode
       temperature = float(rewards.cosine_temperature(step, c.steps, c.temperature_start, c.temperature_end))
       qr = jnp.asarray(env.query_role_emb["train"][index])
       logits = sel.selector_logits(graphdef, params, qr, option_emb)
       actions = _sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
       problems = [train_problems[i] for i in index]
       outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, np.asarray(actions), adjs,
-                                                                    sample=step + 1))
+                                                                    sample=samples))
       credit = rollout.credit(env, outcome, c.alpha)
       weights = outcome.valid[:, None] & outcome.role_ran
       if c.baseline == "ema":
         base = np.broadcast_to(baseline, credit.shape)
       elif c.baseline == "batch_mean":
         base = np.asarray(rewards.batch_mean_baseline(credit, weights))
+      elif c.baseline == "group":
+        base = np.asarray(rewards.group_baseline(credit, weights, group))
       else:
         base = np.zeros_like(credit)
       adv = np.asarray(rewards.advantages(credit, weights.astype(np.float32), base))
