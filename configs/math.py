@@ -13,4 +13,8 @@ from hieramas_jax import config as base
 
 def get_config(arg: str | None = None):
   c = base.base_config("math", arg)
+  # The simulated world's roles: an Inspector with nothing to inspect does poorly, with a solution in
+  # front of it does well; the Analyst's outline helps whoever reads it. (solo logit, gain scale)
+  c.llm.sim_role_effects = {"Inspector": (-1.5, 2.0), "Mathematical Analyst": (-0.5, 1.0),
+                            "Math Solver": (0.0, 1.5)}
   return c

@@ -58,6 +58,8 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.llm.cache = True  # SQLite response cache in the workdir
   c.llm.sim_seed = 0
   c.llm.sim_latency_s = 0.0
+  # Role effects of the simulated world: role name -> (solo logit, gain scale); see llm/sim.py RoleEffect.
+  c.llm.sim_role_effects = {}
 
   # Encoder of query, role and profile texts.
   c.encoder = ml_collections.ConfigDict()

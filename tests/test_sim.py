@@ -255,3 +255,34 @@ def test_skill_table_validation_and_fallbacks():
   assert spread.logit("a", "x", 3) == SkillTable(ability={"a": 1.0}, subject_spread=0.5, seed=3).logit("a", "x", 3)
   with pytest.raises(ValueError, match="no entry for model"):
     SimWorld(models={"z": SimModel("z", 0, 0)}, skill=SkillTable(ability={}))
+
+
+def test_role_effects_follow_the_speaking_role_and_the_oracle_agrees():
+  """A role effect changes that role's calls only; simulator and oracle use the same probabilities."""
+  from hieramas_jax.llm.sim import RoleEffect
+  task = ArithmeticTask()
+  problems = task.load("test", n=1, seed=3)
+  world = default_world(seed=1, role_effects={"Inspector": RoleEffect(solo=-4.0, gain_scale=2.0)})
+  backend = SimulatedBackend(world, task, problems)
+  p = problems[0]
+  inspector = next(r for r in task.roles if r.name == "Inspector")
+  solver = next(r for r in task.roles if r.name == "Math Solver")
+  assert backend.read(task.proposer_messages(p, inspector, [])).role == "Inspector"
+  assert backend.read(task.proposer_messages(p, solver, [])).role == "Math Solver"
+  assert backend.read(task.decision_messages(p, [])).role is None
+  base = world.p_correct("GPT-4o-mini", p.subject, p.level, 0, 0)
+  assert world.p_correct("GPT-4o-mini", p.subject, p.level, 0, 0, "Inspector") < base
+  assert world.p_correct("GPT-4o-mini", p.subject, p.level, 0, 0, "Math Solver") == base
+  # Seeing one right answer helps the Inspector twice as much (in logit) as it helps others.
+  logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+  d_insp = logit(world.p_correct("GPT-4o-mini", p.subject, p.level, 1, 0, "Inspector")) - logit(
+      world.p_correct("GPT-4o-mini", p.subject, p.level, 0, 0, "Inspector"))
+  d_solv = logit(world.p_correct("GPT-4o-mini", p.subject, p.level, 1, 0, "Math Solver")) - logit(base)
+  np.testing.assert_allclose(d_insp, 2 * d_solv, rtol=1e-9)
+  # The oracle sees the topology effect: the Inspector after the Solver beats the Inspector alone.
+  roles = [solver, inspector]
+  oracle = Oracle(world, task, roles)
+  assignment = [[None, None, "GPT-4o-mini"], [None, None, "GPT-4o-mini"]]
+  fed = oracle.evaluate(p.subject, p.level, assignment, [[0, 1], [0, 0]], "GPT-4o-mini")
+  alone = oracle.evaluate(p.subject, p.level, assignment, [[0, 0], [0, 0]], "GPT-4o-mini")
+  assert fed.role_solve_rates[1] > alone.role_solve_rates[1] + 0.2

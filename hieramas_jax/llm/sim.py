@@ -148,6 +148,17 @@ def _sigmoid(z: float) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class RoleEffect:
+  """How a role changes its calls' chances: ``solo`` is added to the skill logit and
+  ``gain_scale`` multiplies the collaboration term (what the role makes of the
+  candidate answers it reads). An Inspector, say, is weak with nothing to inspect
+  (solo < 0) and strong with a solution in front of it (gain_scale > 1)."""
+
+  solo: float = 0.0
+  gain_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class SimWorld:
   """The hidden truth of a simulated pool (see the module docstring for the model).
 
@@ -158,6 +169,8 @@ class SimWorld:
     mislead: logit lost per log(1 + wrong candidates seen), times the reader's pick.
     seed: seed of every call's RNG.
     error_rate: chance that a call fails (an error response; the oracle ignores it).
+    role_effects: per role name, a RoleEffect on that role's calls (proposers and
+      synthesizer); roles not named, and the decision node, have none.
   """
 
   models: Mapping[str, SimModel]
@@ -166,6 +179,7 @@ class SimWorld:
   mislead: float = 0.75
   seed: int = 0
   error_rate: float = 0.0
+  role_effects: Mapping[str, RoleEffect] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     missing = [m for m in self.models if m not in self.skill.ability and
@@ -174,12 +188,15 @@ class SimWorld:
       raise ValueError(f"the skill table has no entry for model(s) {missing}; give each model an ability "
                        "or table rows")
 
-  def p_correct(self, model: str, subject: str, level: int, n_correct: int, n_wrong: int) -> float:
-    """Chance that ``model`` answers right having read these candidate answers."""
+  def p_correct(self, model: str, subject: str, level: int, n_correct: int, n_wrong: int,
+                role: str | None = None) -> float:
+    """Chance that ``model`` answers right having read these candidate answers, in ``role``."""
     m = self.models[model]
-    z = self.skill.logit(model, subject, level)
+    effect = self.role_effects.get(role) if role is not None else None
+    z = self.skill.logit(model, subject, level) + (effect.solo if effect else 0.0)
     if n_correct or n_wrong:
-      z += m.pick * (self.gain * math.log1p(n_correct) - self.mislead * math.log1p(n_wrong))
+      scale = effect.gain_scale if effect else 1.0
+      z += scale * m.pick * (self.gain * math.log1p(n_correct) - self.mislead * math.log1p(n_wrong))
     return _sigmoid(z)
 
   def with_models(self, names: Sequence[str]) -> "SimWorld":
@@ -317,6 +334,7 @@ class SimReading:
   problem: Problem
   n_correct: int
   n_wrong: int
+  role: str | None = None  # the role speaking (from the system message); None for the decision node
 
 
 class SimulatedBackend:
@@ -392,7 +410,13 @@ class SimulatedBackend:
         n_correct += 1
       else:
         n_wrong += 1
-    return SimReading(problem, n_correct, n_wrong)
+    return SimReading(problem, n_correct, n_wrong, self._role_of(messages))
+
+  def _role_of(self, messages: Sequence[Message]) -> str | None:
+    """The task role the system message names first (a prompt says who you are before anything else)."""
+    system = " ".join(m.get("content") or "" for m in messages if m.get("role") == "system")
+    found = [(system.find(r.name), -len(r.name), r.name) for r in self.task.roles if r.name and r.name in system]
+    return min(found)[2] if found else None
 
   # -- answering ----------------------------------------------------------
   def call_rng(self, model: str, messages: Sequence[Message], sample_index: int) -> random.Random:
@@ -415,7 +439,7 @@ class SimulatedBackend:
     if self.world.error_rate and rng.random() < self.world.error_rate:
       return error_response(model, "simulator: injected failure", latency=latency)
     p = self.world.p_correct(model, reading.problem.subject, reading.problem.level, reading.n_correct,
-                             reading.n_wrong)
+                             reading.n_wrong, reading.role)
     correct = rng.random() < p
     n_out = rng.randint(*spec.completion_tokens)
     final = self.task.render_answer(reading.problem, correct, rng)
@@ -590,9 +614,10 @@ class Oracle:
         k_right = sum(state[slot[i]] for i in preds[r])
         if k_right not in memo:
           k_wrong = len(preds[r]) - k_right
-          dist = _poisson_binomial([world.p_correct(m, subject, level, k_right, k_wrong) for m in proposers])
+          name = self.roles[r].name
+          dist = _poisson_binomial([world.p_correct(m, subject, level, k_right, k_wrong, name) for m in proposers])
           memo[k_right] = sum(
-              q * world.p_correct(synth, subject, level, k_right + c, k_wrong + len(proposers) - c)
+              q * world.p_correct(synth, subject, level, k_right + c, k_wrong + len(proposers) - c, name)
               for c, q in enumerate(dist))
         q_right = memo[k_right]
         nxt[state + (1,)] = nxt.get(state + (1,), 0.0) + prob * q_right
