@@ -115,6 +115,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.graphs_per_query = 16  # G
   c.stage2.top_k = 4
+  c.stage2.samples_per_graph = 1  # runs per (query, DAG); labels rank the mean reward (1 = as published)
   c.stage2.epochs = 30
   c.stage2.batch_size = 32
   c.stage2.learning_rate = 3e-3

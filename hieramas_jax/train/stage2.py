@@ -59,9 +59,9 @@ def label_graphs(rewards_: np.ndarray, solved: np.ndarray, valid: np.ndarray, to
 @dataclasses.dataclass
 class GraphData:
   adjs: np.ndarray  # [Q, G, N, N]
-  rewards: np.ndarray  # [Q, G]
-  solved: np.ndarray  # [Q, G]
-  valid: np.ndarray  # [Q, G]
+  rewards: np.ndarray  # [Q, G] mean system reward over the samples of each (query, graph)
+  solved: np.ndarray  # [Q, G] solved in at least half of the samples
+  valid: np.ndarray  # [Q, G] every sample ran without a failed call
   labels: np.ndarray  # [Q, G]
   cost: np.ndarray  # [Q, G] USD
 
@@ -75,15 +75,20 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
   rng = np.random.default_rng([env.config.seed, 4, {"train": 0, "val": 1, "test": 2}[split]])
   picks = np.stack([rng.choice(len(pool), size=g, replace=False) for _ in range(q_count)])
   adjs = pool[picks]  # [Q, G, N, N]
-  flat_problems = [problems[q] for q in range(q_count) for _ in range(g)]
-  flat_actions = np.repeat(actions, g, axis=0)
-  outcome = rollout.run_plans(env, flat_problems, rollout.make_plans(
-      env, flat_problems, flat_actions, adjs.reshape(q_count * g, *adjs.shape[2:]), sample=0))
+  # Each (query, graph) runs samples_per_graph times with distinct LLM draws; more samples, less label noise.
+  s = int(c.samples_per_graph)
+  flat_problems = [problems[q] for q in range(q_count) for _ in range(g) for _ in range(s)]
+  flat_actions = np.repeat(actions, g * s, axis=0)
+  flat_adjs = np.repeat(adjs.reshape(q_count * g, *adjs.shape[2:]), s, axis=0)
+  samples = np.tile(np.arange(s), q_count * g)
+  outcome = rollout.run_plans(env, flat_problems, rollout.make_plans(env, flat_problems, flat_actions, flat_adjs,
+                                                                     sample=samples))
   s1 = env.config.stage1
-  reward = outcome.system_reward(s1.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(q_count, g)
-  solved = outcome.final_solved.reshape(q_count, g)
-  valid = outcome.valid.reshape(q_count, g)
-  cost = outcome.total_cost.reshape(q_count, g)
+  shape = (q_count, g, s)
+  reward = outcome.system_reward(s1.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(shape).mean(-1)
+  solved = outcome.final_solved.reshape(shape).mean(-1) >= 0.5
+  valid = outcome.valid.reshape(shape).all(-1)
+  cost = outcome.total_cost.reshape(shape).mean(-1)
   return GraphData(adjs.astype(np.int8), reward, solved, valid, label_graphs(reward, solved, valid, c.top_k),
                    cost)
 
