@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,25 +22,14 @@ from flax import nnx
 from hieramas_jax import graphs
 from hieramas_jax.models import gcn
 
-
-def _best_time(fn, repeats: int) -> float:
-  """Best wall time of ``fn`` (which must block) over ``repeats`` runs after one warm-up."""
-  fn()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
-
+import timing  # bench/timing.py (the script's own folder is on sys.path)
 
 def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
   mm = jax.jit(lambda x, y: x @ y)
-  t = _best_time(lambda: mm(a, b).block_until_ready(), repeats)
+  t = timing.best_time(lambda: mm(a, b).block_until_ready(), repeats)
   return 2 * size**3 / t
-
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,7 +53,7 @@ def main() -> None:
 
   rates = {}
   for impl in gcn.IMPLEMENTATIONS:
-    t = _best_time(lambda: gcn.score_pool(graphdef, params, q, pool, impl=impl).block_until_ready(), args.repeats)
+    t = timing.best_time(lambda: gcn.score_pool(graphdef, params, q, pool, impl=impl).block_until_ready(), args.repeats)
     rates[impl] = b * k / t
 
   pairs = [(i % b, i // b % k) for i in range(min(args.loop_pairs, b * k))]
@@ -76,7 +64,7 @@ def main() -> None:
       out = gcn.score_single(graphdef, params, q[qi], pool[gi])
     out.block_until_ready()
 
-  loop_rate = len(pairs) / _best_time(loop, max(1, args.repeats // 2))
+  loop_rate = len(pairs) / timing.best_time(loop, max(1, args.repeats // 2))
   peak = matmul_flops_per_s()
   flops = gcn.flops_per_score(n, args.hidden_dim, args.num_layers, 64, args.query_dim, 32, k)
   best_impl = max(rates, key=rates.get)
@@ -95,7 +83,6 @@ def main() -> None:
       "roofline_fraction_dense": round(rates["dense"] * flops / peak, 4),
       "fastest": best_impl,
   }))
-
 
 if __name__ == "__main__":
   main()

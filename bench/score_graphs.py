@@ -18,20 +18,10 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+import timing  # bench/timing.py (the script's own folder is on sys.path)
 
 _FORCED = "--xla_force_host_platform_device_count"
-
-
-def _best_time(fn, repeats: int) -> float:
-  """Best wall time of ``fn`` (which must block) over ``repeats`` runs after one warm-up."""
-  fn()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def _respawn(devices: int) -> None:
@@ -77,10 +67,10 @@ def main() -> None:
   for count in sorted({1, len(devices)}):
     scorer = system.ShardedGraphScorer(graphdef, params, impl="dense", devices=devices[:count])
     scores[count] = scorer(query_emb, pool)
-    rates[count] = b * k / _best_time(lambda s=scorer: s(query_emb, pool), args.repeats)
+    rates[count] = b * k / timing.best_time(lambda s=scorer: s(query_emb, pool), args.repeats)
   reference = jax.jit(lambda q, a: gcn.score_pool(graphdef, params, q, a, impl="dense"))
   q_dev, pool_dev = jax.device_put(query_emb), jax.device_put(pool.astype(np.float32))
-  plain_rate = b * k / _best_time(lambda: reference(q_dev, pool_dev).block_until_ready(), args.repeats)
+  plain_rate = b * k / timing.best_time(lambda: reference(q_dev, pool_dev).block_until_ready(), args.repeats)
   plain = np.asarray(reference(q_dev, pool_dev))
   many = len(devices)
   scorer = system.ShardedGraphScorer(graphdef, params, devices=devices)

@@ -1,0 +1,16 @@
+"""Timing helper shared by the bench scripts (run them from the repository root)."""
+
+from __future__ import annotations
+
+import time
+
+
+def best_time(fn, repeats: int) -> float:
+  """Best wall time of ``fn`` (which must block) over ``repeats`` runs after one warm-up."""
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
