@@ -24,6 +24,7 @@ from hieramas_jax.models import gcn
 
 import timing  # bench/timing.py (the script's own folder is on sys.path)
 
+
 def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
