@@ -19,12 +19,13 @@ final answer. It trains with alpha = 0.5 (multi-level reward) and alpha = 0
 (system reward only), prints both learning curves (fraction of that role's
 synthesizer picks that are the right model) and writes a PNG.
 
-    python bench/train_sim.py [--seeds 0,1,2] [--steps 200] [--out bench_out]
+    python bench/train_sim.py [--seeds 0,1,2] [--steps N] [--samples_per_graph S] [--out bench_out/train_sim]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -76,10 +77,21 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
   return means
 
 
-def run_seed(seed: int, steps: int, out: pathlib.Path, encoder) -> dict[str, float]:
-  c = base_config.base_config("math")
+def math_config():
+  """configs/math.py's default (offline) config, as `python -m launch.train --config=configs/math.py` uses it."""
+  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "math.py"
+  spec = importlib.util.spec_from_file_location("math_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("")
+
+
+def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_per_graph: int) -> dict[str, float]:
+  c = math_config()
   c.llm.sim_seed = seed
-  c.stage1.steps = steps
+  if steps:
+    c.stage1.steps = steps
+  c.stage2.samples_per_graph = samples_per_graph
   workdir = out / f"seed{seed}"
   shutil.rmtree(workdir, ignore_errors=True)
   env = environment.build_environment(c, workdir, encoder=encoder)
@@ -96,7 +108,7 @@ def run_seed(seed: int, steps: int, out: pathlib.Path, encoder) -> dict[str, flo
   figures = oracle_figures(env, oracle, s1, s2, pool, seed=seed)
   env.close()
   figures.update(seed=seed, val_auc=s2.best_val_auc,
-                 episodes_per_s=steps * c.stage1.batch_size / s1_time, stage1_s=s1_time)
+                 episodes_per_s=c.stage1.steps * c.stage1.batch_size / s1_time, stage1_s=s1_time)
   return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
 
 
@@ -173,7 +185,8 @@ def steps_to_reach(curve: list[float], every: int, level: float = 0.9) -> int | 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--steps", type=int, default=0, help="stage-1 steps (0: the config's)")
+  parser.add_argument("--samples_per_graph", type=int, default=1, help="stage-2 runs per (query, DAG)")
   parser.add_argument("--credit_steps", type=int, default=120)
   parser.add_argument("--out", default="bench_out/train_sim")
   parser.add_argument("--encoder", default="minilm", help="minilm (default) or hashing (fast, for smoke runs)")
@@ -181,7 +194,7 @@ def main() -> None:
   out = pathlib.Path(args.out).absolute()
   out.mkdir(parents=True, exist_ok=True)
   encoder = encoders.make_encoder(args.encoder, cache_dir=out / "embeddings")
-  seeds = [run_seed(int(s), args.steps, out, encoder) for s in args.seeds.split(",")]
+  seeds = [run_seed(int(s), args.steps, out, encoder, args.samples_per_graph) for s in args.seeds.split(",")]
   every = max(1, args.credit_steps // 20)
   multi = credit_run(0.5, args.credit_steps, out, encoder)
   system_only = credit_run(0.0, args.credit_steps, out, encoder)
