@@ -8,9 +8,10 @@ queries, computes with the oracle (expected values, no sampling noise):
 - ``random``: a uniformly random assignment (models or skip) on a random DAG;
 - ``trained``: the selector's argmax assignment on the classifier's chosen DAG;
 - ``gap_closed`` = (trained - random) / (best - random), on mean rewards;
-- the stage-2 classifier's best validation ROC-AUC, and the expected reward of
-  the trained assignment on the chosen DAG against the same assignment on a
-  random DAG of the pool;
+- the stage-2 classifier's best validation ROC-AUC (against labels from sampled
+  runs, as training sees them), its test ROC-AUC against the oracle's noise-free
+  top-k DAGs by expected reward, and the expected reward of the trained
+  assignment on the chosen DAG against the same assignment on a random DAG;
 - stage-1 episodes (queries executed and graded) per second.
 
 Then a credit-assignment scenario: one role's model choice matters for its own
@@ -38,7 +39,7 @@ from hieramas_jax import encoders
 from hieramas_jax.llm import cache as llm_cache
 from hieramas_jax.llm import sim
 from hieramas_jax.models import selector as sel
-from hieramas_jax.train import environment, evaluation, rollout, stage1, stage2
+from hieramas_jax.train import environment, evaluation, metrics, rollout, stage1, stage2
 from hieramas_jax.train.metric_writer import MetricWriter
 
 
@@ -50,13 +51,14 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
   problems = env.splits["test"]
   n = len(problems)
   learned = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", np.arange(n))
-  chosen, _ = evaluation.choose_graphs(env, s2.graphdef, s2.params, "test", pool)
+  chosen, scores = evaluation.choose_graphs(env, s2.graphdef, s2.params, "test", pool)
   rng = np.random.default_rng(seed)
   random_dag_idx = rng.integers(0, len(pool), n)
   rand_actions = evaluation.random_actions(env, n * n_random, seed + 1).reshape(n, n_random, *learned.shape[1:])
   rand_dags = rng.integers(0, len(pool), (n, n_random))
   best_by_type: dict[tuple[str, int], float] = {}
   rows = {"trained": [], "trained_assignment_random_dag": [], "random": [], "best": []}
+  oracle_aucs = []
   for i, p in enumerate(problems):
     key = (p.subject, p.level)
     if key not in best_by_type:
@@ -70,10 +72,15 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
     rows["trained"].append(ev(learned[i], pool[chosen[i]]))
     rows["trained_assignment_random_dag"].append(ev(learned[i], pool[random_dag_idx[i]]))
     rows["random"].append(float(np.mean([ev(rand_actions[i, j], pool[rand_dags[i, j]]) for j in range(n_random)])))
+    # The classifier's ranking of the whole pool against the oracle's (noise-free) top-k by expected reward.
+    expected = np.array([ev(learned[i], g) for g in pool])
+    kth = np.sort(expected)[::-1][min(env.config.stage2.top_k, len(pool)) - 1]
+    oracle_aucs.append(metrics.roc_auc(scores[i], expected >= kth - 1e-12))
   means = {k: float(np.mean(v)) for k, v in rows.items()}
   gap = means["best"] - means["random"]
   means["gap"] = gap
   means["gap_closed"] = (means["trained"] - means["random"]) / gap if gap > 0 else float("nan")
+  means["test_auc_vs_oracle_labels"] = float(np.nanmean(oracle_aucs))
   return means
 
 
@@ -91,7 +98,8 @@ def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_p
   c.llm.sim_seed = seed
   if steps:
     c.stage1.steps = steps
-  c.stage2.samples_per_graph = samples_per_graph
+  if samples_per_graph:
+    c.stage2.samples_per_graph = samples_per_graph
   workdir = out / f"seed{seed}"
   shutil.rmtree(workdir, ignore_errors=True)
   env = environment.build_environment(c, workdir, encoder=encoder)
@@ -116,18 +124,16 @@ def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_p
 # Credit assignment scenario
 # ---------------------------------------------------------------------------
 
-_RIGHT, _WRONG, _DECIDER = "Sharp", "Dull", "Oracle-Decider"
+_ROLE_MODELS, _DECIDER = ("Model-A", "Model-B"), "Oracle-Decider"
 
 
-def credit_world(seed: int) -> sim.SimWorld:
-  """Two equally priced role models (one right for every subject, one wrong) and a decision model
+def credit_world(right: str, seed: int) -> sim.SimWorld:
+  """Two equally priced role models (``right`` solves, the other fails) and a decision model
   that solves nearly everything and reads no candidates, so the final answer masks the roles."""
-  models = {
-      _RIGHT: sim.SimModel(_RIGHT, 0.1, 0.4, latency_s=0.0, pick=1.0),
-      _WRONG: sim.SimModel(_WRONG, 0.1, 0.4, latency_s=0.0, pick=1.0),
-      _DECIDER: sim.SimModel(_DECIDER, 0.1, 0.4, latency_s=0.0, pick=0.0),
-  }
-  table = {(_RIGHT, "*"): (3.0,) * 5, (_WRONG, "*"): (-3.0,) * 5, (_DECIDER, "*"): (4.0,) * 5}
+  models = {name: sim.SimModel(name, 0.1, 0.4, latency_s=0.0, pick=1.0) for name in _ROLE_MODELS}
+  models[_DECIDER] = sim.SimModel(_DECIDER, 0.1, 0.4, latency_s=0.0, pick=0.0)
+  table = {(name, "*"): ((3.0,) if name == right else (-3.0,)) * 5 for name in _ROLE_MODELS}
+  table[(_DECIDER, "*")] = (4.0,) * 5
   return sim.SimWorld(models=models, skill=sim.SkillTable(ability={}, table=table), seed=seed)
 
 
@@ -135,7 +141,7 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
   c = base_config.base_config("math")
   c.llm.pool = "config"
   c.llm.models = [{"name": n, "price_in_per_m": 0.1, "price_out_per_m": 0.4, "profile": f"model {n}"}
-                  for n in (_RIGHT, _WRONG, _DECIDER)]
+                  for n in (*_ROLE_MODELS, _DECIDER)]
   c.llm.decision_model = _DECIDER
   c.llm.exclude_models = [_DECIDER]  # roles choose between the right and the wrong model
   c.llm.cache = False
@@ -148,9 +154,16 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
   shutil.rmtree(workdir, ignore_errors=True)
   task = environment.load_task(c)
   splits = environment.load_splits(c, task)
-  backend = sim.SimulatedBackend(credit_world(seed), task, [p for s in splits.values() for p in s])
+  backend = sim.SimulatedBackend(credit_world(_ROLE_MODELS[0], seed), task, [p for s in splits.values() for p in s])
   env = environment.build_environment(c, workdir, backend=backend, encoder=encoder)
   solver = [r.name for r in env.roles].index("Math Solver")
+  # The right model is the one the untrained selector does NOT pick for the Solver's synthesizer, so the
+  # curve starts at 0 and only learning can lift it (the same initialisation serves both alphas).
+  graphdef, params = stage1.build_selector(env)
+  first = rollout.greedy_actions(env, graphdef, params, "val", np.arange(len(env.splits["val"])))[:, solver, -1]
+  preferred = env.model_names[int(np.bincount(first, minlength=len(env.model_names)).argmax())]
+  right = next(name for name in _ROLE_MODELS if name != preferred)
+  backend.world = credit_world(right, seed)
   curve: list[float] = []
   original = stage1.validate
 
@@ -158,7 +171,7 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
     del pool
     actions = rollout.greedy_actions(env_, graphdef, params, "val", np.arange(len(env_.splits["val"])))
     synth = actions[:, solver, -1]
-    curve.append(float(np.mean(synth == env_.model_names.index(_RIGHT))))
+    curve.append(float(np.mean(synth == env_.model_names.index(right))))
     return {"val_reward": 0.0, "val_accuracy": curve[-1], "val_cost": 0.0, "val_failed": 0.0}
 
   record(env, *stage1.build_selector(env), None)  # step 0: the initial selector (same seed as training)
@@ -186,7 +199,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--steps", type=int, default=0, help="stage-1 steps (0: the config's)")
-  parser.add_argument("--samples_per_graph", type=int, default=1, help="stage-2 runs per (query, DAG)")
+  parser.add_argument("--samples_per_graph", type=int, default=0, help="stage-2 runs per (query, DAG) (0: the config's)")
   parser.add_argument("--credit_steps", type=int, default=120)
   parser.add_argument("--out", default="bench_out/train_sim")
   parser.add_argument("--encoder", default="minilm", help="minilm (default) or hashing (fast, for smoke runs)")
@@ -221,6 +234,7 @@ def main() -> None:
       "bench": "train_sim",
       "seeds": seeds,
       "mean_gap": mean("gap"), "mean_gap_closed": mean("gap_closed"), "mean_val_auc": mean("val_auc"),
+      "mean_test_auc_vs_oracle_labels": mean("test_auc_vs_oracle_labels"),
       "mean_trained": mean("trained"), "mean_trained_assignment_random_dag": mean("trained_assignment_random_dag"),
       "episodes_per_s": mean("episodes_per_s"),
       "credit_curve_every_steps": every,

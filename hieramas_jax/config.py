@@ -119,7 +119,9 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.graphs_per_query = 16  # G
   c.stage2.top_k = 4
-  c.stage2.samples_per_graph = 1  # runs per (query, DAG); labels rank the mean reward (1 = as published)
+  # Runs per (query, DAG); labels rank the mean reward (1 = as published). 4 measured better on the simulator:
+  # validation ROC-AUC 0.69 / 0.52 vs 0.61 / 0.51 on seeds 0 / 1, and a chosen graph further above random.
+  c.stage2.samples_per_graph = 4
   c.stage2.epochs = 30
   c.stage2.batch_size = 32
   c.stage2.learning_rate = 3e-3
@@ -138,5 +140,6 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.stage1.steps, c.stage1.batch_size, c.stage1.eval_every = 6, 4, 3
     c.stage1.group_size = 2
     c.stage2.graphs_per_query, c.stage2.top_k, c.stage2.epochs = 4, 1, 3
+    c.stage2.samples_per_graph = 2
     c.checkpoint.every_steps = 3
   return c
