@@ -9,9 +9,9 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from hieramas_jax import checkpointing
@@ -36,6 +36,25 @@ def build_classifier(config: ml_collections.ConfigDict, num_roles: int, query_di
   return graphdef, nnx.to_pure_dict(state)
 
 
+def _abstract(build):
+  """graphdef and ShapeDtypeStruct params of a module, without computing any initial value."""
+  graphdef, state = nnx.split(nnx.eval_shape(build))
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def abstract_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
+  c = config.selector
+  return _abstract(lambda: sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
+                                           rngs=nnx.Rngs(config.seed)))
+
+
+def abstract_classifier(config: ml_collections.ConfigDict, num_roles: int, query_dim: int):
+  c = config.gcn
+  return _abstract(lambda: gcn.GraphClassifier(num_roles, query_dim, role_dim=c.role_dim, hidden_dim=c.hidden_dim,
+                                               num_layers=c.num_layers, mlp_dim=c.mlp_dim,
+                                               rngs=nnx.Rngs(config.seed + 100)))
+
+
 def selector_state_tree(params, opt_state, baseline, best_params, best_val):
   return {"params": params, "opt_state": opt_state, "baseline": jnp.asarray(baseline, jnp.float32),
           "best_params": best_params, "best_val": jnp.asarray(best_val, jnp.float32)}
@@ -48,7 +67,7 @@ def classifier_state_tree(params, opt_state, best_params, best_auc):
 
 def _template_optimizer_state(params):
   # Only the structure matters for a restore target; hyper-parameters do not change it.
-  return learner.make_optimizer(1e-3, 0.0, 1.0).init(params)
+  return jax.eval_shape(learner.make_optimizer(1e-3, 0.0, 1.0).init, params)
 
 
 def load_selector(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, text_dim: int, profile_dim: int,
@@ -59,7 +78,7 @@ def load_selector(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   Raises FileNotFoundError when there is none (never a silent fresh selector),
   and ValueError when it was trained for other models or roles.
   """
-  graphdef, params = build_selector(config, text_dim, profile_dim)
+  graphdef, params = abstract_selector(config, text_dim, profile_dim)
   ckpt_dir = pathlib.Path(workdir) / "checkpoints" / "stage1"
   with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     if ckpt.latest_step() is None:
@@ -72,8 +91,9 @@ def load_selector(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
     if roles is not None and meta.get("roles") != list(roles):
       raise ValueError(f"the stage-1 checkpoint in {ckpt_dir} was trained for roles {meta.get('roles')}, "
                        f"not {list(roles)}; use the same task or a fresh workdir")
-    template = selector_state_tree(params, _template_optimizer_state(params), np.zeros(len(meta.get("roles", [0]))),
-                                   params, 0.0)
+    template = {"params": params, "opt_state": _template_optimizer_state(params),
+                "baseline": jax.ShapeDtypeStruct((len(meta.get("roles", [0])),), jnp.float32),
+                "best_params": params, "best_val": jax.ShapeDtypeStruct((), jnp.float32)}
     restored, meta = ckpt.restore(checkpointing.abstract_tree(template, sharding))
   return graphdef, restored["best_params"], meta
 
@@ -81,11 +101,12 @@ def load_selector(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
 def load_classifier(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, num_roles: int, query_dim: int,
                     *, sharding=None) -> tuple[Any, Any, dict]:
   """(graphdef, best params, metadata) of the stage-2 graph classifier in ``workdir``."""
-  graphdef, params = build_classifier(config, num_roles, query_dim)
+  graphdef, params = abstract_classifier(config, num_roles, query_dim)
   ckpt_dir = pathlib.Path(workdir) / "checkpoints" / "stage2"
   with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no trained graph classifier: {ckpt_dir} holds no checkpoint; run stage 2 first")
-    template = classifier_state_tree(params, _template_optimizer_state(params), params, 0.0)
+    template = {"params": params, "opt_state": _template_optimizer_state(params), "best_params": params,
+                "best_auc": jax.ShapeDtypeStruct((), jnp.float32)}
     restored, meta = ckpt.restore(checkpointing.abstract_tree(template, sharding))
   return graphdef, restored["best_params"], meta
