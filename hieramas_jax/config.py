@@ -114,6 +114,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage1.system_cost = "total"  # cost counted by the system reward: 'total' or 'decision' (reference code)
   c.stage1.ema_decay = 0.9
   c.stage1.eval_every = 50
+  c.stage1.val_samples = 1  # runs per validation query when picking the best parameters
 
   # Stage 2: graph classifier on ranked random DAGs.
   c.stage2 = ml_collections.ConfigDict()

@@ -123,6 +123,7 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
                             ("stage2.graphs_per_query", c.stage2.graphs_per_query, 2),
                             ("stage2.top_k", c.stage2.top_k, 1), ("stage2.epochs", c.stage2.epochs, 0),
                             ("stage2.samples_per_graph", c.stage2.samples_per_graph, 1),
+                            ("stage1.val_samples", c.stage1.val_samples, 1),
                             ("stage2.batch_size", c.stage2.batch_size, 1),
                             ("graphs.train_pool_size", c.graphs.train_pool_size, 1),
                             ("graphs.num_candidates", c.graphs.num_candidates, 1),

@@ -51,12 +51,15 @@ class Stage1Result:
 
 
 def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, float]:
-  """Argmax selection on the validation queries, each on a fixed random DAG."""
+  """Argmax selection on the validation queries, each on a fixed random DAG, ``val_samples`` runs each."""
+  n_samples = int(env.config.stage1.val_samples)
   problems = env.splits["val"]
   index = np.arange(len(problems))
-  actions = rollout.greedy_actions(env, graphdef, params, "val", index)
-  adjs = rollout.fixed_random_dags(pool, len(problems), env.config.seed + 7)
-  outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=0))
+  actions = np.repeat(rollout.greedy_actions(env, graphdef, params, "val", index), n_samples, axis=0)
+  adjs = np.repeat(rollout.fixed_random_dags(pool, len(problems), env.config.seed + 7), n_samples, axis=0)
+  problems = [p for p in problems for _ in range(n_samples)]
+  samples = np.tile(np.arange(n_samples), len(index))
+  outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=samples))
   c = env.config.stage1
   reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
   v = outcome.valid
