@@ -99,3 +99,26 @@ def test_config_validation_errors_are_clear(tmp_path):
 def test_stage2_without_stage1_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="run stage 1 first"):
     train.train_and_evaluate(tiny_config(stages="stage2"), tmp_path / "fresh", progress=False)
+
+
+def _task_config(name):
+  import importlib.util
+  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("smoke")
+  c.encoder.kind = "hashing"
+  return c
+
+
+def test_mmlu_redux_config_trains_end_to_end(tmp_path, shared_data):
+  del shared_data  # the MMLU-Redux CSVs must be there
+  summary = train.train_and_evaluate(_task_config("mmlu_redux"), tmp_path / "mmlu", progress=False)
+  assert summary["test"]["hieramas"]["calls"] > 0
+
+
+@pytest.mark.slow
+def test_humaneval_config_trains_end_to_end(tmp_path):
+  summary = train.train_and_evaluate(_task_config("humaneval"), tmp_path / "he", progress=False)
+  assert summary["test"]["hieramas"]["calls"] > 0
