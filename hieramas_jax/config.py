@@ -144,3 +144,23 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.stage2.samples_per_graph = 2
     c.checkpoint.every_steps = 3
   return c
+
+
+def _merge(defaults: dict, saved: dict) -> dict:
+  out = dict(defaults)
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "sim_role_effects":
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """The config a checkpoint was trained with, on top of today's defaults.
+
+  Fields added to the defaults after the checkpoint was written take their
+  default value, so older workdirs keep loading; every saved value wins.
+  """
+  task = (saved.get("task") or {}).get("name") or "math"
+  return ml_collections.ConfigDict(_merge(base_config(task).to_dict(), saved))

@@ -30,6 +30,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hieramas_jax import config as config_lib
 from hieramas_jax import checkpointing, executor, graphs
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.models import selector as sel
@@ -377,7 +378,7 @@ class HieraMAS:
     if "config" not in meta:
       raise ValueError(f"the stage-1 checkpoint in {stage1_dir} has no config in its metadata; it was not "
                        "written by launch.train")
-    config = ml_collections.ConfigDict(meta["config"])
+    config = config_lib.from_saved(meta["config"])
     if num_candidates is not None:
       if int(num_candidates) < 1:
         raise ValueError(f"num_candidates={num_candidates}; it must be >= 1")

@@ -122,3 +122,12 @@ def test_mmlu_redux_config_trains_end_to_end(tmp_path, shared_data):
 def test_humaneval_config_trains_end_to_end(tmp_path):
   summary = train.train_and_evaluate(_task_config("humaneval"), tmp_path / "he", progress=False)
   assert summary["test"]["hieramas"]["calls"] > 0
+
+
+def test_saved_config_from_an_older_version_gets_new_defaults():
+  saved = tiny_config().to_dict()
+  del saved["stage1"]["val_samples"]  # a field this checkpoint predates
+  saved["stage1"]["steps"] = 77
+  restored = base_config.from_saved(saved)
+  assert restored.stage1.val_samples == base_config.base_config("math").stage1.val_samples
+  assert restored.stage1.steps == 77 and restored.encoder.kind == "hashing"
