@@ -77,6 +77,9 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.selector.hidden_dim = 128
   c.selector.synthesizer_may_skip = True
   c.selector.proposer_may_skip = True
+  # Initial offset of every position's `skip` logit (learnable). 1.0 makes early exploration cheaper; measured
+  # over 3 simulator seeds it closed 0.76 / 0.76 / 0.67 of the oracle gap vs 0.83 / 0.44 / 0.72 without the offset.
+  c.selector.init_skip_bias = 1.0
 
   # Graph classifier.
   c.gcn = ml_collections.ConfigDict()

@@ -41,10 +41,13 @@ class LLMSelector(nnx.Module):
       profile_dim: int,
       *,
       hidden_dim: int = 128,
+      init_skip_bias: float = 0.0,
       rngs: nnx.Rngs,
   ):
     self.num_positions = num_proposers + 1
     self.hidden_dim = hidden_dim
+    # Learnable per-position offset of the `skip` logit; a positive start makes early exploration cheap.
+    self.skip_bias = nnx.Param(jnp.full((self.num_positions,), init_skip_bias, jnp.float32))
     self.position_embed = nnx.Param(0.1 * jax.random.normal(rngs.params(), (self.num_positions, hidden_dim)))
     self.text_in = nnx.Linear(text_dim, hidden_dim, rngs=rngs)
     self.context = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
@@ -69,7 +72,8 @@ class LLMSelector(nnx.Module):
     opt = jax.nn.gelu(self.profile_in(option_emb))  # [M+1, H]
     keys = self.option_key(opt)
     bias = self.option_bias(opt)[:, 0]
-    return jnp.einsum("brph,mh->brpm", ctx, keys) / np.sqrt(self.hidden_dim) + bias
+    logits = jnp.einsum("brph,mh->brpm", ctx, keys) / np.sqrt(self.hidden_dim) + bias
+    return logits.at[..., -1].add(self.skip_bias[...])
 
 
 @dataclasses.dataclass(frozen=True)
