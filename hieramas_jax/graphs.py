@@ -140,7 +140,11 @@ def density(adj) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _edge_count_range(num_nodes: int, density_range: DensityRange) -> tuple[int, int]:
+def edge_count_range(num_nodes: int, density_range: DensityRange) -> tuple[int, int]:
+  """Fewest and most edges of a connected DAG over ``num_nodes`` roles in ``density_range``.
+
+  Raises ValueError, saying what to change, when the range is malformed or impossible.
+  """
   lo, hi = density_range
   if not (0.0 <= lo <= hi <= 1.0):
     raise ValueError(f"density range must satisfy 0 <= low <= high <= 1, got {density_range}")
@@ -165,7 +169,7 @@ def random_dag(rng: np.random.Generator, num_nodes: int, density_range: DensityR
   edge from a uniformly chosen earlier node); then extra forward edges up to an
   edge count drawn uniformly from those whose density lies in the range.
   """
-  m_lo, m_hi = _edge_count_range(num_nodes, density_range)
+  m_lo, m_hi = edge_count_range(num_nodes, density_range)
   order = rng.permutation(num_nodes)
   adj = np.zeros((num_nodes, num_nodes), np.int8)
   for pos in range(1, num_nodes):
@@ -198,7 +202,7 @@ def dag_pool(
   """
   if pool_size < 1:
     raise ValueError(f"pool_size must be >= 1, got {pool_size}")
-  _edge_count_range(num_nodes, density_range)  # fail early on an impossible range
+  edge_count_range(num_nodes, density_range)  # fail early on an impossible range
   rng = np.random.default_rng(seed)
   max_attempts = max_attempts or max(1000, 50 * pool_size)
   seen: dict[bytes, np.ndarray] = {}

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from hieramas_jax import graphs, paths
+from hieramas_jax import graphs
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.llm import pool as llm_pool
 from hieramas_jax.tasks.base import Problem, RoleSpec, Task
@@ -148,7 +148,7 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
   if num_roles is not None:
     lo, hi = tuple(c.graphs.density_range)
     try:
-      graphs._edge_count_range(num_roles, (lo, hi))  # pylint: disable=protected-access
+      graphs.edge_count_range(num_roles, (lo, hi))
     except ValueError as e:
       raise ConfigError(f"graphs.density_range: {e}") from None
   return specs
@@ -277,7 +277,3 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
       query_role_emb=query_role_emb,
       model_allowed=np.array([s.name not in excluded for s in specs], bool),
       gives_answer=np.array([r.gives_answer for r in roles], bool), workdir=workdir)
-
-
-def data_available() -> bool:
-  return paths.default_data_dir() is not None

@@ -184,8 +184,3 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   if best_auc == -np.inf:
     best_params = params
   return Stage2Result(graphdef, best_params, float(best_auc), history)
-
-
-def load_classifier(env: Environment, workdir: pathlib.Path):
-  graphdef, params, _ = builders.load_classifier(workdir, env.config, env.num_roles, env.query_emb["train"].shape[-1])
-  return graphdef, params
