@@ -26,7 +26,6 @@ synthesizer picks that are the right model) and writes a PNG.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -86,11 +85,7 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
 
 def math_config():
   """configs/math.py's default (offline) config, as `python -m launch.train --config=configs/math.py` uses it."""
-  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "math.py"
-  spec = importlib.util.spec_from_file_location("math_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("")
+  return base_config.load_config_file(pathlib.Path(__file__).resolve().parent.parent / "configs" / "math.py", "")
 
 
 def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_per_graph: int) -> dict[str, float]:

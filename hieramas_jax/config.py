@@ -12,6 +12,9 @@ e.g. ``--config=configs/math.py:smoke`` or ``--config=configs/math.py:files,open
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 KNOWN_ARGS = ("smoke", "files", "openai")
@@ -167,3 +170,14 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """
   task = (saved.get("task") or {}).get("name") or "math"
   return ml_collections.ConfigDict(_merge(base_config(task).to_dict(), saved))
+
+
+def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file, as ``--config=path:arg`` gives it to the launchers."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"cannot load config file {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

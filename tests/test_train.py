@@ -102,12 +102,7 @@ def test_stage2_without_stage1_is_a_clear_error(tmp_path):
 
 
 def _task_config(name):
-  import importlib.util
-  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("smoke")
+  c = base_config.load_config_file(pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.py", "smoke")
   c.encoder.kind = "hashing"
   return c
 

@@ -60,9 +60,7 @@ def _config_file(tmp: pathlib.Path, url: str) -> pathlib.Path:
 
 
 def _world_and_problems(cfg_path):
-  spec = {}
-  exec(cfg_path.read_text(), spec)  # pylint: disable=exec-used
-  c = spec["get_config"]()
+  c = base_config.load_config_file(cfg_path)
   task = environment.load_task(c)
   splits = environment.load_splits(c, task)
   specs = environment.pool_specs(c)
