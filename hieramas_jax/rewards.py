@@ -80,14 +80,13 @@ def advantages(rewards: jax.Array, weights: jax.Array, baseline: jax.Array) -> j
   return jax.lax.stop_gradient(jnp.where(weights > 0, rewards - baseline, 0.0))
 
 
-def batch_mean_baseline(rewards: jax.Array, weights: jax.Array) -> jax.Array:
-  """Leave-one-out mean of each role's reward over the other valid queries of the batch: [B, R]."""
+def batch_mean_baseline(rewards: jax.Array, weights: jax.Array, axis: int = 0) -> jax.Array:
+  """Leave-one-out mean of each reward over the other valid entries along ``axis`` (queries of the batch)."""
   chex.assert_equal_shape([rewards, weights])
   w = weights.astype(jnp.float32)
-  total = (rewards * w).sum(0, keepdims=True)
-  count = w.sum(0, keepdims=True)
-  others = jnp.maximum(count - w, 1.0)
-  return jnp.where(count - w > 0, (total - rewards * w) / others, 0.0)
+  total = (rewards * w).sum(axis, keepdims=True)
+  others = w.sum(axis, keepdims=True) - w
+  return jnp.where(others > 0, (total - rewards * w) / jnp.maximum(others, 1.0), 0.0)
 
 
 def group_baseline(rewards: jax.Array, weights: jax.Array, group_size: int) -> jax.Array:
@@ -100,9 +99,8 @@ def group_baseline(rewards: jax.Array, weights: jax.Array, group_size: int) -> j
   b, r = rewards.shape
   if b % group_size:
     raise ValueError(f"batch of {b} rows is not a whole number of groups of {group_size}")
-  grouped = jax.vmap(batch_mean_baseline)(rewards.reshape(b // group_size, group_size, r),
-                                          weights.reshape(b // group_size, group_size, r))
-  return grouped.reshape(b, r)
+  grouped = (b // group_size, group_size, r)
+  return batch_mean_baseline(jnp.reshape(rewards, grouped), jnp.reshape(weights, grouped), axis=1).reshape(b, r)
 
 
 def ema_update(baseline: jax.Array, rewards: jax.Array, weights: jax.Array, decay: float = 0.9) -> jax.Array:
