@@ -9,9 +9,9 @@ queries, computes with the oracle (expected values, no sampling noise):
 - ``trained``: the selector's argmax assignment on the classifier's chosen DAG;
 - ``gap_closed`` = (trained - random) / (best - random), on mean rewards;
 - the stage-2 classifier's best validation ROC-AUC (against labels from sampled
-  runs, as training sees them) and that metric's ceiling in this world (the
-  oracle's exact expected rewards ranked against the same labels), its test ROC-AUC against the oracle's noise-free
-  top-k DAGs by expected reward, and the expected reward of the trained
+  runs, as training sees them) and what ranking by the truth scores on the same
+  labels (the oracle's exact expected rewards), its test ROC-AUC against the
+  oracle's noise-free top-k DAGs by expected reward, and the expected reward of the trained
   assignment on the chosen DAG against the same assignment on a random DAG;
 - stage-1 episodes (queries executed and graded) per second.
 
@@ -47,6 +47,12 @@ def _assignment(env, actions_row):
   return sel.actions_to_assignment(actions_row[None], env.model_names)[0]
 
 
+def expected_reward(env, oracle, problem, actions_row, adj) -> float:
+  """The oracle's exact expected system reward of one assignment on one DAG."""
+  return oracle.evaluate(problem.subject, problem.level, _assignment(env, actions_row), adj, env.decision_model,
+                         question=problem.question).expected_reward
+
+
 def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int = 0) -> dict[str, float]:
   problems = env.splits["test"]
   n = len(problems)
@@ -66,8 +72,7 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
                                       proposers=env.config.selector.num_proposers, models=env.model_names,
                                       restarts=3)
       best_by_type[key] = best.expected_reward
-    ev = lambda actions, adj: oracle.evaluate(p.subject, p.level, _assignment(env, actions), adj,  # noqa: E731
-                                              env.decision_model, question=p.question).expected_reward
+    ev = lambda actions, adj: expected_reward(env, oracle, p, actions, adj)  # noqa: E731
     rows["best"].append(best_by_type[key])
     rows["trained"].append(ev(learned[i], pool[chosen[i]]))
     rows["trained_assignment_random_dag"].append(ev(learned[i], pool[random_dag_idx[i]]))
@@ -87,18 +92,16 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
 def label_ceiling(env, oracle, s1, workdir: pathlib.Path) -> float:
   """Mean per-query ROC-AUC of the oracle's exact expected rewards against the sampled validation labels.
 
-  No classifier can rank better on average than the truth, so this bounds the validation ROC-AUC that
-  stage 2 can reach in this world: when the candidate DAGs differ by less than the sampling noise of
-  ``samples_per_graph`` runs, the labels are mostly noise and the bound sits near 0.5.
+  What a classifier that ranked by the truth would score on these labels: when the candidate DAGs differ
+  by less than the sampling noise of ``samples_per_graph`` runs, the labels are mostly noise and this sits
+  near 0.5. (Stage 2's best-epoch AUC is chosen on the same labels, so it can exceed it by fitting noise.)
   """
-  with np.load(workdir / "stage2_data" / "val.npz") as f:
-    adjs, labels, valid = f["adjs"], f["labels"], f["valid"]
+  val = stage2.load_graph_data(workdir / "stage2_data" / "val.npz")
   problems = env.splits["val"]
   actions = rollout.greedy_actions(env, s1.graphdef, s1.params, "val", np.arange(len(problems)))
-  expected = np.array([[oracle.evaluate(p.subject, p.level, _assignment(env, actions[i]), g, env.decision_model,
-                                        question=p.question).expected_reward for g in adjs[i]]
+  expected = np.array([[expected_reward(env, oracle, p, actions[i], g) for g in val.adjs[i]]
                        for i, p in enumerate(problems)])
-  auc, _ = metrics.mean_per_query_auc(expected, labels, valid)
+  auc, _ = metrics.mean_per_query_auc(expected, val.labels, val.valid)
   return auc
 
 

@@ -93,10 +93,15 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
                    cost)
 
 
+def load_graph_data(path: pathlib.Path) -> GraphData:
+  """Collected (query, DAG) outcomes as stored in a workdir's stage2_data/<split>.npz."""
+  with np.load(path) as f:
+    return GraphData(**{k: f[k] for k in (field.name for field in dataclasses.fields(GraphData))})
+
+
 def _load_or_collect(env, path: pathlib.Path, sel_graphdef, sel_params, split, pool) -> GraphData:
   if path.exists():
-    with np.load(path) as f:
-      return GraphData(**{k: f[k] for k in ("adjs", "rewards", "solved", "valid", "labels", "cost")})
+    return load_graph_data(path)
   data = collect(env, sel_graphdef, sel_params, split, pool)
   tmp = path.with_suffix(".tmp.npz")
   np.savez(tmp, **dataclasses.asdict(data))
