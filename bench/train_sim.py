@@ -27,6 +27,7 @@ final answer. It trains with alpha = 0.5 (multi-level reward) and alpha = 0
 synthesizer picks that are the right model) and writes a PNG.
 
     python bench/train_sim.py [--seeds 0,1,2] [--steps N] [--samples_per_graph S] [--out bench_out/train_sim]
+    python bench/train_sim.py --seeds ''     # the credit-assignment scenario alone (about a minute)
 """
 
 from __future__ import annotations
