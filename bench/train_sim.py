@@ -59,7 +59,9 @@ def expected_reward(env, oracle, problem, actions_row, adj) -> float:
                          question=problem.question).expected_reward
 
 
-def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int = 0) -> dict[str, float]:
+def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32,
+                   seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
+  """Mean oracle figures, and the expected reward [test queries, K] of the trained assignment on every pool DAG."""
   problems = env.splits["test"]
   n = len(problems)
   learned = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", np.arange(n))
@@ -71,6 +73,7 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
   best_by_type: dict[tuple[str, int], float] = {}
   rows = {"trained": [], "trained_assignment_random_dag": [], "random": [], "best": []}
   oracle_aucs = []
+  pool_expected = np.zeros((n, len(pool)))
   for i, p in enumerate(problems):
     key = (p.subject, p.level)
     if key not in best_by_type:
@@ -84,7 +87,7 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
     rows["trained_assignment_random_dag"].append(ev(learned[i], pool[random_dag_idx[i]]))
     rows["random"].append(float(np.mean([ev(rand_actions[i, j], pool[rand_dags[i, j]]) for j in range(n_random)])))
     # The classifier's ranking of the whole pool against the oracle's (noise-free) top-k by expected reward.
-    expected = np.array([ev(learned[i], g) for g in pool])
+    expected = pool_expected[i] = [ev(learned[i], g) for g in pool]
     kth = np.sort(expected)[::-1][min(env.config.stage2.top_k, len(pool)) - 1]
     oracle_aucs.append(metrics.roc_auc(scores[i], expected >= kth - 1e-12))
   means = {k: float(np.mean(v)) for k, v in rows.items()}
@@ -92,17 +95,17 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32, seed: int =
   means["gap"] = gap
   means["gap_closed"] = (means["trained"] - means["random"]) / gap if gap > 0 else float("nan")
   means["test_auc_vs_oracle_labels"] = float(np.nanmean(oracle_aucs))
-  return means
+  return means, pool_expected
 
 
-def sampled_label_figures(env, oracle, s1, s2, pool) -> dict[str, float]:
-  """The classifier and the exact truth against test labels made exactly as training makes them."""
+def sampled_label_figures(env, s1, s2, pool, pool_expected: np.ndarray) -> dict[str, float]:
+  """The classifier and the exact truth (``pool_expected`` of ``oracle_figures``) against test labels made
+  exactly as training makes them."""
   test = stage2.collect(env, s1.graphdef, s1.params, "test", pool)
-  problems = env.splits["test"]
   scores = stage2.val_auc(env, s2.graphdef, s2.params, test, split="test")[0]
-  actions = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", np.arange(len(problems)))
-  expected = np.array([[expected_reward(env, oracle, p, actions[i], g) for g in test.adjs[i]]
-                       for i, p in enumerate(problems)])
+  index = {g.astype(np.int8).tobytes(): k for k, g in enumerate(pool)}
+  picks = np.array([[index[g.tobytes()] for g in row] for row in test.adjs])  # the pool DAG of each (query, graph)
+  expected = np.take_along_axis(pool_expected, picks, axis=1)
   truth, _ = metrics.mean_per_query_auc(expected, test.labels, test.valid)
   return {"test_auc_sampled_labels": scores, "truth_auc_sampled_labels": truth}
 
@@ -132,8 +135,8 @@ def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_p
   backend = env.backend.backend if isinstance(env.backend, llm_cache.CachedBackend) else env.backend
   oracle = sim.Oracle(backend.world, env.task, env.roles, c_s=c.stage1.reward_cost_solved,
                       c_f=c.stage1.reward_cost_failed)
-  figures = oracle_figures(env, oracle, s1, s2, pool, seed=seed)
-  figures.update(sampled_label_figures(env, oracle, s1, s2, pool))
+  figures, pool_expected = oracle_figures(env, oracle, s1, s2, pool, seed=seed)
+  figures.update(sampled_label_figures(env, s1, s2, pool, pool_expected))
   env.close()
   figures.update(seed=seed, val_auc=s2.best_val_auc,
                  episodes_per_s=c.stage1.steps * c.stage1.batch_size / s1_time, stage1_s=s1_time)
