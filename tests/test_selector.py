@@ -103,3 +103,41 @@ def test_actions_to_assignment():
   acts = np.array([[[0, 2, 1], [2, 2, 2]]])
   names = ["a", "b"]
   assert sel.actions_to_assignment(acts, names) == [[["a", None, "b"], [None, None, None]]]
+
+
+@pytest.mark.parametrize("skip_head", ["gate", "shared"])
+def test_both_skip_heads_give_finite_logits_and_gradients(skip_head):
+  model = sel.LLMSelector(P, D, D, hidden_dim=32, skip_head=skip_head, input_scale=skip_head == "gate",
+                          rngs=nnx.Rngs(0))
+  qr = jax.random.normal(jax.random.key(1), (B, R, D))
+  opts = jax.random.normal(jax.random.key(2), (M + 1, D))
+  graphdef, state = nnx.split(model)
+
+  def loss(state):
+    return nnx.merge(graphdef, state)(qr, opts)[..., -1].sum()
+
+  grads = jax.grad(loss)(state)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+  assert model(qr, opts).shape == (B, R, P + 1, M + 1)
+
+
+def test_skip_gate_keeps_p_skip_independent_of_the_model_logits():
+  model = sel.LLMSelector(P, D, D, hidden_dim=32, init_skip_bias=0.7, skip_head="gate", rngs=nnx.Rngs(0))
+  qr = jax.random.normal(jax.random.key(1), (B, R, D))
+  opts = jax.random.normal(jax.random.key(2), (M + 1, D))
+  valid = sel.SelectionMask.build(B, R, P, M).valid
+  p_skip = lambda: np.exp(np.asarray(sel.log_probs(model(qr, opts), valid))[..., -1])  # noqa: E731
+  # Zero-initialised gate: p(skip) = sigmoid(init_skip_bias) at every position, for every query.
+  np.testing.assert_allclose(p_skip(), 1 / (1 + np.exp(-0.7)), rtol=1e-5)
+  # Changing which model is preferred leaves p(skip) where it was.
+  model.option_bias.bias[...] = jnp.full((1,), 5.0)
+  model.option_key.kernel[...] = 3.0 * model.option_key.kernel[...]
+  np.testing.assert_allclose(p_skip(), 1 / (1 + np.exp(-0.7)), rtol=1e-5)
+  # The gate itself depends on the query and the role.
+  model.gate_out[...] = jax.random.normal(jax.random.key(3), model.gate_out.shape)
+  assert np.std(p_skip()) > 1e-3
+
+
+def test_unknown_skip_head_is_an_error():
+  with pytest.raises(ValueError, match="skip_head 'both' is not known"):
+    sel.LLMSelector(P, D, D, skip_head="both", rngs=nnx.Rngs(0))

@@ -126,3 +126,11 @@ def test_saved_config_from_an_older_version_gets_new_defaults():
   restored = base_config.from_saved(saved)
   assert restored.stage1.val_samples == base_config.base_config("math").stage1.val_samples
   assert restored.stage1.steps == 77 and restored.encoder.kind == "hashing"
+
+
+def test_saved_config_from_before_the_skip_gate_rebuilds_the_shared_skip_selector():
+  saved = tiny_config().to_dict()
+  del saved["selector"]["skip_head"], saved["selector"]["input_scale"]
+  restored = base_config.from_saved(saved)
+  assert restored.selector.skip_head == "shared" and restored.selector.input_scale is False
+  assert base_config.from_saved(tiny_config().to_dict()).selector.skip_head == "gate"

@@ -23,7 +23,8 @@ from hieramas_jax.train import learner
 def build_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
   c = config.selector
   model = sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
-                          init_skip_bias=c.init_skip_bias, rngs=nnx.Rngs(config.seed))
+                          init_skip_bias=c.init_skip_bias, skip_head=c.skip_head,
+                          input_scale=c.input_scale, rngs=nnx.Rngs(config.seed))
   graphdef, state = nnx.split(model)
   return graphdef, nnx.to_pure_dict(state)
 
@@ -45,7 +46,8 @@ def _abstract(build):
 def abstract_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
   c = config.selector
   return _abstract(lambda: sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
-                                           init_skip_bias=c.init_skip_bias, rngs=nnx.Rngs(config.seed)))
+                                           init_skip_bias=c.init_skip_bias, skip_head=c.skip_head,
+                          input_scale=c.input_scale, rngs=nnx.Rngs(config.seed)))
 
 
 def abstract_classifier(config: ml_collections.ConfigDict, num_roles: int, query_dim: int):
