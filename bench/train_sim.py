@@ -27,12 +27,14 @@ final answer. It trains with alpha = 0.5 (multi-level reward) and alpha = 0
 synthesizer picks that are the right model) and writes a PNG.
 
     python bench/train_sim.py [--seeds 0,1,2] [--steps N] [--samples_per_graph S] [--out bench_out/train_sim]
+                              [--set selector.skip_head=gate --set selector.input_scale=True]
     python bench/train_sim.py --seeds ''     # the credit-assignment scenario alone (about a minute)
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import pathlib
 import shutil
@@ -115,8 +117,29 @@ def math_config():
   return base_config.load_config_file(pathlib.Path(__file__).resolve().parent.parent / "configs" / "math.py", "")
 
 
-def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_per_graph: int) -> dict[str, float]:
+def apply_overrides(c, overrides: list[str]) -> None:
+  """``section.field=value`` overrides of the config (values parsed as Python literals, else strings)."""
+  for item in overrides:
+    name, sep, text = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--set {item!r}: expected section.field=value, e.g. --set selector.skip_head=gate")
+    *sections, field = name.split(".")
+    node = c
+    for section in sections:
+      node = node[section]
+    if field not in node:
+      raise SystemExit(f"--set {item!r}: the config has no field {name!r}")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node[field] = value
+
+
+def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_per_graph: int,
+             overrides: list[str] = ()) -> dict[str, float]:
   c = math_config()
+  apply_overrides(c, list(overrides))
   c.llm.sim_seed = seed
   if steps:
     c.stage1.steps = steps
@@ -227,11 +250,14 @@ def main() -> None:
   parser.add_argument("--credit_steps", type=int, default=120)
   parser.add_argument("--out", default="bench_out/train_sim")
   parser.add_argument("--encoder", default="minilm", help="minilm (default) or hashing (fast, for smoke runs)")
+  parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                      help="config override for the seeded runs, repeatable (e.g. --set selector.skip_head=gate)")
   args = parser.parse_args()
   out = pathlib.Path(args.out).absolute()
   out.mkdir(parents=True, exist_ok=True)
   encoder = encoders.make_encoder(args.encoder, cache_dir=out / "embeddings")
-  seeds = [run_seed(int(s), args.steps, out, encoder, args.samples_per_graph) for s in args.seeds.split(",") if s]
+  seeds = [run_seed(int(s), args.steps, out, encoder, args.samples_per_graph, args.set)
+           for s in args.seeds.split(",") if s]
   every = max(1, args.credit_steps // 20)
   multi = credit_run(0.5, args.credit_steps, out, encoder)
   system_only = credit_run(0.0, args.credit_steps, out, encoder)

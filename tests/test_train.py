@@ -133,4 +133,6 @@ def test_saved_config_from_before_the_skip_gate_rebuilds_the_shared_skip_selecto
   del saved["selector"]["skip_head"], saved["selector"]["input_scale"]
   restored = base_config.from_saved(saved)
   assert restored.selector.skip_head == "shared" and restored.selector.input_scale is False
-  assert base_config.from_saved(tiny_config().to_dict()).selector.skip_head == "gate"
+  gated = tiny_config()
+  gated.selector.skip_head, gated.selector.input_scale = "gate", True
+  assert base_config.from_saved(gated.to_dict()).selector.skip_head == "gate"
