@@ -87,7 +87,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   # --set selector.skip_head=gate --set selector.input_scale=True): a run/skip gate per position on unit-variance
   # inputs closed 0.83 / 0.93 / 0.78 of the oracle gap on simulator seeds 0 / 1 / 2 against 0.85 / 0.82 / 0.72
   # here, but on seed 0 (the README run) its cheaper selector fell off the evaluation's accuracy-cost Pareto
-  # front (0.750 accuracy at $0.00087, dominated by self-consistency's 0.789 at $0.00069; this default: 0.852 at
+  # front (0.750 accuracy at $0.00087, dominated by self-consistency's 0.789 at $0.00069; this default: 0.883 at
   # $0.00124, on the front), so it is not the default. (The gate alone: 0.67 on seed 2; the scaling alone: 0.29,
   # it starves skip of exploration.)
   c.selector.skip_head = "shared"
