@@ -142,7 +142,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   # Runs per (query, DAG); labels rank the mean reward (1 = as published). With few runs most solved DAGs tie
   # on solved count and the top-k cut falls to the cheapest: the labels teach cheapness, not solve rate. With 16
   # runs (vs 4), on seed 2 the per-DAG label rate ranks DAGs like the oracle (ROC-AUC 0.80 vs 0.54) and the
-  # classifier's test ROC-AUC against the oracle's top-k rose from 0.56 to 0.71 (0.78 with weight decay 1e-2).
+  # classifier's test ROC-AUC against the oracle's top-k rose from 0.56 to 0.71 (0.76 with weight decay 1e-2).
   c.stage2.samples_per_graph = 16
   c.stage2.epochs = 30
   c.stage2.batch_size = 32
