@@ -177,18 +177,25 @@ def _merge(defaults: dict, saved: dict) -> dict:
   return out
 
 
+# Fields that change the parameters' structure take, in a checkpoint that predates them, the value that
+# reproduces the structure it was written with (not today's default, which may differ).
+_BEFORE_FIELD_EXISTED = {("selector", "skip_head"): "shared", ("selector", "input_scale"): False}
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with, on top of today's defaults.
 
   Fields added to the defaults after the checkpoint was written take their
-  default value, so older workdirs keep loading; every saved value wins.
+  default value (the fields of ``_BEFORE_FIELD_EXISTED``: the value that rebuilds
+  the checkpoint's parameters), so older workdirs keep loading; every saved value wins.
   """
   task = (saved.get("task") or {}).get("name") or "math"
-  saved = dict(saved)
-  if "selector" in saved and "skip_head" not in saved["selector"]:
-    # Written before the run/skip gate existed: the parameters are those of the shared-skip selector.
-    saved["selector"] = {"skip_head": "shared", "input_scale": False, **saved["selector"]}
+  saved = {key: dict(value) if isinstance(value, dict) else value for key, value in saved.items()}
+  for (section, field), value in _BEFORE_FIELD_EXISTED.items():
+    if isinstance(saved.get(section), dict):
+      saved[section].setdefault(field, value)
   return ml_collections.ConfigDict(_merge(base_config(task).to_dict(), saved))
+
 
 
 def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:

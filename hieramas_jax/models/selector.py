@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hieramas_jax.encoders import bert
+
 # Large finite negative rather than -inf: keeps softmax, entropy and their
 # gradients free of 0 * inf = nan.
 MASKED_LOGIT = -1e30
@@ -115,8 +117,7 @@ class LLMSelector(nnx.Module):
 
 def _unit_variance(x: jax.Array) -> jax.Array:
   """Rescales each vector to norm sqrt(dim): components of unit variance, whatever the encoder's scale."""
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x * (np.sqrt(x.shape[-1]) / jnp.maximum(norm, 1e-12))
+  return bert.l2_normalize(x) * np.sqrt(x.shape[-1])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,41 +20,43 @@ from hieramas_jax.models import selector as sel
 from hieramas_jax.train import learner
 
 
-def build_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
+def _selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int) -> sel.LLMSelector:
   c = config.selector
-  model = sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
-                          init_skip_bias=c.init_skip_bias, skip_head=c.skip_head,
-                          input_scale=c.input_scale, rngs=nnx.Rngs(config.seed))
+  return sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
+                         init_skip_bias=c.init_skip_bias, skip_head=c.skip_head, input_scale=c.input_scale,
+                         rngs=nnx.Rngs(config.seed))
+
+
+def _classifier(config: ml_collections.ConfigDict, num_roles: int, query_dim: int) -> gcn.GraphClassifier:
+  c = config.gcn
+  return gcn.GraphClassifier(num_roles, query_dim, role_dim=c.role_dim, hidden_dim=c.hidden_dim,
+                             num_layers=c.num_layers, mlp_dim=c.mlp_dim, rngs=nnx.Rngs(config.seed + 100))
+
+
+def _split(model):
   graphdef, state = nnx.split(model)
   return graphdef, nnx.to_pure_dict(state)
+
+
+def build_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
+  return _split(_selector(config, text_dim, profile_dim))
 
 
 def build_classifier(config: ml_collections.ConfigDict, num_roles: int, query_dim: int):
-  c = config.gcn
-  model = gcn.GraphClassifier(num_roles, query_dim, role_dim=c.role_dim, hidden_dim=c.hidden_dim,
-                              num_layers=c.num_layers, mlp_dim=c.mlp_dim, rngs=nnx.Rngs(config.seed + 100))
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
+  return _split(_classifier(config, num_roles, query_dim))
 
 
 def _abstract(build):
   """graphdef and ShapeDtypeStruct params of a module, without computing any initial value."""
-  graphdef, state = nnx.split(nnx.eval_shape(build))
-  return graphdef, nnx.to_pure_dict(state)
+  return _split(nnx.eval_shape(build))
 
 
 def abstract_selector(config: ml_collections.ConfigDict, text_dim: int, profile_dim: int):
-  c = config.selector
-  return _abstract(lambda: sel.LLMSelector(c.num_proposers, text_dim, profile_dim, hidden_dim=c.hidden_dim,
-                                           init_skip_bias=c.init_skip_bias, skip_head=c.skip_head,
-                          input_scale=c.input_scale, rngs=nnx.Rngs(config.seed)))
+  return _abstract(lambda: _selector(config, text_dim, profile_dim))
 
 
 def abstract_classifier(config: ml_collections.ConfigDict, num_roles: int, query_dim: int):
-  c = config.gcn
-  return _abstract(lambda: gcn.GraphClassifier(num_roles, query_dim, role_dim=c.role_dim, hidden_dim=c.hidden_dim,
-                                               num_layers=c.num_layers, mlp_dim=c.mlp_dim,
-                                               rngs=nnx.Rngs(config.seed + 100)))
+  return _abstract(lambda: _classifier(config, num_roles, query_dim))
 
 
 def selector_state_tree(params, opt_state, baseline, best_params, best_val):
