@@ -83,15 +83,12 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   # Initial offset of every position's `skip` logit (learnable). 1.0 makes early exploration cheaper; measured
   # over 3 simulator seeds it closed 0.76 / 0.76 / 0.67 of the oracle gap vs 0.83 / 0.44 / 0.72 without the offset.
   c.selector.init_skip_bias = 1.0
-  # Skip parametrisation (models/selector.py). Measured alternative (python bench/train_sim.py
-  # --set selector.skip_head=gate --set selector.input_scale=True): a run/skip gate per position on unit-variance
-  # inputs closed 0.83 / 0.93 / 0.78 of the oracle gap on simulator seeds 0 / 1 / 2 against 0.85 / 0.82 / 0.72
-  # here, but on seed 0 (the README run) its cheaper selector fell off the evaluation's accuracy-cost Pareto
-  # front (0.750 accuracy at $0.00087, dominated by self-consistency's 0.789 at $0.00069; this default: 0.883 at
-  # $0.00124, on the front), so it is not the default. (The gate alone: 0.67 on seed 2; the scaling alone: 0.29,
-  # it starves skip of exploration.)
-  c.selector.skip_head = "shared"
-  c.selector.input_scale = False
+  # Skip parametrisation (models/selector.py): 'gate' (a run/skip gate per position, p(skip) independent of which
+  # model is preferred) or 'shared' (skip scored like one more model). input_scale gives the unit-norm text and
+  # profile embeddings unit-variance components; without it the logits hardly depend on the query (one assignment
+  # for every query). Measured together with stage 1's schedule below (see its comment).
+  c.selector.skip_head = "gate"
+  c.selector.input_scale = True
 
   # Graph classifier.
   c.gcn = ml_collections.ConfigDict()
@@ -109,14 +106,14 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage 1: REINFORCE on the selector.
   c.stage1 = ml_collections.ConfigDict()
-  # Measured alternative (python bench/train_sim.py): 1200 steps of 64 episodes closed 0.88 / 0.92 / 0.71 of the
-  # oracle gap on seeds 0 / 1 / 2 (with this stage 2), at about 3x the stage-1 time, but its cheaper selector fell
-  # off the evaluation's accuracy-cost Pareto front (with val_samples=4: 0.750 accuracy at $0.00083 against
-  # self-consistency's 0.789 at $0.00069), so it is not the default.
-  c.stage1.steps = 600
+  # Defaults by measurement (stage-1 oracle probes over 10 simulator seeds, then python bench/train_sim.py): with
+  # the gate and input scaling above, learning rate 1e-3 locks the selector on its first good assignment within
+  # 100 steps; 3e-4 over 1800 steps with a cosine decay to 0 keeps improving to the end and ends stable.
+  c.stage1.steps = 1800
   c.stage1.batch_size = 16
-  c.stage1.learning_rate = 1e-3
+  c.stage1.learning_rate = 3e-4
   c.stage1.weight_decay = 1e-4
+  c.stage1.lr_schedule = "cosine"  # 'cosine' (decay to 0 over the steps) or 'constant'
   c.stage1.grad_clip = 1.0
   c.stage1.entropy_coef = 0.01
   c.stage1.temperature_start = 2.0
@@ -128,22 +125,40 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   # same 600 steps and learning rate (oracle sweeps like bench/train_sim.py).
   c.stage1.baseline = "group"
   c.stage1.group_size = 4  # samples per query with the 'group' baseline (batch_size must be a multiple)
+  # What trains each role's run/skip decision (the synthesizer's skip; see learner.reinforce_loss):
+  #   'role'            as published: the role's credit when it ran; a skipped role's credit is 0, so a role whose
+  #                     own credit is negative (hard queries) is dropped even where it helps the final answer;
+  #   'system'          the system reward, whether the role ran or not (unbiased for the system reward, slow);
+  #   'role_vs_system'  running is rated by the role's credit, skipping by the system reward (what the system got
+  #                     without the role).
+  # 'role' is used for the first run_skip_warmup of the steps either way: the worth of running a role depends on
+  # which models fill it, which the role's own credit teaches fastest. Measured (stage-1 oracle probes, 10 seeds,
+  # these defaults otherwise): 'role_vs_system' after half the steps closed 0.839 of the gap on average (lowest
+  # 0.797), 'role' throughout 0.824 (lowest 0.782); 'system' trailed both.
+  c.stage1.run_skip_credit = "role_vs_system"
+  c.stage1.run_skip_warmup = 0.5
   c.stage1.reward_cost_solved = 300.0  # c_s
   c.stage1.reward_cost_failed = 300.0  # c_f
   c.stage1.system_cost = "total"  # cost counted by the system reward: 'total' or 'decision' (reference code)
   c.stage1.ema_decay = 0.9
   c.stage1.eval_every = 50
   c.stage1.val_samples = 1  # runs per validation query when picking the best parameters
+  # Later parameters replace the kept ones unless their validation reward is below the highest seen by more than
+  # this many standard errors (0: keep the plain maximum, which with 64 noisy validation queries mostly picks noise).
+  c.stage1.keep_margin = 2.0
 
   # Stage 2: graph classifier on ranked random DAGs.
   c.stage2 = ml_collections.ConfigDict()
-  c.stage2.graphs_per_query = 16  # G
-  c.stage2.top_k = 4
-  # Runs per (query, DAG); labels rank the mean reward (1 = as published). With few runs most solved DAGs tie
-  # on solved count and the top-k cut falls to the cheapest: the labels teach cheapness, not solve rate. With 16
-  # runs (vs 4), on seed 2 the per-DAG label rate ranks DAGs like the oracle (ROC-AUC 0.80 vs 0.54) and the
-  # classifier's test ROC-AUC against the oracle's top-k rose from 0.56 to 0.71 (0.76 with weight decay 1e-2).
-  c.stage2.samples_per_graph = 16
+  # G DAGs per query, each run samples_per_graph times; labels rank the mean reward (1 run = as published). With
+  # very few runs most solved DAGs tie on solved count and the top-k cut falls to the cheapest: the labels teach
+  # cheapness, not solve rate (4 runs: the per-DAG label rate ranked DAGs against the oracle at ROC-AUC 0.54 on
+  # seed 2, 16 runs: 0.80). At a fixed budget of runs per query, more DAGs with fewer runs each teach the
+  # classifier more: 32 DAGs x 8 runs (top 8) against 16 x 16 (top 4) raised its test ROC-AUC against the
+  # oracle's top-4 candidates from 0.77 to 0.83 on average over simulator seeds 0-4 (lowest 0.65 -> 0.71);
+  # 64 x 4 (top 16): 0.80.
+  c.stage2.graphs_per_query = 32  # G
+  c.stage2.top_k = 8
+  c.stage2.samples_per_graph = 8
   c.stage2.epochs = 30
   c.stage2.batch_size = 32
   c.stage2.learning_rate = 3e-3
@@ -177,17 +192,19 @@ def _merge(defaults: dict, saved: dict) -> dict:
   return out
 
 
-# Fields that change the parameters' structure take, in a checkpoint that predates them, the value that
-# reproduces the structure it was written with (not today's default, which may differ).
-_BEFORE_FIELD_EXISTED = {("selector", "skip_head"): "shared", ("selector", "input_scale"): False}
+# Fields added after a checkpoint was written take, for that checkpoint, the value that reproduces how it was
+# trained (its parameters' structure above all), not today's default, which may differ.
+_BEFORE_FIELD_EXISTED = {("selector", "skip_head"): "shared", ("selector", "input_scale"): False,
+                         ("stage1", "lr_schedule"): "constant", ("stage1", "run_skip_credit"): "role",
+                         ("stage1", "keep_margin"): 0.0}
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with, on top of today's defaults.
 
-  Fields added to the defaults after the checkpoint was written take their
-  default value (the fields of ``_BEFORE_FIELD_EXISTED``: the value that rebuilds
-  the checkpoint's parameters), so older workdirs keep loading; every saved value wins.
+  Fields added to the defaults after the checkpoint was written take today's
+  default, except those of ``_BEFORE_FIELD_EXISTED``, which take the value the
+  checkpoint was trained with (so its parameters rebuild); every saved value wins.
   """
   task = (saved.get("task") or {}).get("name") or "math"
   saved = {key: dict(value) if isinstance(value, dict) else value for key, value in saved.items()}

@@ -114,3 +114,26 @@ def ema_update(baseline: jax.Array, rewards: jax.Array, weights: jax.Array, deca
   count = w.sum(0)
   mean = jnp.where(count > 0, (rewards * w).sum(0) / jnp.maximum(count, 1.0), baseline)
   return jnp.where(count > 0, decay * baseline + (1.0 - decay) * mean, baseline)
+
+
+def run_skip_advantages(decision_reward: jax.Array, valid: jax.Array, baseline: str = "loo",
+                        group_size: int = 1) -> jax.Array:
+  """Advantage [B, R] of every role's run/skip decision.
+
+  ``decision_reward`` [B, R] rates each row's decision (run or skip) on one
+  scale for both, e.g. the system reward; every row of a valid query counts,
+  the ones that skipped the role included. ``baseline``: ``'loo'``, the
+  leave-one-out mean over the other valid samples of the same query (rows in
+  consecutive groups of ``group_size``; 1 compares with the rest of the batch),
+  or ``'none'``.
+  """
+  chex.assert_rank([decision_reward, valid], [2, 1])
+  reward = jnp.asarray(decision_reward, jnp.float32)
+  counted = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None], reward.shape)
+  if baseline == "none":
+    base = jnp.zeros_like(reward)
+  elif baseline == "loo":
+    base = group_baseline(reward, counted, group_size) if group_size > 1 else batch_mean_baseline(reward, counted)
+  else:
+    raise ValueError(f"run/skip baseline {baseline!r}; choose 'loo' or 'none'")
+  return advantages(reward, counted, base)

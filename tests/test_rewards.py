@@ -64,3 +64,16 @@ def test_group_baseline_is_leave_one_out_within_each_query():
   np.testing.assert_allclose(rewards.group_baseline(r, w, 2), [[3.0], [1.0], [20.0], [10.0]])
   with pytest.raises(ValueError, match="groups of 3"):
     rewards.group_baseline(r, w, 3)
+
+
+def test_run_skip_advantages_count_skipped_rows_against_the_same_query():
+  # Two queries of two samples each; every row of a valid query counts, whatever the role did.
+  decision = jnp.array([[1.0, 0.5], [-1.0, 0.5], [0.2, 2.0], [0.4, 0.0]])
+  valid = jnp.array([True, True, True, False])
+  adv = rewards.run_skip_advantages(decision, valid, "loo", group_size=2)
+  # Query 0: leave-one-out within the pair. Query 1: its only valid row has no other to compare with (0 baseline).
+  np.testing.assert_allclose(adv, [[2.0, 0.0], [-2.0, 0.0], [0.2, 2.0], [0.0, 0.0]])
+  np.testing.assert_allclose(rewards.run_skip_advantages(decision, valid, "none"),
+                             [[1.0, 0.5], [-1.0, 0.5], [0.2, 2.0], [0.0, 0.0]])
+  with pytest.raises(ValueError, match="'loo' or 'none'"):
+    rewards.run_skip_advantages(decision, valid, "ema")

@@ -90,6 +90,10 @@ def test_config_validation_errors_are_clear(tmp_path):
       ({"llm.backend": "openai", "llm.models": [{"name": "GPT-4o-mini", "base_url": "http://127.0.0.1:9/v1",
                                                   "api_key_env": "HIERAMAS_TEST_MISSING_KEY"}],
         "llm.pool": "config", "llm.decision_model": "GPT-4o-mini"}, "HIERAMAS_TEST_MISSING_KEY"),
+      ({"stage1.run_skip_credit": "node"}, "choose 'role' .as published., 'system' or 'role_vs_system'"),
+      ({"stage1.run_skip_warmup": 1.5}, "fraction of stage1.steps"),
+      ({"stage1.lr_schedule": "linear"}, "choose 'cosine'"),
+      ({"stage1.keep_margin": -1.0}, "counts standard errors"),
   ]
   for overrides, message in cases:
     with pytest.raises(environment.ConfigError, match=message):
@@ -136,3 +140,15 @@ def test_saved_config_from_before_the_skip_gate_rebuilds_the_shared_skip_selecto
   gated = tiny_config()
   gated.selector.skip_head, gated.selector.input_scale = "gate", True
   assert base_config.from_saved(gated.to_dict()).selector.skip_head == "gate"
+
+
+def test_validation_keeps_later_parameters_unless_clearly_worse():
+  history = [{"step": 50, "val_reward": 0.30, "val_reward_se": 0.05},
+             {"step": 100, "val_reward": 0.10, "val_reward_se": 0.05}]
+  # The highest seen is 0.30 (se 0.05): within 2 standard errors of the difference (2 * 0.0707) is kept.
+  assert stage1.keeps_latest(history, 0.20, 0.05, margin=2.0)
+  assert not stage1.keeps_latest(history, 0.15, 0.05, margin=2.0)
+  assert not stage1.keeps_latest(history, 0.29, 0.05, margin=0.0)  # margin 0: the plain maximum
+  assert stage1.keeps_latest(history, 0.31, 0.05, margin=0.0)
+  assert stage1.keeps_latest([], 0.0, float("nan"), margin=2.0)  # the first validation is always kept
+  assert not stage1.keeps_latest(history, float("nan"), 0.05, margin=2.0)  # every call failed

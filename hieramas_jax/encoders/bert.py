@@ -266,3 +266,8 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """Rows scaled to unit length (a zero row stays zero)."""
   norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
   return x / jnp.maximum(norm, eps)
+
+
+def unit_variance(x: jax.Array) -> jax.Array:
+  """Rows rescaled to norm sqrt(dim): components of unit variance, whatever the encoder's scale."""
+  return l2_normalize(x) * jnp.sqrt(jnp.asarray(x.shape[-1], x.dtype))

@@ -99,7 +99,7 @@ class LLMSelector(nnx.Module):
     chex.assert_rank(query_role_emb, 3)
     chex.assert_rank(option_emb, 2)
     if self.input_scale:
-      query_role_emb, option_emb = _unit_variance(query_role_emb), _unit_variance(option_emb)
+      query_role_emb, option_emb = bert.unit_variance(query_role_emb), bert.unit_variance(option_emb)
     text = self.text_in(query_role_emb)  # [B, R, H]
     ctx = jax.nn.gelu(text[:, :, None, :] + self.position_embed[...][None, None])  # [B, R, P+1, H]
     ctx = self.context(ctx)
@@ -113,11 +113,6 @@ class LLMSelector(nnx.Module):
     gate = jnp.einsum("brph,ph->brp", hidden, self.gate_out[...]) / np.sqrt(self.hidden_dim) + self.skip_bias[...]
     # Over every model, masked or not: the module does not see the mask; an excluded model only raises p(skip).
     return logits.at[..., -1].set(gate + jax.nn.logsumexp(logits[..., :-1], axis=-1))
-
-
-def _unit_variance(x: jax.Array) -> jax.Array:
-  """Rescales each vector to norm sqrt(dim): components of unit variance, whatever the encoder's scale."""
-  return bert.l2_normalize(x) * np.sqrt(x.shape[-1])
 
 
 @dataclasses.dataclass(frozen=True)

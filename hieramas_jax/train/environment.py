@@ -145,6 +145,17 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
                       f"{c.stage1.group_size}, batch_size={c.stage1.batch_size}")
   if c.stage1.temperature_end <= 0 or c.stage1.temperature_start <= 0:
     raise ConfigError("stage1 temperatures must be > 0")
+  if c.stage1.lr_schedule not in ("constant", "cosine"):
+    raise ConfigError(f"stage1.lr_schedule={c.stage1.lr_schedule!r}; choose 'cosine' (decay to 0) or 'constant'")
+  if c.stage1.run_skip_credit not in ("role", "system", "role_vs_system"):
+    raise ConfigError(f"stage1.run_skip_credit={c.stage1.run_skip_credit!r}; choose 'role' (as published), "
+                      "'system' or 'role_vs_system'")
+  if not 0.0 <= c.stage1.run_skip_warmup <= 1.0:
+    raise ConfigError(f"stage1.run_skip_warmup={c.stage1.run_skip_warmup}; it is a fraction of stage1.steps "
+                      "and must lie in [0, 1]")
+  if c.stage1.keep_margin < 0:
+    raise ConfigError(f"stage1.keep_margin={c.stage1.keep_margin}; it counts standard errors and must be >= 0 "
+                      "(0 keeps the parameters of the highest validation reward)")
   if num_roles is not None:
     lo, hi = tuple(c.graphs.density_range)
     try:

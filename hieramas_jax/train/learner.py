@@ -30,20 +30,38 @@ class SelectorBatch(NamedTuple):
   option_emb: jax.Array  # [M + 1, Dp]
   valid: jax.Array  # [B, R, P + 1, M + 1] bool
   actions: jax.Array  # [B, R, P + 1] int
-  advantages: jax.Array  # [B, R] (stop-gradient)
+  advantages: jax.Array  # [B, R] (stop-gradient) of the role's positions, given that the role ran
+  role_advantages: jax.Array  # [B, R] (stop-gradient) of each role's run/skip decision
   weights: jax.Array  # [B] 1 for queries that count (no failed call), else 0
 
 
 def reinforce_loss(params, graphdef, batch: SelectorBatch, temperature, entropy_coef) -> tuple[jax.Array, dict]:
-  """Policy-gradient loss: -E[sum_positions log pi(a) * A] - entropy_coef * H."""
-  chex.assert_rank([batch.actions, batch.advantages, batch.weights], [3, 2, 1])
+  """Policy-gradient loss: -E[sum of log pi(decision) * its advantage] - entropy_coef * H.
+
+  The synthesizer's action factors exactly into whether the role runs and which
+  model, given that it runs: log pi(m) = log pi(run) + log pi(m | run). The
+  proposers' actions and log pi(m | run) take ``advantages`` (the role's credit);
+  log pi(run) or log pi(skip) takes ``role_advantages``. Passing the role's
+  credit advantage as ``role_advantages`` on the rows where the role ran (0 where
+  it was skipped) gives plain REINFORCE on the role's credit.
+  """
+  chex.assert_rank([batch.actions, batch.advantages, batch.role_advantages, batch.weights], [3, 2, 2, 1])
+  chex.assert_equal_shape([batch.advantages, batch.role_advantages])
   logits = nnx.merge(graphdef, params)(batch.query_role_emb, batch.option_emb)
-  lp = sel.log_prob(logits, batch.valid, batch.actions, temperature)  # [B, R, P+1]
+  all_lp = sel.log_probs(logits, batch.valid, temperature)  # [B, R, P+1, M+1]
+  lp = jnp.take_along_axis(all_lp, batch.actions[..., None], axis=-1)[..., 0]  # [B, R, P+1]
   ent = sel.entropy(logits, batch.valid, temperature)
+  synth, skip = batch.actions.shape[-1] - 1, logits.shape[-1] - 1
+  lp_skip = all_lp[:, :, synth, skip]
+  lp_run = jax.nn.logsumexp(all_lp[:, :, synth, :skip], axis=-1)
+  ran = batch.actions[:, :, synth] != skip
+  lp_decision = jnp.where(ran, lp_run, lp_skip)
+  lp_given_run = lp[:, :, :synth].sum(-1) + jnp.where(ran, lp[:, :, synth] - lp_run, 0.0)
   w = batch.weights.astype(jnp.float32)
   denom = jnp.maximum(w.sum(), 1.0)
   adv = jax.lax.stop_gradient(batch.advantages)
-  pg = -jnp.sum(lp.sum(-1) * adv * w[:, None]) / denom
+  role_adv = jax.lax.stop_gradient(batch.role_advantages)
+  pg = -jnp.sum((lp_given_run * adv + lp_decision * role_adv) * w[:, None]) / denom
   entropy = jnp.sum(ent.sum((1, 2)) * w) / denom
   loss = pg - entropy_coef * entropy
   return loss, {"loss": loss, "pg_loss": pg, "entropy": entropy}
@@ -51,10 +69,12 @@ def reinforce_loss(params, graphdef, batch: SelectorBatch, temperature, entropy_
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnames=("params", "opt_state"))
 def selector_update(graphdef, tx: optax.GradientTransformation, params, opt_state, batch: SelectorBatch,
-                    temperature, entropy_coef):
+                    temperature, entropy_coef, lr_scale=1.0):
+  """One REINFORCE step; ``lr_scale`` multiplies the step (a schedule outside the optimizer state)."""
   (_, metrics), grads = jax.value_and_grad(reinforce_loss, has_aux=True)(params, graphdef, batch, temperature,
                                                                          entropy_coef)
   updates, opt_state = tx.update(grads, opt_state, params)
+  updates = jax.tree_util.tree_map(lambda u: u * lr_scale, updates)
   params = optax.apply_updates(params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
   return params, opt_state, metrics
