@@ -68,10 +68,15 @@ def multilevel_reward(
   return jnp.where(jnp.asarray(role_ran, bool), credit, 0.0)
 
 
-def cosine_temperature(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
-  """Sampling temperature annealed from ``start`` to ``end`` on a half cosine."""
+def cosine_schedule(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
+  """A value going from ``start`` (step 0) to ``end`` (the last step) on a half cosine."""
   frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(1, total_steps - 1), 0.0, 1.0)
   return end + 0.5 * (start - end) * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def cosine_temperature(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
+  """Sampling temperature annealed from ``start`` to ``end`` on a half cosine."""
+  return cosine_schedule(step, total_steps, start, end)
 
 
 def advantages(rewards: jax.Array, weights: jax.Array, baseline: jax.Array) -> jax.Array:

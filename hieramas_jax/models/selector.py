@@ -8,12 +8,12 @@ vector (from the model's profile embedding), plus a learnable option bias.
 
 The ``skip`` logit has two forms (``skip_head``):
 
-- ``'gate'``: its own head, a per-position gate g from the query+role
+- ``'gate'`` (the configs' default): its own head, a per-position gate g from the query+role
   text, set to g + logsumexp(model logits). At T = 1 with every model allowed,
   p(skip) = sigmoid(g) whatever the model logits are, so learning *which* model
   does not move *whether* to run, and a sharper model preference does not
   starve skip of exploration.
-- ``'shared'`` (default): skip is one more option of the dot product (its profile gives
+- ``'shared'`` (this module's default, as first built): skip is one more option of the dot product (its profile gives
   its key), plus a per-position offset. The gradient of any run/skip decision
   moves the shared context, so the skip probabilities of all positions swing
   together.

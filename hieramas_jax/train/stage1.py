@@ -3,9 +3,14 @@
 Per step: a batch of training queries and one random DAG each from the pool
 (both drawn from step-derived RNG), assignments sampled from the selector at the
 cosine-annealed temperature, execution, grading of every role output and of the
-final answer, multi-level credit, and one jitted AdamW update. Validation with
-argmax selection on fixed (query, DAG) pairs every ``eval_every`` steps keeps the
-best parameters. Checkpoints every ``checkpoint.every_steps`` and on SIGTERM.
+final answer, multi-level credit, and one jitted AdamW update (learning rate
+constant or cosine-decayed, as a step-derived factor outside the optimizer
+state). The model choices of a role take its credit; its run/skip decision takes
+the credit that ``stage1.run_skip_credit`` names (``learner.reinforce_loss``).
+Validation with argmax selection on fixed (query, DAG) pairs every
+``eval_every`` steps keeps the latest parameters that are not clearly worse than
+the best seen (``keeps_latest``). Checkpoints every ``checkpoint.every_steps``
+and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -171,7 +176,7 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
         role_adv = adv
       batch = learner.SelectorBatch(qr, option_emb, valid, actions, jnp.asarray(adv, jnp.float32),
                                     jnp.asarray(role_adv, jnp.float32), jnp.asarray(outcome.valid, jnp.float32))
-      lr_scale = float(rewards.cosine_temperature(step, c.steps, 1.0, 0.0)) if c.lr_schedule == "cosine" else 1.0
+      lr_scale = float(rewards.cosine_schedule(step, c.steps, 1.0, 0.0)) if c.lr_schedule == "cosine" else 1.0
       params, opt_state, metrics = learner.selector_update(graphdef, tx, params, opt_state, batch,
                                                            temperature, c.entropy_coef, lr_scale)
       learner.check_finite(metrics, step, "stage 1")
