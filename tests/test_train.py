@@ -152,3 +152,20 @@ def test_validation_keeps_later_parameters_unless_clearly_worse():
   assert stage1.keeps_latest(history, 0.31, 0.05, margin=0.0)
   assert stage1.keeps_latest([], 0.0, float("nan"), margin=2.0)  # the first validation is always kept
   assert not stage1.keeps_latest(history, float("nan"), 0.05, margin=2.0)  # every call failed
+
+
+def test_stage1_runs_with_the_other_credit_and_schedule_options(tmp_path):
+  from hieramas_jax.train.metric_writer import MetricWriter
+  c = tiny_config(**{"stages": "stage1", "stage1.run_skip_credit": "system", "stage1.run_skip_warmup": 0.0,
+                     "stage1.baseline": "none", "stage1.lr_schedule": "constant", "stage1.keep_margin": 0.0})
+  env = environment.build_environment(c, tmp_path / "run")
+  writer = MetricWriter(tmp_path / "run")
+  try:
+    result = stage1.train_selector(env, tmp_path / "run", writer, progress=False)
+  finally:
+    writer.close()
+    env.close()
+  assert [h["step"] for h in result.history] == [3, 6]
+  # keep_margin 0: the kept parameters are those of the highest validation reward.
+  assert result.best_val_reward == max(h["val_reward"] for h in result.history)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(result.params))
