@@ -74,9 +74,8 @@ def cosine_schedule(step: jax.Array, total_steps: int, start: float, end: float)
   return end + 0.5 * (start - end) * (1.0 + jnp.cos(jnp.pi * frac))
 
 
-def cosine_temperature(step: jax.Array, total_steps: int, start: float, end: float) -> jax.Array:
-  """Sampling temperature annealed from ``start`` to ``end`` on a half cosine."""
-  return cosine_schedule(step, total_steps, start, end)
+# The sampling temperature anneals on the same half cosine (stage 1: high to low).
+cosine_temperature = cosine_schedule
 
 
 def advantages(rewards: jax.Array, weights: jax.Array, baseline: jax.Array) -> jax.Array:

@@ -69,9 +69,10 @@ def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, 
   reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
   v = outcome.valid
   # Standard error over queries (a query's runs are averaged first: they are not independent draws of the mean).
-  query_of = np.repeat(index, n_samples)
-  counted = np.unique(query_of[v])
-  means = np.array([reward[(query_of == q) & v].mean() for q in counted])
+  # Runs are laid out query by query, n_samples each.
+  per_query = np.where(v, reward, np.nan).reshape(len(index), n_samples)
+  counted = v.reshape(len(index), n_samples).any(axis=1)
+  means = np.nanmean(per_query[counted], axis=1)
   se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
   return {"val_reward": float(reward[v].mean()) if v.any() else float("nan"), "val_reward_se": se,
           "val_accuracy": float(outcome.final_solved[v].mean()) if v.any() else float("nan"),
