@@ -62,6 +62,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.llm.max_concurrency = 64
   c.llm.send_seed = True  # send each call's sample index as `seed`: repeated samples differ, re-runs repeat
   c.llm.cache = True  # SQLite response cache in the workdir
+  c.llm.max_failed_fraction = 0.5  # a training/evaluation batch with more failed queries (or all) stops the run
   c.llm.sim_seed = 0
   c.llm.sim_latency_s = 0.0
   # Role effects of the simulated world: role name -> (solo logit, gain scale); see llm/sim.py RoleEffect.
