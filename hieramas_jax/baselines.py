@@ -62,10 +62,12 @@ class QueryOutcome:
   Attributes:
     uid: the problem's uid.
     final_text: the method's final answer text; None when it could give none
-      (its last call failed): such a query is not gradable, never "wrong".
+      (its last call failed).
     calls: every LLM call made for this query.
     latency_s: critical path in seconds (see the module docstring).
-    errors: one line per failed call.
+    errors: one line per failed call; any makes the query ``failed``: not
+      gradable, never "wrong" (a failed sample changes a majority, a failed
+      proposer what the synthesizer reads).
     details: method-specific facts (e.g. the votes of a majority).
   """
 
@@ -78,7 +80,13 @@ class QueryOutcome:
 
   @property
   def failed(self) -> bool:
-    return self.final_text is None
+    """Any call failed, or no final answer: an error record, excluded from accuracy."""
+    return bool(self.errors) or self.final_text is None
+
+  @property
+  def truncated(self) -> int:
+    """Replies of this query cut at max_tokens (finish_reason 'length')."""
+    return sum(c.truncated for c in self.calls)
 
   @property
   def cost(self) -> float:
@@ -227,7 +235,8 @@ class _Query:
         query_uid=self.problem.uid, query_index=self.index, role=node, role_index=node_index, kind=kind,
         position=position, model=model, prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens, cost=response.cost, start=start, end=end,
-        latency=response.latency, error=response.error, cached=response.cached, attempts=response.attempts))
+        latency=response.latency, error=response.error, cached=response.cached, attempts=response.attempts,
+        finish_reason=response.finish_reason))
     if not response.ok:
       self.errors.append(f"{node} ({model}): {response.error or 'no text'}")
     virtual_end = ready + max(0.0, float(response.latency))

@@ -18,9 +18,13 @@ concurrently:
 Every call goes through the backend (which bounds concurrency). A failed call is
 recorded as an error: a failed proposer is left out, a failed synthesizer leaves
 its role without output (like a dropped role for its successors), a failed
-decision leaves ``final_text`` None. Callers must not grade a None as wrong.
-Prompts come from the task (``proposer_messages`` etc.). Cost travels with each
-response; a query's total is the sum over its own calls.
+decision leaves ``final_text`` None. A query with any failed call is an error
+record (``QueryResult.failed``): what its decision node saw is not what the plan
+asked for, so callers must not grade it, neither as right nor as wrong (training
+masks it, evaluation counts it in ``failed``). Prompts come from the task
+(``proposer_messages`` etc.). Cost travels with each response; a query's total
+is the sum over its own calls. Each call records the backend's ``finish_reason``
+("length": the reply was cut at ``max_tokens``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ PROPOSER, SYNTHESIZER, DECISION = "proposer", "synthesizer", "decision"
 # with the same prompt and model thus get distinct samples and cache entries.
 _SAMPLE_STRIDE = 1000
 _DECISION_POSITION = _SAMPLE_STRIDE - 1
+TRUNCATED = "length"  # the finish_reason of a reply cut at max_tokens (OpenAI wire format)
 
 
 class PlanError(ValueError):
@@ -96,6 +101,11 @@ class CallRecord:
   error: str | None
   cached: bool
   attempts: int
+  finish_reason: str | None = None  # the backend's ("stop", "length": cut at max_tokens, ...); None if unknown
+
+  @property
+  def truncated(self) -> bool:
+    return self.finish_reason == TRUNCATED
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -124,8 +134,17 @@ class QueryResult:
 
   @property
   def failed(self) -> bool:
-    """No final answer (the decision call failed): not gradable."""
-    return self.final_text is None
+    """Any call failed (or no final answer): an error record, not gradable.
+
+    A failed role call changes what the decision node reads, so its answer is not
+    the plan's answer: grading it would mix fault noise into accuracy.
+    """
+    return bool(self.errors) or self.final_text is None
+
+  @property
+  def truncated(self) -> int:
+    """Replies of this query cut at ``max_tokens`` (finish_reason 'length')."""
+    return sum(c.truncated for c in self.calls)
 
   @property
   def decision_cost(self) -> float:
@@ -248,7 +267,8 @@ async def _run_query(index: int, plan: Plan, checked: _Checked, backend: Backend
         query_uid=problem.uid, query_index=index, role=role, role_index=role_index, kind=kind,
         position=position, model=model, prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens, cost=response.cost, start=start, end=end,
-        latency=response.latency, error=response.error, cached=response.cached, attempts=response.attempts)
+        latency=response.latency, error=response.error, cached=response.cached, attempts=response.attempts,
+        finish_reason=response.finish_reason)
     calls.append(record)
     trace.write(record)
     if not response.ok:
@@ -339,6 +359,48 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
   if runner is None:
     runner = _RUNNERS.runner = asyncio.Runner()
   return runner.run(coroutine)
+
+
+def close_backend(backend: Any) -> None:
+  """Closes a backend's HTTP sessions and response cache (``close()``, else ``aclose()`` on this thread's loop)."""
+  close = getattr(backend, "close", None)
+  if callable(close):
+    close()
+    return
+  aclose = getattr(backend, "aclose", None)
+  if callable(aclose):
+    run_sync(aclose())
+
+
+def first_error(results: Iterable[Any]) -> str:
+  """The first error line of the first failed query (QueryResult or anything with ``errors``)."""
+  for r in results:
+    if r.errors:
+      return r.errors[0]
+  return "no final answer"
+
+
+class FailedCallsError(RuntimeError):
+  """Too many queries of one batch had a failed LLM call; nothing was learned or saved from that batch."""
+
+
+def check_failures(results: Sequence[Any], max_failed_fraction: float, where: str) -> None:
+  """Raises FailedCallsError when more than ``max_failed_fraction`` of the queries (or all of them) failed.
+
+  Args:
+    results: one batch's QueryResults (or anything with ``failed`` and ``errors``, e.g. baselines' outcomes).
+    max_failed_fraction: the tolerated fraction of failed queries (``llm.max_failed_fraction``).
+    where: what the batch was, for the message (e.g. "stage 1 step 12").
+  """
+  total = len(results)
+  failed = sum(r.failed for r in results)
+  if total == 0 or failed == 0:
+    return
+  if failed == total or failed / total > max_failed_fraction:
+    first = " ".join(first_error(r for r in results if r.failed).split())  # one line
+    raise FailedCallsError(
+        f"{where}: {failed} of {total} queries failed (first error: {first}); check the endpoints or raise "
+        f"llm.max_failed_fraction (now {max_failed_fraction:g})")
 
 
 def total_cost(results: Iterable[QueryResult]) -> float:

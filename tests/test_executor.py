@@ -1,6 +1,7 @@
 """Executor semantics with scripted and simulated in-process backends."""
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -105,7 +106,8 @@ def test_failed_calls_are_error_records_not_answers():
   assert len(first.errors) == 2 and all("scripted failure" in e for e in first.errors)
   planner_prompt = _user_text(next(r for r, c in zip(backend.requests, first.calls) if c.role == "Planner"))
   assert "[Inspector]" not in planner_prompt
-  assert not first.failed and first.final_text is not None
+  # The decision answered, but without the failed roles' outputs: an error record, never graded.
+  assert first.failed and first.final_text is not None
   # A failed decision: no final text (not gradable), the rest still recorded.
   assert second.failed and second.final_text is None and len(second.errors) == 1
   assert all(o is not None for o in second.role_outputs)
@@ -216,3 +218,60 @@ def test_executor_imports_no_jax():
   import subprocess  # pylint: disable=g-import-not-at-top
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
+
+
+class FinishingBackend(ScriptedBackend):
+  """Cuts the replies of model 'b' at max_tokens (finish_reason 'length')."""
+
+  async def complete(self, model, messages, *, sample_index=0, **params):
+    response = await super().complete(model, messages, sample_index=sample_index, **params)
+    if response.ok:
+      response = dataclasses.replace(response, finish_reason="length" if model == "b" else "stop")
+    return response
+
+
+def test_finish_reason_is_recorded_in_calls_traces_and_truncated_counts(tmp_path):
+  plan = Plan(PROBLEMS[0], ROLES, [["a", "b", "c"], [None, "b", "a"], [None, None, "c"]], CHAIN, "a")
+  trace = tmp_path / "trace.jsonl"
+  (result,) = executor.execute([plan], FinishingBackend(), TASK, trace_path=trace)
+  assert [c.finish_reason for c in result.calls] == ["length" if c.model == "b" else "stop" for c in result.calls]
+  assert result.truncated == 2 and not result.failed  # cut replies are answers, counted apart
+  lines = [json.loads(line) for line in trace.read_text().splitlines()]
+  assert sorted(line["finish_reason"] for line in lines) == sorted(c.finish_reason for c in result.calls)
+
+
+def test_check_failures_names_where_how_many_and_the_first_error():
+  backend = ScriptedBackend(fail={"bad"})
+  good = Plan(PROBLEMS[0], ROLES, [[None, None, "a"]] * 3, CHAIN, "a")
+  role_failed = Plan(PROBLEMS[1], ROLES, [[None, None, "bad"], [None, None, "a"], [None, None, "a"]], CHAIN, "a")
+  results = executor.execute([good, role_failed, good, good], backend, TASK)
+  assert [r.failed for r in results] == [False, True, False, False]
+  executor.check_failures(results, 0.25, "step 3")  # 1 of 4 is not more than a quarter
+  with pytest.raises(executor.FailedCallsError) as raised:
+    executor.check_failures(results, 0.2, "stage 1 step 3")
+  message = str(raised.value)
+  assert message.startswith("stage 1 step 3: 1 of 4 queries failed (first error: Math Solver synthesizer 2 (bad): "
+                            "HTTP 500: scripted failure)")
+  assert "raise llm.max_failed_fraction (now 0.2)" in message and "\n" not in message
+  # A batch in which every query failed stops the run whatever the threshold.
+  dead = executor.execute([role_failed] * 2, backend, TASK)
+  with pytest.raises(executor.FailedCallsError, match="2 of 2 queries failed"):
+    executor.check_failures(dead, 1.0, "x")
+  executor.check_failures([], 0.0, "an empty batch")
+
+
+def test_close_backend_prefers_close_then_aclose():
+  events = []
+
+  class Sync:
+    def close(self):
+      events.append("close")
+
+  class Async:
+    async def aclose(self):
+      events.append("aclose")
+
+  executor.close_backend(Sync())
+  executor.close_backend(Async())
+  executor.close_backend(object())  # nothing to close
+  assert events == ["close", "aclose"]
