@@ -2,6 +2,7 @@ r"""Serves the simulated LLM pool over HTTP in the OpenAI wire format.
 
   python -m launch.sim_server --port 8000
   python -m launch.sim_server --port 0 --latency_s 0.5 --fault_rate_429 0.05
+  SIM_KEY=secret python -m launch.sim_server --api_key_env SIM_KEY   # a wrong key gets 401
 
 Point any OpenAI-compatible client at ``http://HOST:PORT/v1``. The server knows
 the problems of ``--task`` (a ``module:Class`` Task; default the arithmetic
@@ -41,6 +42,8 @@ _RATE_500 = flags.DEFINE_float("fault_rate_500", 0.0, "Chance per request of a 5
 _RATE_STALL = flags.DEFINE_float("fault_rate_stall", 0.0, "Chance per request of a stall of --stall_s.")
 _RATE_MALFORMED = flags.DEFINE_float("fault_rate_malformed", 0.0, "Chance per request of a malformed JSON body.")
 _RATE_EMPTY = flags.DEFINE_float("fault_rate_empty", 0.0, "Chance per request of an empty 'choices' list.")
+_RATE_LENGTH = flags.DEFINE_float("fault_rate_length", 0.0,
+                                  "Chance per request of an answer cut in half with finish_reason 'length'.")
 _FIRST_ATTEMPTS = flags.DEFINE_integer("fault_first_attempts", 0,
                                        "The first N attempts of every distinct request fail with --fault_first_kind.")
 _FIRST_KIND = flags.DEFINE_enum("fault_first_kind", "429", list(FAULT_KINDS), "Fault of --fault_first_attempts.")
@@ -48,6 +51,8 @@ _MODEL_FAULTS = flags.DEFINE_string("fault_models", "{}",
                                     'JSON object model -> fault kind applied to every request, e.g. {"X": "500"}.')
 _RETRY_AFTER = flags.DEFINE_float("retry_after_s", 0.05, "Retry-After of injected 429s.")
 _STALL = flags.DEFINE_float("stall_s", 30.0, "Seconds a stalled request hangs.")
+_PROBE_FAULTS = flags.DEFINE_bool("fault_probes", False,
+                                  "Preflight probes meet the rate and first-attempt faults too (not only --fault_models).")
 
 
 def _load_task(spec: str):
@@ -65,9 +70,10 @@ def main(argv):
   backend = SimulatedBackend(default_world(seed=_SEED.value), task, problems)
   faults = FaultConfig(
       rate_429=_RATE_429.value, rate_500=_RATE_500.value, rate_stall=_RATE_STALL.value,
-      rate_malformed=_RATE_MALFORMED.value, rate_empty=_RATE_EMPTY.value, first_attempts=_FIRST_ATTEMPTS.value,
+      rate_malformed=_RATE_MALFORMED.value, rate_empty=_RATE_EMPTY.value, rate_length=_RATE_LENGTH.value,
+      first_attempts=_FIRST_ATTEMPTS.value,
       first_kind=_FIRST_KIND.value, model_faults=json.loads(_MODEL_FAULTS.value), retry_after_s=_RETRY_AFTER.value,
-      stall_s=_STALL.value, seed=_SEED.value)
+      stall_s=_STALL.value, seed=_SEED.value, probe_faults=_PROBE_FAULTS.value)
   api_key = None
   if _API_KEY_ENV.value:
     api_key = os.environ.get(_API_KEY_ENV.value)

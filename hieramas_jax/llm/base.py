@@ -50,6 +50,9 @@ class Response:
     error: None on success, else a short description (never holding a key).
     cached: whether the response came from the response cache (no call made).
     attempts: how many requests were sent (retries included; 0 when cached).
+    finish_reason: why generation stopped, as the API says ("stop", "length",
+      "content_filter", ...); None when unknown. "length" means the text was cut
+      at max_tokens.
   """
 
   model: str
@@ -60,6 +63,7 @@ class Response:
   error: str | None = None
   cached: bool = False
   attempts: int = 1
+  finish_reason: str | None = None
 
   @property
   def ok(self) -> bool:
@@ -74,6 +78,7 @@ class Response:
         "cost": self.cost,
         "latency": self.latency,
         "error": self.error,
+        "finish_reason": self.finish_reason,
     }
 
   @classmethod
@@ -87,6 +92,7 @@ class Response:
         error=data.get("error"),
         cached=cached,
         attempts=0 if cached else 1,
+        finish_reason=data.get("finish_reason"),  # absent in responses cached before it was recorded
     )
 
 

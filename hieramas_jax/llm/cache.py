@@ -1,10 +1,18 @@
 """Persistent response cache, so re-runs and resumed runs make no repeated paid calls.
 
-Responses live in one SQLite file (WAL mode) keyed by a digest of (model, messages,
-generation params, sample index). Every successful response is committed as soon
-as it arrives, so a killed process loses at most the calls in flight. Errors are
-never stored. A cached response keeps the cost of the call that produced it (so
-rewards of a re-run are the same) and is flagged ``cached``.
+Responses live in one SQLite file (WAL mode) keyed by a digest of everything that
+shapes the answer: the model's wire identity (from the backend: base URL, served
+name, ...), the messages, every generation parameter and the sample index. Every
+successful response is committed as soon as it arrives, so a killed process loses
+at most the calls in flight. Errors are never stored. A cached response keeps the
+cost of the call that produced it (so rewards of a re-run are the same) and is
+flagged ``cached``.
+
+Keys of format 1 (before the wire identity was part of the key) are never looked
+up again: such rows stay in the file, unused, and a warning says how many (delete
+the file to reclaim the space). A file that is not a readable SQLite database, or
+that cannot be written, raises :class:`CacheError` at construction, naming the
+file and what to do.
 """
 
 from __future__ import annotations
@@ -13,61 +21,150 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 from typing import Any, Collection, Mapping, Sequence
 
-from hieramas_jax.llm.base import Backend, Message, Response
+from hieramas_jax.llm.base import Backend, ConfigError, Message, Response
+
+_LOG = logging.getLogger(__name__)
+
+KEY_FORMAT = 2  # 1: (model, messages, params, sample_index); 2: adds the format and the wire identity
 
 
-def cache_key(model: str, messages: Sequence[Message], params: Mapping[str, Any], sample_index: int) -> str:
-  """A digest that changes whenever anything that shapes the answer changes."""
+class CacheError(ConfigError):
+  """The response cache file cannot be used (corrupt, unreadable or unwritable)."""
+
+
+def cache_key(model: str, messages: Sequence[Message], params: Mapping[str, Any], sample_index: int, *,
+              identity: Mapping[str, Any] | None = None) -> str:
+  """A digest that changes whenever anything that shapes the answer changes.
+
+  Args:
+    model: the pool name.
+    messages: the chat messages.
+    params: every generation parameter sent (temperature, top_p, max_tokens, seed, stop, ...).
+    sample_index: which independent sample of the same request.
+    identity: what else decides the answer, from the backend's ``cache_identity(model)``
+      (base URL, served name, ...); None for backends without one.
+  """
   payload = json.dumps(
-      {"model": model, "messages": [dict(m) for m in messages], "params": dict(params),
-       "sample_index": int(sample_index)},
+      {"format": KEY_FORMAT, "model": model, "identity": dict(identity or {}),
+       "messages": [dict(m) for m in messages], "params": dict(params), "sample_index": int(sample_index)},
       sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def _cache_error(path: str, error: BaseException, doing: str) -> CacheError:
+  """A CacheError naming the file, the SQLite complaint and the fix."""
+  name = getattr(error, "sqlite_errorname", "") or ""
+  text = str(error)
+  if name in ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH") or "readonly" in text:
+    fix = ("the file or its directory is not writable: make both writable (the cache also writes "
+           f"{os.path.basename(path)}-wal and -shm next to it) or choose another workdir")
+  elif name == "SQLITE_FULL":
+    fix = "the disk is full: free space, then resume the run"
+  elif name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+    fix = "another process holds it locked: stop that process or use another workdir"
+  elif isinstance(error, sqlite3.ProgrammingError):
+    fix = "it was already closed: do not use a backend after closing it"
+  else:
+    fix = ("it is corrupt or not a SQLite database: delete it or move it away (the responses cached "
+           "in it are lost and will be requested again)")
+  return CacheError(f"response cache {path}: cannot {doing} ({text}); {fix}")
+
+
 class ResponseCache:
-  """A SQLite table of successful responses (safe for many coroutines and processes)."""
+  """A SQLite table of successful responses (safe for many coroutines and processes).
+
+  Raises:
+    CacheError: at construction, if the file cannot be created, read or written.
+  """
 
   def __init__(self, path: str | os.PathLike[str]):
     self.path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(self.path))
-    os.makedirs(parent, exist_ok=True)
+    try:
+      os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+      raise CacheError(f"response cache {self.path}: cannot create its directory {parent} ({e.strerror}); "
+                       "choose a writable workdir or fix the permissions") from e
     # One connection guarded by a lock: coroutines run on one thread, but a
     # trainer may also touch the cache from a worker thread.
     self._lock = threading.Lock()
-    self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60.0)
-    self._db.execute("PRAGMA journal_mode=WAL")
+    self._db: sqlite3.Connection | None = None
+    try:
+      self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60.0)
+      self._open()
+    except sqlite3.Error as e:
+      if self._db is not None:
+        self._db.close()
+      raise _cache_error(self.path, e, "open it") from e
+
+  def _open(self) -> None:
+    """Sets the file up and checks that it is a sound, writable SQLite database."""
+    db = self._db
+    db.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode survives a process kill (the WAL is written before the
     # commit returns); only a power loss can drop the last transactions.
-    self._db.execute("PRAGMA synchronous=NORMAL")
-    self._db.execute(
-        "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-        "response TEXT NOT NULL, created REAL NOT NULL)")
+    db.execute("PRAGMA synchronous=NORMAL")
+    verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    if verdict != "ok":
+      raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+    db.execute("BEGIN IMMEDIATE")  # takes the write lock: an unwritable file fails here, not mid-run
+    try:
+      db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                 "response TEXT NOT NULL, created REAL NOT NULL)")
+      db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+      row = db.execute("SELECT value FROM meta WHERE name = 'key_format'").fetchone()
+      if row is None:
+        old = int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+        if old:
+          _LOG.warning("response cache %s: %d responses were stored under key format 1, which ignored the "
+                       "endpoint and served name; they are not used (delete the file to reclaim the space)",
+                       self.path, old)
+        db.execute("INSERT INTO meta (name, value) VALUES ('key_format', ?)", (str(KEY_FORMAT),))
+      elif int(row[0]) != KEY_FORMAT:
+        _LOG.warning("response cache %s: written with key format %s; entries of that format are not used",
+                     self.path, row[0])
+        db.execute("UPDATE meta SET value = ? WHERE name = 'key_format'", (str(KEY_FORMAT),))
+      db.execute("COMMIT")
+    except BaseException:
+      if db.in_transaction:
+        db.execute("ROLLBACK")
+      raise
 
   def get(self, key: str) -> Response | None:
-    with self._lock:
-      row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+    try:
+      with self._lock:
+        row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+    except sqlite3.Error as e:
+      raise _cache_error(self.path, e, "read it") from e
     return None if row is None else Response.from_json(json.loads(row[0]), cached=True)
 
   def put(self, key: str, response: Response) -> None:
     if not response.ok:
       return  # a failure must be retried next time, never replayed
     blob = json.dumps(response.to_json(), ensure_ascii=False)
-    with self._lock:
-      self._db.execute("INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
-                       (key, response.model, blob, time.time()))
+    try:
+      with self._lock:
+        self._db.execute("INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
+                         (key, response.model, blob, time.time()))
+    except sqlite3.Error as e:
+      raise _cache_error(self.path, e, "write to it") from e
 
   def __len__(self) -> int:
-    with self._lock:
-      return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+    try:
+      with self._lock:
+        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+    except sqlite3.Error as e:
+      raise _cache_error(self.path, e, "read it") from e
 
   def close(self) -> None:
+    """Closes the file (a second close does nothing)."""
     with self._lock:
       self._db.close()
 
@@ -80,20 +177,31 @@ class CacheStats:
 
 
 class CachedBackend:
-  """Wraps a backend with a ResponseCache; identical requests in flight share one call."""
+  """Wraps a backend with a ResponseCache; identical requests in flight share one call.
+
+  The key includes the wrapped backend's ``cache_identity(model)`` when it has one
+  (OpenAIBackend: base URL and served name), so pointing a pool name at another
+  server or model is a cache miss, not a replay of the old answers.
+  """
 
   def __init__(self, backend: Backend, cache: ResponseCache | str | os.PathLike[str]):
     self.backend = backend
     self.cache = cache if isinstance(cache, ResponseCache) else ResponseCache(cache)
     self.stats = CacheStats()
     self._in_flight: dict[str, asyncio.Future[Response]] = {}
+    self._identity = getattr(backend, "cache_identity", None)
 
   def known_models(self) -> Collection[str]:
     return self.backend.known_models()
 
+  def key(self, model: str, messages: Sequence[Message], params: Mapping[str, Any], sample_index: int) -> str:
+    """The cache key of a request to the wrapped backend."""
+    identity = self._identity(model) if self._identity is not None else None
+    return cache_key(model, messages, params, sample_index, identity=identity)
+
   async def complete(self, model: str, messages: Sequence[Message], *, sample_index: int = 0,
                      **params: Any) -> Response:
-    key = cache_key(model, messages, params, sample_index)
+    key = self.key(model, messages, params, sample_index)
     hit = self.cache.get(key)
     if hit is not None:
       self.stats.hits += 1
@@ -117,11 +225,31 @@ class CachedBackend:
       raise
     finally:
       del self._in_flight[key]
-    self.cache.put(key, response)
-    future.set_result(response)
+    try:
+      self.cache.put(key, response)
+    finally:  # waiters get the answer even when storing it failed
+      future.set_result(response)
     return response
 
   async def aclose(self) -> None:
-    close = getattr(self.backend, "aclose", None)
-    if close is not None:
-      await close()
+    """Closes the wrapped backend (its HTTP sessions) and the cache file."""
+    try:
+      close = getattr(self.backend, "aclose", None)
+      if close is not None:
+        await close()
+      elif hasattr(self.backend, "close"):
+        self.backend.close()
+    finally:
+      self.cache.close()
+
+  def close(self) -> None:
+    """Closes the wrapped backend (its HTTP sessions) and the cache file; call where no loop runs."""
+    try:
+      close = getattr(self.backend, "close", None)
+      if close is not None:
+        close()
+      elif hasattr(self.backend, "aclose"):
+        from hieramas_jax.executor import run_sync  # pylint: disable=g-import-not-at-top  # executor imports llm
+        run_sync(self.backend.aclose())
+    finally:
+      self.cache.close()

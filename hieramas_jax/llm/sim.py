@@ -180,6 +180,7 @@ class SimWorld:
   seed: int = 0
   error_rate: float = 0.0
   role_effects: Mapping[str, RoleEffect] = dataclasses.field(default_factory=dict)
+  answers: "AnswerModel | None" = None
 
   def __post_init__(self):
     missing = [m for m in self.models if m not in self.skill.ability and
@@ -189,15 +190,29 @@ class SimWorld:
                        "or table rows")
 
   def p_correct(self, model: str, subject: str, level: int, n_correct: int, n_wrong: int,
-                role: str | None = None) -> float:
-    """Chance that ``model`` answers right having read these candidate answers, in ``role``."""
+                role: str | None = None, hardness: float = 0.0) -> float:
+    """Chance that ``model`` answers right having read these candidate answers, in ``role``.
+
+    ``hardness`` is the problem's own logit shift (anchored worlds; 0 in the invented one).
+    """
     m = self.models[model]
     effect = self.role_effects.get(role) if role is not None else None
-    z = self.skill.logit(model, subject, level) + (effect.solo if effect else 0.0)
+    z = self.skill.logit(model, subject, level) + hardness + (effect.solo if effect else 0.0)
     if n_correct or n_wrong:
       scale = effect.gain_scale if effect else 1.0
       z += scale * m.pick * (self.gain * math.log1p(n_correct) - self.mislead * math.log1p(n_wrong))
     return _sigmoid(z)
+
+  def value_distribution(self, model: str, subject: str, level: int, counts: Sequence[int],
+                         role: str | None, latent: "Latent") -> list[float]:
+    """Chances of each answer value (anchored worlds): [right, distractor 1..k, a wrong answer of its own].
+
+    ``counts`` holds how many candidates of each of those values the prompt already
+    holds (own wrong answers all count in the last slot).
+    """
+    n_wrong = sum(counts) - counts[0]
+    p = self.p_correct(model, subject, level, counts[0], n_wrong, role, latent.shift)
+    return [p] + [(1.0 - p) * q for q in wrong_split(latent.weights, counts[1:-1])]
 
   def with_models(self, names: Sequence[str]) -> "SimWorld":
     """The same world restricted to some models."""
@@ -235,6 +250,220 @@ def default_world(*, seed: int = 0, pool: Sequence[ModelSpec] = PAPER_POOL, subj
     ability[spec.name] = a
   skill = SkillTable(ability=ability, level_slope=level_slope, subject_spread=subject_spread, seed=seed)
   return SimWorld(models=models, skill=skill, seed=seed, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The anchored world: published single-call scores, correlated wrong answers.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Latent:
+  """A problem's hidden traits in an anchored world.
+
+  Attributes:
+    shift: logit added to every model's skill on this problem (hardness, shared by all models).
+    weights: how its wrong answers split, before reading anything: distractor 1..k, then
+      a wrong answer of the model's own (one no other output shares).
+    prob: the share of problems with these traits.
+  """
+
+  shift: float
+  weights: tuple[float, ...]
+  prob: float
+
+
+def wrong_split(weights: Sequence[float], distractors_seen: Sequence[int]) -> list[float]:
+  """How a wrong answer splits over distractor 1..k and an answer of its own, having read
+  ``distractors_seen[j]`` candidates stating distractor j.
+
+  A Polya urn: each read distractor counts as much as the problem's whole own pull
+  (weights sum to 1), so a model that errs after reading a wrong answer often repeats it.
+  Wrong answers of a reader's own are never copied: their values are not shared by design.
+  """
+  seen = float(sum(distractors_seen))
+  if not seen:
+    return list(weights)
+  out = [(w + n) / (1.0 + seen) for w, n in zip(weights[:-1], distractors_seen)]
+  out.append(weights[-1] / (1.0 + seen))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerModel:
+  """Per-problem hardness and shared wrong answers (what makes majority voting realistic).
+
+  Every problem gets, by a hash of (seed, uid), one hardness (a logit shift shared by
+  all models: hard problems are hard for everyone) and one wrong-answer profile (how a
+  wrong answer splits over the problem's k distractors and an answer of one's own).
+  Both come from small discrete sets, so the oracle's expectation over problems is an
+  exact finite sum.
+
+  Attributes:
+    hardness: (logit shift, share of problems) pairs; shares sum to 1.
+    profiles: (weights over distractor 1..k then 'own', share of problems) pairs.
+    seed: seed of the per-problem draws.
+  """
+
+  hardness: tuple[tuple[float, float], ...]
+  profiles: tuple[tuple[tuple[float, ...], float], ...]
+  seed: int = 0
+
+  def __post_init__(self):
+    for name, pairs in (("hardness", self.hardness), ("profiles", self.profiles)):
+      if not pairs or abs(sum(p for _, p in pairs) - 1.0) > 1e-9 or min(p for _, p in pairs) < 0:
+        raise ValueError(f"AnswerModel.{name} shares must be non-negative and sum to 1; got {pairs}")
+    sizes = {len(w) for w, _ in self.profiles}
+    if len(sizes) != 1:
+      raise ValueError(f"every wrong-answer profile needs the same length (k distractors + 1); got {sizes}")
+    for weights, _ in self.profiles:
+      if abs(sum(weights) - 1.0) > 1e-9 or min(weights) < 0:
+        raise ValueError(f"wrong-answer weights {weights} must be non-negative and sum to 1")
+
+  @property
+  def num_distractors(self) -> int:
+    return len(self.profiles[0][0]) - 1
+
+  @property
+  def num_values(self) -> int:
+    """Answer values tracked: right, k distractors, own wrong answers."""
+    return self.num_distractors + 2
+
+  def latents(self) -> list[Latent]:
+    """Every combination of traits with its share of problems."""
+    return [Latent(shift, tuple(weights), ph * pg) for shift, ph in self.hardness for weights, pg in self.profiles]
+
+  def latent_of(self, uid: str) -> Latent:
+    """The traits of problem ``uid`` (deterministic)."""
+    digest = hashlib.blake2b(f"{self.seed}|latent|{uid}".encode(), digest_size=16).digest()
+    u_h = (int.from_bytes(digest[:8], "little") + 0.5) / 2**64
+    u_g = (int.from_bytes(digest[8:], "little") + 0.5) / 2**64
+    shift = _pick_by_share(self.hardness, u_h)
+    weights = _pick_by_share(self.profiles, u_g)
+    return Latent(shift, tuple(weights), 1.0)
+
+
+def _pick_by_share(pairs: Sequence[tuple[Any, float]], u: float) -> Any:
+  total = 0.0
+  for value, share in pairs:
+    total += share
+    if u < total:
+      return value
+  return pairs[-1][0]
+
+
+def normal_hardness(sd: float, nodes: int = 5) -> tuple[tuple[float, float], ...]:
+  """A N(0, sd^2) logit shift as Gauss-Hermite nodes and weights (exact for the oracle's sums)."""
+  x, w = np.polynomial.hermite.hermgauss(nodes)
+  return tuple((float(math.sqrt(2.0) * sd * xi), float(wi / math.sqrt(math.pi))) for xi, wi in zip(x, w))
+
+
+# Per-problem hardness spread (logits, on top of subject and level): per-problem
+# pass rates of real models are strongly bimodal (many problems always or never
+# solved), which is what bounds the gain of majority voting. With 2.5 a 5-sample
+# vote gains 0.09 for GPT-4o-mini on MATH (0.14 with 1.5: more than published
+# self-consistency gains at 5 samples suggest).
+ANCHORED_HARDNESS_SD = 2.5
+
+# Wrong-answer profiles per benchmark: (weights over distractors then 'own', share).
+# MATH: two common wrong values per problem, from one dominant trap to scattered
+# errors. MMLU: the three wrong options, unevenly attractive, never an answer of
+# one's own. HumanEval: one broken implementation (the task renders no other).
+WRONG_PROFILES: dict[str, tuple[tuple[tuple[float, ...], float], ...]] = {
+    "math": (((0.6, 0.1, 0.3), 0.4), ((0.35, 0.25, 0.4), 0.3), ((0.1, 0.05, 0.85), 0.3)),
+    "mmlu_redux": (((0.8, 0.15, 0.05, 0.0), 0.5), ((0.6, 0.3, 0.1, 0.0), 0.3), ((0.4, 0.35, 0.25, 0.0), 0.2)),
+    "humaneval": (((1.0, 0.0), 1.0),),
+}
+
+
+def _mix_of(problems: Iterable[Problem]) -> dict[tuple[str, int], int]:
+  mix: dict[tuple[str, int], int] = {}
+  for p in problems:
+    mix[(p.subject, p.level)] = mix.get((p.subject, p.level), 0) + 1
+  return mix
+
+
+def mixture_single_call(world: SimWorld, model: str, mix: Mapping[tuple[str, int], float]) -> float:
+  """A model's single-call accuracy over a (subject, level) mix, averaged over problem traits."""
+  latents = world.answers.latents() if world.answers else [Latent(0.0, (1.0,), 1.0)]
+  total = sum(mix.values())
+  return sum(weight / total * lat.prob * world.p_correct(model, s, lv, 0, 0, None, lat.shift)
+             for (s, lv), weight in mix.items() for lat in latents)
+
+
+def anchored_world(task: str = "math", *, seed: int = 0, pool: Sequence[ModelSpec] = PAPER_POOL,
+                   problems: Iterable[Problem] | None = None, mix: Mapping[tuple[str, int], float] | None = None,
+                   hardness_sd: float = ANCHORED_HARDNESS_SD, subject_spread: float = 0.3,
+                   level_slope: float = 0.5, **kwargs: Any) -> SimWorld:
+  """The paper's pool with single-call accuracies set from published scores (``sim_facts``).
+
+  Each model's skill logit is ``ability + subject offset - level_slope * (level - 3) +
+  problem hardness``; its ``ability`` is solved for so that the mean of p_correct over
+  the task's (subject, level) mix and the problem traits equals the published
+  single-call score of ``sim_facts.FACTS`` for the task's benchmark. Wrong answers
+  are correlated (``AnswerModel``). Prices, latencies, lengths and pick strengths are
+  the invented world's.
+
+  Args:
+    task: a task name or benchmark (``sim_facts.benchmark_of``).
+    seed: seed of subject offsets, problem traits and call draws.
+    pool: the models; each needs a fact for the benchmark.
+    problems: the problems the world will be asked about; their (subject, level) mix
+      is calibrated on. Default: ``mix``, else the benchmark's published test mix.
+    mix: (subject, level) -> weight, used when ``problems`` is None.
+    hardness_sd, subject_spread, level_slope: the difficulty structure.
+    **kwargs: more SimWorld fields (role_effects, gain, error_rate...).
+  """
+  from hieramas_jax.llm import sim_facts  # pylint: disable=g-import-not-at-top
+
+  benchmark = sim_facts.benchmark_of(task)
+  if problems is not None:
+    mix = _mix_of(problems)
+  if not mix:
+    mix = sim_facts.BENCHMARK_MIX[benchmark]
+  answers = AnswerModel(normal_hardness(hardness_sd), WRONG_PROFILES[benchmark], seed=seed)
+  models = {}
+  for spec in pool:
+    _, pick, latency, tokens = _DEFAULT_TRAITS.get(spec.name, (0.5, 1.0, 0.6, (150, 400)))
+    models[spec.name] = SimModel(spec.name, spec.price_in_per_m, spec.price_out_per_m, latency, pick, tokens)
+  # Skills are linear in the ability, so solve for it on a zero-ability table.
+  base = SimWorld(models=models, skill=SkillTable(ability={m: 0.0 for m in models}, level_slope=level_slope,
+                                                  subject_spread=subject_spread, seed=seed),
+                  answers=answers)
+  ability = {}
+  for name in models:
+    target = sim_facts.fact(name, benchmark).score / 100.0
+    lo, hi = -20.0, 20.0
+    for _ in range(80):  # bisection: the mixture accuracy rises with the ability
+      mid = (lo + hi) / 2.0
+      shifted = dataclasses.replace(base, skill=dataclasses.replace(base.skill, ability={**base.skill.ability,
+                                                                                         name: mid}))
+      if mixture_single_call(shifted, name, mix) < target:
+        lo = mid
+      else:
+        hi = mid
+    ability[name] = (lo + hi) / 2.0
+  skill = SkillTable(ability=ability, level_slope=level_slope, subject_spread=subject_spread, seed=seed)
+  return SimWorld(models=models, skill=skill, seed=seed, answers=answers, **kwargs)
+
+
+WORLDS = ("invented", "anchored")
+
+
+def make_world(kind: str = "invented", *, task: str | None = None, problems: Iterable[Problem] | None = None,
+               **kwargs: Any) -> SimWorld:
+  """The simulated world named by config (``llm.sim_world``): 'invented' or 'anchored'.
+
+  ``task`` and ``problems`` are what the anchored world is calibrated on; the
+  invented world ignores them.
+  """
+  if kind == "invented":
+    return default_world(**kwargs)
+  if kind == "anchored":
+    if task is None:
+      raise ValueError("the anchored world needs the task name (its published scores depend on the benchmark)")
+    return anchored_world(task, problems=problems, **kwargs)
+  raise ValueError(f"unknown simulated world {kind!r}; choose one of {WORLDS}")
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +564,7 @@ class SimReading:
   n_correct: int
   n_wrong: int
   role: str | None = None  # the role speaking (from the system message); None for the decision node
+  counts: tuple[int, ...] = ()  # anchored worlds: candidates per value (right, distractor 1..k, own wrong)
 
 
 class SimulatedBackend:
@@ -362,6 +592,7 @@ class SimulatedBackend:
     self._strip = tuple(s for s in {task.answer_instruction} if s)
     self._verdicts: dict[tuple[str, str], bool] = {}  # (uid, extracted answer) -> right?
     self._right_answer: dict[str, str | None] = {}
+    self._distractors: dict[str, list[tuple[str, str]]] = {}  # uid -> (text, extracted answer) per distractor
 
   def register(self, problems: Iterable[Problem]) -> None:
     self.registry.add(problems)
@@ -385,6 +616,54 @@ class SimulatedBackend:
       verdict = self._verdicts[key] = bool(self.task.grade(problem, chunk))
     return verdict
 
+  def distractors(self, problem: Problem) -> list[tuple[str, str]]:
+    """The problem's k shared wrong answers (anchored worlds): (answer text, extracted answer) each.
+
+    Rendered by the task itself from a per-(problem, distractor) seed, so every model
+    that falls into distractor j writes the same value.
+    """
+    found = self._distractors.get(problem.uid)
+    if found is not None:
+      return found
+    k = self.world.answers.num_distractors if self.world.answers else 0
+    found = []
+    for j in range(k):
+      for attempt in range(64):
+        digest = hashlib.blake2b(f"{self.world.seed}|distractor|{problem.uid}|{j}|{attempt}".encode(),
+                                 digest_size=8).digest()
+        text = self.task.render_answer(problem, False, random.Random(int.from_bytes(digest, "little")))
+        answer = self.task.extract(text)
+        if (answer is not None and all(answer != a for _, a in found)
+            and not self._is_right(problem, answer, text)):
+          found.append((text, answer))
+          break
+      else:
+        raise ValueError(f"task {self.task.name!r} rendered no {j + 1}th distinct wrong answer for problem "
+                         f"{problem.uid!r} in 64 tries; the anchored world's wrong-answer profiles for this task "
+                         f"need at most {j} distractors")
+    self._distractors[problem.uid] = found
+    return found
+
+  def _value_of(self, problem: Problem, answer: str, chunk: str) -> int:
+    """0 if right, j for distractor j, k + 1 for any other wrong answer."""
+    if self._is_right(problem, answer, chunk):
+      return 0
+    for j, (_, distractor) in enumerate(self.distractors(problem)):
+      if answer == distractor:
+        return j + 1
+    return self.world.answers.num_distractors + 1
+
+  def _own_wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+    """A wrong answer that is neither a distractor nor right (an error of the model's own)."""
+    taken = {a for _, a in self.distractors(problem)}
+    text = ""
+    for _ in range(32):
+      text = self.task.render_answer(problem, False, rng)
+      answer = self.task.extract(text)
+      if answer is not None and answer not in taken and not self._is_right(problem, answer, text):
+        return text
+    return text  # the task renders nothing else (rare): its last wrong text stands
+
   def read(self, messages: Sequence[Message]) -> SimReading | None:
     """The problem a prompt is about and the right/wrong answers it already holds."""
     found = None
@@ -401,16 +680,21 @@ class SimulatedBackend:
     for s in self._strip:
       body = body.replace(s, "")
     n_correct = n_wrong = 0
+    counts = [0] * self.world.answers.num_values if self.world.answers else []
     chunks = _CHUNK_MARKER.split(body)
     for chunk in chunks[1:]:  # chunks[0] is the preamble before the first candidate
       answer = self.task.extract(chunk)
       if answer is None:
         continue
-      if self._is_right(problem, answer, chunk):
+      if counts:
+        counts[self._value_of(problem, answer, chunk)] += 1
+      elif self._is_right(problem, answer, chunk):
         n_correct += 1
       else:
         n_wrong += 1
-    return SimReading(problem, n_correct, n_wrong, self._role_of(messages))
+    if counts:
+      n_correct, n_wrong = counts[0], sum(counts) - counts[0]
+    return SimReading(problem, n_correct, n_wrong, self._role_of(messages), tuple(counts))
 
   def _role_of(self, messages: Sequence[Message]) -> str | None:
     """The task role the system message names first (a prompt says who you are before anything else)."""
@@ -438,18 +722,40 @@ class SimulatedBackend:
     latency = spec.latency_s * rng.uniform(0.8, 1.2)
     if self.world.error_rate and rng.random() < self.world.error_rate:
       return error_response(model, "simulator: injected failure", latency=latency)
-    p = self.world.p_correct(model, reading.problem.subject, reading.problem.level, reading.n_correct,
-                             reading.n_wrong, reading.role)
-    correct = rng.random() < p
-    n_out = rng.randint(*spec.completion_tokens)
-    final = self.task.render_answer(reading.problem, correct, rng)
+    if self.world.answers is None:
+      p = self.world.p_correct(model, reading.problem.subject, reading.problem.level, reading.n_correct,
+                               reading.n_wrong, reading.role)
+      correct = rng.random() < p
+      n_out = rng.randint(*spec.completion_tokens)
+      final = self.task.render_answer(reading.problem, correct, rng)
+    else:
+      final, n_out = self._anchored_answer(model, reading, rng)
     # The text is n_out tokens long by the 4-characters estimate, so that the
     # prompts that quote it grow by about n_out tokens (what the oracle expects).
     reasoning = _filler(rng, int(n_out * CHARS_PER_TOKEN) - len(final) - 2)
     text = f"{reasoning}.\n{final}" if reasoning else final
     usage = Usage(count_message_tokens(messages, exact=False), n_out)
     return Response(model=model, text=text, usage=usage, cost=spec.cost(usage.prompt_tokens, n_out),
-                    latency=latency)
+                    latency=latency, finish_reason="stop")
+
+  def _anchored_answer(self, model: str, reading: SimReading, rng: random.Random) -> tuple[str, int]:
+    """The final answer text and completion length of one call in an anchored world."""
+    problem = reading.problem
+    latent = self.world.answers.latent_of(problem.uid)
+    dist = self.world.value_distribution(model, problem.subject, problem.level, reading.counts, reading.role,
+                                         latent)
+    u, value = rng.random(), len(dist) - 1
+    for v, q in enumerate(dist):
+      u -= q
+      if u < 0:
+        value = v
+        break
+    n_out = rng.randint(*self.world.models[model].completion_tokens)
+    if value == 0:
+      return self.task.render_answer(problem, True, rng), n_out
+    if value <= self.world.answers.num_distractors:
+      return self.distractors(problem)[value - 1][0], n_out
+    return self._own_wrong_answer(problem, rng), n_out
 
   async def complete(self, model: str, messages: Sequence[Message], *, sample_index: int = 0,
                      **params: Any) -> Response:
@@ -505,6 +811,39 @@ def _poisson_binomial(ps: Sequence[float]) -> list[float]:
       nxt[k + 1] += q * p
     dist = nxt
   return dist
+
+
+def _majority_right(dist: Sequence[float], samples: int) -> float:
+  """Chance that the right value (index 0) wins a vote of ``samples`` draws from ``dist``.
+
+  ``dist`` is over [right, shared wrong values..., own wrong answer]; own wrong
+  answers each get one vote. Ties are broken uniformly (first-stated rule).
+  """
+  shared = len(dist) - 2
+  win = 0.0
+  for counts in _compositions(samples, len(dist)):
+    prob = math.factorial(samples)
+    for c, q in zip(counts, dist):
+      prob *= q**c / math.factorial(c)
+    if prob == 0.0 or counts[0] == 0:
+      continue
+    own = counts[-1]
+    best_wrong = max(list(counts[1:1 + shared]) + [1 if own else 0])
+    if counts[0] > best_wrong:
+      win += prob
+    elif counts[0] == best_wrong:
+      tied = 1 + sum(1 for c in counts[1:1 + shared] if c == best_wrong) + (own if best_wrong == 1 else 0)
+      win += prob / tied
+  return win
+
+
+def _compositions(total: int, parts: int) -> Iterable[tuple[int, ...]]:
+  if parts == 1:
+    yield (total,)
+    return
+  for first in range(total + 1):
+    for rest in _compositions(total - first, parts - 1):
+      yield (first,) + rest
 
 
 def _as_adjacency(adjacency: Any, n: int) -> list[list[int]]:
@@ -563,10 +902,12 @@ class Oracle:
     return count_message_tokens(messages, exact=False)
 
   def evaluate(self, subject: str, level: int, assignment: Assignment, adjacency: Any, decision_model: str, *,
-               question: str | None = None, question_tokens: int = 40) -> OracleResult:
+               question: str | None = None, question_tokens: int = 40, uid: str | None = None) -> OracleResult:
     """Expected outcome of (assignment [R][P+1], adjacency [R,R], decision model) on one query type.
 
     ``question`` (or a stand-in of ``question_tokens`` tokens) sizes the prompts for costs.
+    In an anchored world the solve rate is the exact mean over the problems of the
+    type (their hardness and wrong-answer traits), or that of problem ``uid`` alone.
     """
     world = self.world
     n = len(self.roles)
@@ -600,6 +941,17 @@ class Oracle:
     tokens = self._prompt_tokens(self.task.decision_messages(problem, outputs))
     cost += world.models[decision_model].cost(tokens, world.models[decision_model].expected_completion_tokens)
 
+    if world.answers is not None:
+      latents = world.answers.latents() if uid is None else [world.answers.latent_of(uid)]
+      solve, role_rates = 0.0, [None] * n
+      for latent in latents:
+        s, rates = self._solve_values(subject, level, assignment, order, preds, decision_model, latent)
+        solve += latent.prob * s
+        role_rates = [None if r is None else (latent.prob * r + (acc or 0.0)) for r, acc in zip(rates, role_rates)]
+      return OracleResult(solve_rate=solve, expected_cost=cost,
+                          expected_reward=reward_of(solve, cost, self.c_s, self.c_f),
+                          role_solve_rates=tuple(role_rates))
+
     # Exact solve rates: joint right/wrong states of the roles done so far.
     states: dict[tuple[int, ...], float] = {(): 1.0}
     slot = {}
@@ -632,6 +984,111 @@ class Oracle:
     return OracleResult(solve_rate=solve, expected_cost=cost,
                         expected_reward=reward_of(solve, cost, self.c_s, self.c_f),
                         role_solve_rates=tuple(role_rates))
+
+  def _solve_values(self, subject: str, level: int, assignment: Assignment, order: Sequence[int],
+                    preds: Mapping[int, Sequence[int]], decision_model: str,
+                    latent: Latent) -> tuple[float, list[float | None]]:
+    """Exact solve rate and per-role rates for one problem trait (anchored worlds).
+
+    A state is (the answer values of the roles some later role still reads, the count
+    of each value over all roles done): what every later call and the decision node
+    depend on. Roles leave the first part once their last reader is done.
+    """
+    world = self.world
+    num_values = world.answers.num_values
+    position = {r: i for i, r in enumerate(order)}
+    last_reader = {r: max((position[j] for j in order if r in preds[j]), default=-1) for r in order}
+    live: list[int] = []
+    states: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {((), (0,) * num_values): 1.0}
+    role_rates: list[float | None] = [None] * len(assignment)
+    for step, r in enumerate(order):
+      row = assignment[r]
+      proposers = [m for m in row[:-1] if m is not None]
+      synth, name = row[-1], self.roles[r].name
+      slots = [live.index(i) for i in preds[r]]
+      memo: dict[tuple[int, ...], list[float]] = {}
+      nxt: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+      right = 0.0
+      for (values, totals), prob in states.items():
+        seen = [0] * num_values
+        for slot in slots:
+          seen[values[slot]] += 1
+        key = tuple(seen)
+        out = memo.get(key)
+        if out is None:
+          out = memo[key] = self._supernode_values(subject, level, proposers, synth, name, key, latent)
+        right += prob * out[0]
+        for v, q in enumerate(out):
+          if q <= 0.0:
+            continue
+          new_totals = totals[:v] + (totals[v] + 1,) + totals[v + 1:]
+          state = (values + (v,), new_totals)
+          nxt[state] = nxt.get(state, 0.0) + prob * q
+      role_rates[r] = right
+      live.append(r)
+      keep = [i for i, role in enumerate(live) if last_reader[role] > step]
+      live = [live[i] for i in keep]
+      states = {}
+      for (values, totals), prob in nxt.items():
+        state = (tuple(values[i] for i in keep), totals)
+        states[state] = states.get(state, 0.0) + prob
+    solve = 0.0
+    for (_, totals), prob in states.items():
+      solve += prob * world.value_distribution(decision_model, subject, level, totals, None, latent)[0]
+    return solve, role_rates
+
+  def _supernode_values(self, subject: str, level: int, proposers: Sequence[str], synth: str, role: str,
+                        seen: tuple[int, ...], latent: Latent) -> list[float]:
+    """Distribution of a role's output value given the values of its predecessors' outputs."""
+    world = self.world
+    proposals: dict[tuple[int, ...], float] = {(0,) * len(seen): 1.0}
+    for m in proposers:
+      dist = world.value_distribution(m, subject, level, seen, role, latent)
+      nxt: dict[tuple[int, ...], float] = {}
+      for counts, prob in proposals.items():
+        for v, q in enumerate(dist):
+          if q > 0.0:
+            key = counts[:v] + (counts[v] + 1,) + counts[v + 1:]
+            nxt[key] = nxt.get(key, 0.0) + prob * q
+      proposals = nxt
+    out = [0.0] * len(seen)
+    for counts, prob in proposals.items():
+      read = tuple(a + b for a, b in zip(seen, counts))
+      for v, q in enumerate(world.value_distribution(synth, subject, level, read, role, latent)):
+        out[v] += prob * q
+    return out
+
+  def single_call(self, subject: str, level: int, model: str, *, uid: str | None = None) -> float:
+    """Accuracy of one plain call (no role, nothing read) on a query type, or on problem ``uid``."""
+    world = self.world
+    if world.answers is None:
+      return world.p_correct(model, subject, level, 0, 0)
+    latents = world.answers.latents() if uid is None else [world.answers.latent_of(uid)]
+    return sum(lat.prob * world.p_correct(model, subject, level, 0, 0, None, lat.shift) for lat in latents)
+
+  def self_consistency(self, subject: str, level: int, model: str, *, samples: int = 5,
+                       uid: str | None = None) -> float:
+    """Exact accuracy of a majority vote over ``samples`` plain calls (baselines.majority_vote).
+
+    Votes go by answer value; a tie goes to the value stated first, which for
+    exchangeable samples is each tied value with equal chance. Own wrong answers
+    never agree with anything. In the invented world every wrong answer counts as
+    its own (its random perturbations rarely coincide), so there it is an approximation.
+    """
+    world = self.world
+    if world.answers is None:
+      latents = [Latent(0.0, (1.0,), 1.0)]
+    else:
+      latents = world.answers.latents() if uid is None else [world.answers.latent_of(uid)]
+    total = 0.0
+    for latent in latents:
+      if world.answers is None:
+        p = world.p_correct(model, subject, level, 0, 0)
+        dist = [p, 1.0 - p]
+      else:
+        dist = world.value_distribution(model, subject, level, (0,) * world.answers.num_values, None, latent)
+      total += latent.prob * _majority_right(dist, samples)
+    return total
 
   def best_assignment(self, subject: str, level: int, adjacency: Any, decision_model: str, *,
                       proposers: int = 2, models: Sequence[str] | None = None, restarts: int = 6,

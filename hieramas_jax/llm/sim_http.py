@@ -4,7 +4,12 @@
 :class:`~hieramas_jax.llm.sim.SimulatedBackend`, so that the real ``openai``
 client path (connection pool, retries, parsing) is exercised end to end on
 loopback. It can add latency and inject faults: 429 with ``Retry-After``, 500,
-stalls past the client's timeout, malformed JSON bodies and empty ``choices``.
+stalls past the client's timeout, malformed JSON bodies, empty ``choices`` and
+answers cut at max_tokens (``finish_reason`` "length"). With ``api_key`` set it
+answers a wrong key with 401; an unknown model gets 404 (both in the OpenAI
+error format, with ``code`` "invalid_api_key" / "model_not_found"). It answers
+the preflight probe (``llm.preflight.PROBE_MESSAGES``) with "OK" for any model it
+serves; a probe meets only the per-model faults unless ``FaultConfig.probe_faults``.
 ``GET /stats`` reports requests and the most requests ever in flight; ``POST
 /stats/reset`` zeroes them. ``ServerThread`` runs a server on its own event loop
 in a thread (tests); ``launch/sim_server.py`` is the command line.
@@ -27,9 +32,12 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from hieramas_jax.llm.base import UnknownModelError
+from hieramas_jax.llm.preflight import PROBE_MESSAGES
 from hieramas_jax.llm.sim import SimulatedBackend
+from hieramas_jax.llm.tokens import approx_tokens
 
-FAULT_KINDS = ("429", "500", "stall", "malformed", "empty")
+FAULT_KINDS = ("429", "500", "stall", "malformed", "empty", "length")
+_PROBE = [dict(m) for m in PROBE_MESSAGES]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +45,9 @@ class FaultConfig:
   """Which requests fail and how.
 
   Attributes:
-    rate_429, rate_500, rate_stall, rate_malformed, rate_empty: chance per request
-      of each fault (drawn from a seeded RNG in arrival order).
+    rate_429, rate_500, rate_stall, rate_malformed, rate_empty, rate_length: chance
+      per request of each fault (drawn from a seeded RNG in arrival order);
+      "length" answers the first half of the text with finish_reason "length".
     first_attempts: the first this-many attempts of every distinct request (same
       model, messages and seed) fail with ``first_kind``; later ones succeed.
     first_kind: the fault of ``first_attempts``.
@@ -46,6 +55,8 @@ class FaultConfig:
     retry_after_s: the Retry-After header of a 429.
     stall_s: how long a stalled request hangs before answering normally.
     seed: seed of the fault RNG.
+    probe_faults: whether preflight probes meet the rate and first-attempt faults
+      too (by default only ``model_faults``, the faults of a broken model).
   """
 
   rate_429: float = 0.0
@@ -53,12 +64,14 @@ class FaultConfig:
   rate_stall: float = 0.0
   rate_malformed: float = 0.0
   rate_empty: float = 0.0
+  rate_length: float = 0.0
   first_attempts: int = 0
   first_kind: str = "429"
   model_faults: Mapping[str, str] = dataclasses.field(default_factory=dict)
   retry_after_s: float = 0.05
   stall_s: float = 30.0
   seed: int = 0
+  probe_faults: bool = False
 
   def __post_init__(self):
     for kind in (self.first_kind, *self.model_faults.values()):
@@ -74,13 +87,15 @@ class ServerStats:
   max_in_flight: int = 0
   faults: dict[str, int] = dataclasses.field(default_factory=dict)
   rejected: int = 0  # 4xx answers (bad request, unknown model, bad key)
+  probes: int = 0  # preflight probes answered 200
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
-def _error(status: int, message: str, kind: str, headers: Mapping[str, str] | None = None) -> web.Response:
-  body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def _error(status: int, message: str, kind: str, headers: Mapping[str, str] | None = None,
+           code: str | None = None) -> web.Response:
+  body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
   return web.json_response(body, status=status, headers=headers)
 
 
@@ -134,15 +149,17 @@ class SimServer:
   def reset_stats(self) -> None:
     """Zeroes the counters (requests still in flight stay counted as in flight)."""
     stats = self.stats
-    stats.requests = stats.completed = stats.rejected = 0
+    stats.requests = stats.completed = stats.rejected = stats.probes = 0
     stats.max_in_flight = stats.in_flight
     stats.faults = {}
     self._attempts.clear()
 
-  def _pick_fault(self, model: str, fingerprint: bytes) -> str | None:
+  def _pick_fault(self, model: str, fingerprint: bytes, probe: bool) -> str | None:
     f = self.faults
     if model in f.model_faults:
       return f.model_faults[model]
+    if probe and not f.probe_faults:
+      return None
     if f.first_attempts:
       seen = self._attempts.get(fingerprint, 0)
       self._attempts[fingerprint] = seen + 1
@@ -150,7 +167,7 @@ class SimServer:
         return f.first_kind
     draw = self._rng.random()
     for kind, rate in (("429", f.rate_429), ("500", f.rate_500), ("stall", f.rate_stall),
-                       ("malformed", f.rate_malformed), ("empty", f.rate_empty)):
+                       ("malformed", f.rate_malformed), ("empty", f.rate_empty), ("length", f.rate_length)):
       if draw < rate:
         return kind
       draw -= rate
@@ -176,7 +193,7 @@ class SimServer:
   async def _answer(self, request: web.Request, stats: ServerStats) -> web.StreamResponse:
     if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
       stats.rejected += 1
-      return _error(401, "invalid API key", "invalid_request_error")
+      return _error(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
     try:
       body = await request.json()
       model, messages = body["model"], body["messages"]
@@ -188,10 +205,12 @@ class SimServer:
       return _error(400, f"bad request body: {e}", "invalid_request_error")
     if model not in self.backend.known_models():
       stats.rejected += 1
-      return _error(404, f"The model `{model}` does not exist", "invalid_request_error")
+      return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                    "invalid_request_error", code="model_not_found")
     fingerprint = hashlib.blake2b(json.dumps([model, messages, sample_index], sort_keys=True).encode(),
                                   digest_size=16).digest()
-    fault = self._pick_fault(model, fingerprint)
+    probe = messages == _PROBE
+    fault = self._pick_fault(model, fingerprint, probe)
     if fault is not None:
       stats.faults[fault] = stats.faults.get(fault, 0) + 1
     if fault == "429":
@@ -201,37 +220,54 @@ class SimServer:
       return _error(500, "internal error (simulated)", "server_error")
     if fault == "stall":
       await asyncio.sleep(self.faults.stall_s)
-    try:
-      response = self.backend.answer(model, [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
-                                             for m in messages], sample_index)
-    except UnknownModelError as e:
-      stats.rejected += 1
-      return _error(404, str(e), "invalid_request_error")
-    delay = self._latency(response.latency)
-    if delay > 0:
-      await asyncio.sleep(delay)
+    if probe:  # a preflight check: any served model answers it, no problem needed
+      text, finish_reason, prompt_tokens, completion_tokens = "OK", "stop", approx_tokens(_PROBE[0]["content"]), 1
+    else:
+      try:
+        response = self.backend.answer(
+            model, [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in messages],
+            sample_index)
+      except UnknownModelError as e:
+        stats.rejected += 1
+        return _error(404, str(e), "invalid_request_error", code="model_not_found")
+      delay = self._latency(response.latency)
+      if delay > 0:
+        await asyncio.sleep(delay)
+      if not response.ok and fault != "malformed":
+        if "no registered problem" in (response.error or ""):
+          stats.rejected += 1
+          return _error(400, response.error or "", "invalid_request_error")
+        return _error(500, response.error or "simulator failure", "server_error")
+      text, finish_reason = response.text, response.finish_reason or "stop"
+      prompt_tokens, completion_tokens = response.usage.prompt_tokens, response.usage.completion_tokens
     if fault == "malformed":
       return web.Response(status=200, text='{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"ind',
                           content_type="application/json")
-    if not response.ok:
-      if "no registered problem" in (response.error or ""):
-        stats.rejected += 1
-        return _error(400, response.error or "", "invalid_request_error")
-      return _error(500, response.error or "simulator failure", "server_error")
-    choices = [] if fault == "empty" else [
-        {"index": 0, "message": {"role": "assistant", "content": response.text}, "finish_reason": "stop",
-         "logprobs": None}]
-    stats.completed += 1
-    return web.json_response({
-        "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": {"prompt_tokens": response.usage.prompt_tokens,
-                  "completion_tokens": response.usage.completion_tokens,
-                  "total_tokens": response.usage.total_tokens},
-    })
+    if fault == "length":  # cut at "max_tokens": half the text, the way a truncated answer arrives
+      text, finish_reason, completion_tokens = text[:len(text) // 2], "length", max(1, completion_tokens // 2)
+    body = _completion(model, text, finish_reason, prompt_tokens, completion_tokens)
+    if fault == "empty":
+      body["choices"] = []
+    if probe:
+      stats.probes += 1
+    else:
+      stats.completed += 1
+    return web.json_response(body)
+
+
+def _completion(model: str, text: str, finish_reason: str, prompt_tokens: int,
+                completion_tokens: int) -> dict[str, Any]:
+  """A chat.completion body in the OpenAI wire format."""
+  return {
+      "id": f"chatcmpl-sim-{uuid.uuid4().hex[:16]}",
+      "object": "chat.completion",
+      "created": int(time.time()),
+      "model": model,
+      "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
+                   "logprobs": None}],
+      "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens},
+  }
 
 
 class ServerThread:
