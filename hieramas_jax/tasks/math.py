@@ -156,7 +156,11 @@ class MathTask(base.Task):
     return math_grading.extract_answer(text)
 
   def grade(self, problem: base.Problem, text: str) -> bool:
-    return math_grading.equivalent(problem.answer, self.extract(text), timeout_s=self.timeout_s)
+    found = math_grading.extract_answer_with_source(text)
+    if found is None:
+      return False
+    stated = math_grading.graded_answer(*found)  # None: refused (e.g. "the answer is 17 + 25")
+    return math_grading.equivalent(problem.answer, stated, timeout_s=self.timeout_s)
 
   def render_answer(self, problem: base.Problem, correct: bool, rng: random.Random) -> str:
     if correct:

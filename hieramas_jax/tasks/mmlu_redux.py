@@ -78,61 +78,134 @@ def subject_of(path: pathlib.Path) -> str:
 
 
 # ---- letter extraction ------------------------------------------------------
-_BOXED_LETTER = re.compile(r"^\s*(?:\\text(?:bf)?\{)?\s*\(?([A-Ja-j])\)?\s*\}?\s*$")
-# "answer is (B)", "Answer: **B**", "correct option is b." ...
+# A reply's answer statements are collected with their positions: a boxed letter,
+# an answer phrase ("The answer is (B)", "**Answer: C**", "correct option is b"),
+# a choice ("I choose D", "Option D is correct"), or a letter standing as the
+# first or last line. The last statement is the answer; it counts only if it
+# names one letter and no other statement right before it (with no reasoning in
+# between) names a different one.
+_LETTER = r"(?P<open>\*\*|\(|\[)?\s*\(?(?P<letter>[A-Ja-j])\b(?P<close>\)|\]|\*\*)?"
+_BOXED_LETTER = re.compile(r"^\s*(?:\\text(?:bf)?\{)?\s*(?:option\s+)?\(?([A-Ja-j])(?:\)|\.|:|\s*\}|\s*$)", re.I)
 _ANSWER_PHRASE = re.compile(
-    r"(?i)\b(?:answer|correct\s+(?:option|choice))\s*(?:is|would\s+be|should\s+be|:)?\s*:?\s*"
-    r"(?:option\s+|choice\s+)?(\*\*|\()?\s*\(?([A-J])\b(\)|\*\*)?(?P<after>[^\n]{0,12})")
+    r"(?i)\b(?:answer|(?:correct|right|best|final)\s+(?:option|choice|one)|my\s+choice)\s*"
+    r"(?:is|would\s+be|should\s+be|must\s+be|:|=)?\s*:?\s*(?:\*\*)?\s*(?:option\s+|choice\s+|letter\s+)?" + _LETTER)
+_CHOICE_PHRASE = re.compile(
+    r"(?i)\b(?:I\s+(?:choose|pick|select)|I'll\s+(?:go\s+with|choose|pick|select)|I\s+will\s+(?:go\s+with|choose|"
+    r"pick|select))\s+(?:option\s+|choice\s+)?" + _LETTER)
+# "Option D is correct", "(C) is the correct answer", "B is the best choice".
+_IS_CORRECT = re.compile(
+    r"(?:(?i:option|choice)\s+|(?P<mark>\*\*|\())?(?P<letter>[A-J])(?P<close>\)|\*\*)?\s+is\s+(?:the\s+)?"
+    r"(?i:(?:correct|right|best)(?:\s+(?:answer|option|choice))?)\b(?!\s+(?:about|if|only|but))")
+_OPTION_LINE = re.compile(r"^(?:\*\*)?(?i:option|choice)\s+\(?([A-Ja-j])\)?(?:\*\*)?[.!]?$")
 _LINE_LETTER = re.compile(r"^(?:\*\*)?(\()?([A-Ja-j])(\)|\*\*|[.:])?(?:\*\*)?(?=\s|$)")
+_BOLD_OPTION_LINE = re.compile(r"^\*\*\(?([A-J])[).:]\s+[^*]+\*\*[.!]?$")  # **C) Mitochondria**
 # After an upper-case "A" (or "I"), these words keep it a letter ("A because..."),
 # anything else lower case reads as the English word ("A bit...").
 _AFTER_LETTER_WORDS = {"because", "since", "as", "and", "or", "is", "was", "which", "for", "given", "due",
                        "from", "with", "in", "here", "then", "so", "therefore", "fits"}
+# A second letter joined to the first: "(B) or (C)", "B and D", "A/C", "A, B".
+_SECOND_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+)?(?:\*\*|\()?\s*([A-J])\b")
+# Words that may stand between two statements without being reasoning ("The answer is B.\n\nFinal answer: \boxed{C}").
+_LABEL_WORDS = re.compile(r"(?i)\b(?:the|final|correct|best|answer|answers|option|choice|is|so|therefore|thus|hence|"
+                          r"in|conclusion|summary|my|boxed|text|textbf)\b")
 
 
-def extract_letter(text: str, num_choices: int = 4) -> str | None:
-  """The option letter ``text`` gives as its answer, or None when it gives none.
+class _Statement(tuple):
+  """(start, end, letter or None when two letters are named)."""
 
-  Handles "The answer is (B)", ``\\boxed{B}``, "B) ...", "**B**", a first-line
-  letter, and lower case when it is clearly a letter (in parentheses, bold, or
-  followed by punctuation), never guessing from letters mentioned in passing.
-  """
-  if not text:
-    return None
-  valid = LETTERS[:num_choices]
+  __slots__ = ()
 
-  def accept(letter: str | None) -> str | None:
-    return letter.upper() if letter and letter.upper() in valid else None
+  def __new__(cls, start: int, end: int, letter: str | None):
+    return super().__new__(cls, (start, end, letter))
 
-  boxed = math_grading.last_boxed(text)
-  if boxed is not None:
-    match = _BOXED_LETTER.match(boxed)
-    if match and accept(match.group(1)):
-      return accept(match.group(1))
-  for match in reversed(list(_ANSWER_PHRASE.finditer(text))):
-    letter, after = match.group(2), match.group("after")
-    wrapped = bool(match.group(1) or match.group(3))
-    if not wrapped:
-      next_word = re.match(r"^\s?([a-z]+)", after)
-      if letter.islower() and not re.match(r"^\s*(?:[.,;:!]|$)", after):
-        continue  # "the answer is a tricky one": an article, not an option
-      if letter in "AI" and next_word and next_word.group(1) not in _AFTER_LETTER_WORDS:
-        continue  # "the answer is A bit unclear"
-    if accept(letter):
-      return accept(letter)
-  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-  for line, position in ((lines[0], "first"), (lines[-1], "last")) if lines else ():
+
+def _letter_of(match: re.Match, text: str) -> str | None:
+  """The option letter a phrase match names, or None when it reads as an English word ("a", "A bit")."""
+  letter = match.group("letter")
+  if match.group("open") or match.group("close"):
+    return letter.upper()
+  after = text[match.end():match.end() + 16]
+  ends = re.match(r"^\s*(?:[.,;:!?)]|$)", after)
+  if letter in "ai" and not ends:
+    return None  # "the answer is a tricky one": an article or a pronoun
+  next_word = re.match(r"^\s?([a-z]+)", after)
+  if letter in "AI" and next_word and next_word.group(1) not in _AFTER_LETTER_WORDS:
+    return None  # "the answer is A bit unclear"
+  return letter.upper()
+
+
+def _statements(text: str) -> list[_Statement]:
+  found = []
+  for start, end, content in math_grading.all_boxed(text):
+    match = _BOXED_LETTER.match(content)
+    if match:
+      found.append(_Statement(start, end, match.group(1).upper()))
+  for pattern in (_ANSWER_PHRASE, _CHOICE_PHRASE):
+    for match in pattern.finditer(text):
+      letter = _letter_of(match, text)
+      if letter is None:
+        continue
+      second = _SECOND_LETTER.match(text, match.end())
+      if second and second.group(1) != letter:
+        found.append(_Statement(match.start(), second.end(), None))  # "(B) or (C)": two answers
+      else:
+        found.append(_Statement(match.start(), match.end(), letter))
+  for match in _IS_CORRECT.finditer(text):
+    if match.group("mark") == "(" and match.group("close") != ")":
+      continue
+    found.append(_Statement(match.start(), match.end(), match.group("letter")))
+  lines = [(m.start(), m.end(), m.group(0).strip()) for m in re.finditer(r"[^\n]+", text) if m.group(0).strip()]
+  for index, (start, end, line) in enumerate(lines[:1] + lines[-1:] if len(lines) > 1 else lines):
+    is_first = index == 0 and start == lines[0][0]
+    option = _OPTION_LINE.match(line) or _BOLD_OPTION_LINE.match(line)
+    if option:
+      found.append(_Statement(start, end, option.group(1).upper()))
+      continue
     match = _LINE_LETTER.match(line)
     if not match:
       continue
     marked = bool(match.group(1) or match.group(3))  # "(b)", "b)", "**b**", "b."
     alone = len(line) == len(match.group(0))
-    if position == "last" and not alone:
-      continue  # only a bare letter on the last line counts
+    if not is_first and not alone:
+      continue  # on the last line only a letter standing alone counts
     if marked or alone or match.group(2).isupper() and line[len(match.group(0)):].startswith(" -"):
-      if accept(match.group(2)):
-        return accept(match.group(2))
-  return None
+      found.append(_Statement(start, start + len(match.group(0)), match.group(2).upper()))
+  return sorted(found, key=lambda statement: (statement[0], statement[1]))
+
+
+def _no_reasoning_between(text: str) -> bool:
+  return not re.sub(r"[\W_]+", "", _LABEL_WORDS.sub("", text))
+
+
+def extract_letter(text: str, num_choices: int = 4) -> str | None:
+  """The option letter ``text`` gives as its answer, or None when it gives none or is ambiguous.
+
+  Handles "The answer is (B)", "**Answer: C**", "Answer: B) ...", ``\\boxed{B}``,
+  "I choose D", "Option D is correct", "Option D" or a letter alone on the last
+  line, "B) ..." on the first line, lower case when clearly a letter, and a
+  reply that discusses several options before it concludes (the last statement
+  wins). It never guesses from letters mentioned in passing, never reads the
+  article in "A good approach is..." as a letter, and gives None for a
+  conclusion that names two letters ("(B) or (C)") or is contradicted by a
+  statement right before it with no reasoning in between
+  ("The answer is B.\n\n\\boxed{C}").
+  """
+  if not text:
+    return None
+  statements = _statements(text)
+  if not statements:
+    return None
+  final = reached = statements[-1]
+  for earlier in reversed(statements[:-1]):
+    if earlier[1] > reached[0]:
+      continue  # the same words read two ways ("Answer: B is correct")
+    if not _no_reasoning_between(text[earlier[1]:reached[0]]):
+      break  # reasoning came between: the later statement revises the earlier one
+    if earlier[2] != final[2]:
+      return None  # two different final letters
+    reached = earlier
+  letter = final[2]
+  return letter if letter is not None and letter in LETTERS[:num_choices] else None
 
 
 class MMLUReduxTask(base.Task):

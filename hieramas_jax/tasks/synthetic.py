@@ -8,9 +8,17 @@ is deterministic given the seed. A question belongs to exactly one split
 are disjoint whatever the seeds; within a split questions are unique, and
 ``load(n=k)`` is a prefix of ``load(n=k+m)`` for the same seed.
 
-Grading is exact: the stated answer is read as a rational number (or a
-rational multiple of pi) and compared exactly; forms it cannot read go to the
-MATH grader.
+Grading is by exact value: the stated answer (the last ``\\boxed{}``, else the
+last "The answer is ...") is evaluated by a safe arithmetic reader
+(``math_grading.read_value``: ``\\boxed{2*50}`` is 100, ``\\boxed{3 \\cdot 4}`` is
+12, ``x = 4`` is 4, ``\\$5``, ``5\\%``, ``4.0``, ``\\text{4}`` and ``{4}`` read as their
+numbers) and compared exactly, rounded decimals included (0.33 is not 1/3).
+Juxtaposed numbers (``3 4``), self-contradicting chains (``17 + 25 = 43``) and
+unsolved equations (``2x = 8``) are graded wrong. An answer found only by the
+"The answer is" fallback must be a final value (a number, fraction or rational
+multiple of pi): "the answer is 17 + 25" restates the question and is graded
+wrong, while "the answer is 17 + 25 = 42" gives 42. Boxed forms the reader does
+not know (``\\sqrt{144}``) go to the MATH grader.
 """
 
 from __future__ import annotations
@@ -291,31 +299,22 @@ def split_of(question: str) -> str:
 
 
 # ---- exact grading ------------------------------------------------------------
-_PI_FORMS = (
-    re.compile(r"^(-?)(\d*)\\?pi$"),  # 12\pi, \pi, -3pi
-    re.compile(r"^(-?)\\frac\{(\d*)\\pi\}\{(\d+)\}$"),  # \frac{3\pi}{4}
-    re.compile(r"^(-?)\\frac\{(\d+)\}\{(\d+)\}\\pi$"),  # \frac{3}{4}\pi
-    re.compile(r"^(-?)(\d*)\\pi/(\d+)$"),  # 3\pi/4
-)
-
-
 def read_exact(text: str) -> Answer | None:
-  """An Answer from a stated answer, or None when it is not a plain rational (times pi)."""
-  s = math_grading.normalize(text).replace(" ", "").replace("\\cdot", "").replace("*", "")
-  value = math_grading.exact_value(s)
-  if value is not None:
-    return Answer(value)
-  for form in _PI_FORMS:
-    match = form.match(s)
-    if match:
-      groups = match.groups()
-      numerator = int(groups[1]) if groups[1] else 1
-      denominator = int(groups[2]) if len(groups) > 2 else 1
-      if denominator == 0:
-        return None
-      sign = -1 if groups[0] else 1
-      return Answer(sign * Fraction(numerator, denominator), pi=True)
-  return None
+  """The exact Answer a stated answer evaluates to, or None.
+
+  The text is evaluated by ``math_grading.read_value`` (a safe arithmetic
+  reader: ``2*50`` is 100, ``3 \\cdot 4`` is 12, ``x = 4`` is 4, ``\\frac{9\\pi}{4}``
+  is 9/4 pi); None when it is refused (``3 4``), not arithmetic (``\\sqrt{2}``)
+  or not a rational (times pi).
+  """
+  reading = math_grading.read_value(text)
+  if reading.status != math_grading.VALUE or reading.value.pi_power not in (0, 1):
+    return None
+  return Answer(reading.value.rational, pi=reading.value.pi_power == 1)
+
+
+def _exact(answer: Answer) -> math_grading.ExactValue:
+  return math_grading.ExactValue(answer.value, int(answer.pi))
 
 
 class SyntheticTask(base.Task):
@@ -365,13 +364,21 @@ class SyntheticTask(base.Task):
     return math_grading.extract_answer(text)
 
   def grade(self, problem: base.Problem, text: str) -> bool:
-    stated = self.extract(text)
-    if stated is None:
+    found = math_grading.extract_answer_with_source(text)
+    if found is None:
       return False
-    gold, got = read_exact(problem.answer), read_exact(stated)
-    if gold is not None and got is not None:
-      return gold.value == got.value and gold.pi == got.pi
-    return math_grading.equivalent(problem.answer, stated)
+    stated, source = found
+    reading = math_grading.read_value(stated)
+    if reading.status == math_grading.REFUSED:
+      return False  # "3 4", "17 + 25 = 43", "2x = 8": never mangled into a number
+    if reading.status == math_grading.VALUE:
+      if source == math_grading.PHRASE and not reading.plain:
+        return False  # "the answer is 17 + 25" restates the question; a final value is needed
+      gold = read_exact(problem.answer)
+      return gold is not None and reading.value == _exact(gold)
+    if source == math_grading.PHRASE or "=" in stated:
+      return False  # prose the reader cannot read as a final value, or an equation ("2x = 8"), is no answer
+    return math_grading.equivalent(problem.answer, stated)  # a boxed \sqrt{144} and the like
 
   def render_answer(self, problem: base.Problem, correct: bool, rng: random.Random) -> str:
     if correct:
