@@ -23,6 +23,7 @@ import pathlib
 import random
 import re
 import threading
+import zlib
 from typing import Any, Sequence
 
 from hieramas_jax import paths
@@ -72,14 +73,35 @@ def extract_code(text: str, entry_point: str | None = None) -> str | None:
       if defining:
         return defining[-1].rstrip() + "\n"
     return blocks[-1].rstrip() + "\n"
-  start = _CODE_START.search(text)
-  if start is None:
-    return text.rstrip() + "\n"  # a body-only completion, as HumanEval's own samples are
-  lines = text[start.start():].rstrip().splitlines()
-  # Drop trailing prose line by line until what is left compiles.
+  first_line = next(line for line in text.splitlines() if line.strip())
+  if first_line[:1] in (" ", "\t"):
+    # A body completion (as HumanEval's own samples are), possibly followed by
+    # top-level helpers: all of it, less trailing prose, continues the prompt.
+    lines = text.rstrip().splitlines()
+    while lines and not lines[0].strip():
+      lines.pop(0)
+    return _longest_compiling_prefix(lines, wrap="def _completion():\n")
+  starts = [match.start() for match in _CODE_START.finditer(text)][:20]
+  if not starts:
+    return text.rstrip() + "\n"
+  # The code may start at any match (the first may lie inside a string literal
+  # of the code): keep the one that yields the most code, preferring code that
+  # defines the entry point.
+  best, best_key = None, None
+  for start in starts:
+    code = _longest_compiling_prefix(text[start:].rstrip().splitlines())
+    key = (bool(entry_point) and _defines(code, entry_point) and _compiles(code), _compiles(code),
+           code.count("\n"))
+    if best_key is None or key > best_key:
+      best, best_key = code, key
+  return best
+
+
+def _longest_compiling_prefix(lines: list[str], wrap: str = "") -> str:
+  """Drops trailing prose line by line until what is left compiles (under ``wrap``); all if nothing does."""
   for end in range(len(lines), 0, -1):
     candidate = "\n".join(lines[:end]).rstrip() + "\n"
-    if _compiles(candidate):
+    if _compiles(wrap + candidate):
       return candidate
   return "\n".join(lines) + "\n"
 
@@ -121,10 +143,32 @@ def outputs_match(expected: Any, got: Any, atol: float = 0.0) -> bool:
   return expected == got
 
 
+_RECORD_KEYS = ("task_id", "prompt", "entry_point", "test", "canonical_solution")
+
+
 def _read_jsonl_gz(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The records of a HumanEval-format .jsonl(.gz); ValueError naming the file and line of a bad one."""
   opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  line_number = 0
+  try:
+    with opener(path, "rb") as f:
+      for line_number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError included
+          raise ValueError(f"{path} line {line_number} is not valid JSON ({e}); fix or delete that line") from None
+        missing = [k for k in _RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+          raise ValueError(f"{path} line {line_number} is not a HumanEval record (no {', '.join(missing)}); "
+                           "fix or delete that line")
+        records.append(record)
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # not gzip, cut short, corrupt
+    raise ValueError(f"{path} cannot be read after line {line_number} ({type(e).__name__}: {e}); it is not a "
+                     "complete gzip/JSONL file: download it again") from None
+  return records
 
 
 def bundled_humaneval_path() -> pathlib.Path:
