@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import json
 import random
 import sys
@@ -11,6 +12,7 @@ import types
 
 import pytest
 
+from hieramas_jax.tasks import base
 from hieramas_jax.tasks import get_task
 from hieramas_jax.tasks import math_grading
 from hieramas_jax.tasks.math import MathTask, parse_level
@@ -28,6 +30,11 @@ from hieramas_jax.tasks.math import MathTask, parse_level
     ("The answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
     ("**Final Answer:** 12", "12"),
     ("Therefore the answer is: 30 degrees", "30 degrees"),
+    ("The final answer is **42**.", "42"),
+    ("Final Answer: The final answer is $7$. I hope it is correct.", "7"),
+    ("So the answer is \\(42\\), which matches the estimate.", "42"),
+    ("The answer is 42, because 17 + 25 = 42.", "42"),
+    ("The total is the answer is $\\$40$.", "\\$40"),
     ("I am not sure how to finish.", None),
     ("\\boxed{}", None),
     ("unbalanced \\boxed{1 + {2}", None),
@@ -56,6 +63,8 @@ NEAR_MISSES = [
     ("1, 2, 3", "1, 2"), ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\3\\end{pmatrix}"),
     ("90^\\circ", "91"), ("5\\text{ cm}", "6"), ("2\\sqrt{3}", "3\\sqrt{2}"), ("\\text{east}", "\\text{west}"),
     ("x^2+2x+1", "(x-1)^2"), ("\\pi", "3"), ("\\frac{\\pi}{2}", "\\frac{\\pi}{3}"),
+    ("34", "3 4"), ("7", "3 4"), ("34", "(3)(4)"), ("250", "2*50"), ("34", "3 \\cdot 4"),  # digits never joined
+    ("43", "17 + 25 = 43"),
 ]
 
 
@@ -95,6 +104,31 @@ def test_costly_answers_are_not_given_to_sympy(answer):
 
 def test_ordinary_answers_are_not_costly():
   assert not any(math_grading.too_costly(a) for a in ["y^4-2y^3+7y^2", "\\frac{1}{2004!}", "5^{3}", "x^{2n+1}"])
+
+
+@pytest.mark.parametrize("answer,status,value,plain", [
+    ("42", "value", 42, True), ("2*50", "value", 100, False), ("3 \\cdot 4", "value", 12, False),
+    ("3 \\times 4", "value", 12, False), ("3 4", "refused", None, False), ("17 + 25 = 42", "value", 42, True),
+    ("17 + 25 = 43", "refused", None, False), ("x = 4", "value", 4, True), ("\\$5", "value", 5, True),
+    ("5\\%", "value", 5, True), ("4.0", "value", 4, True), ("\\text{4}", "value", 4, True), ("{4}", "value", 4, True),
+    ("-\\dfrac{3}{6}", "value", -0.5, True), ("6\\frac{1}{4}", "value", 6.25, True), ("2^{10}", "value", 1024, False),
+    ("1/0", "refused", None, False), ("2x = 8", "unreadable", None, False), ("\\sqrt{2}", "unreadable", None, False),
+    ("9^{9^{9^{9}}}", "unreadable", None, False), ("(1, 2]", "unreadable", None, False),
+])
+def test_read_value(answer, status, value, plain):
+  reading = math_grading.read_value(answer)
+  assert (reading.status, reading.plain) == (status, plain), reading.reason
+  if value is not None:
+    assert reading.value == math_grading.ExactValue(fractions.Fraction(value))
+
+
+def test_math_grade_by_value_or_not_at_all():
+  task = MathTask()
+  problem = base.Problem(uid="t", question="Ava has 17 apples and gets 25 more. How many now?", answer="42")
+  assert task.grade(problem, "We add. The answer is 42.")
+  assert task.grade(problem, "We add: \\boxed{17 + 25}")  # a box is graded by value
+  assert not task.grade(problem, "We must add 17 and 25. The answer is 17 + 25.")  # a restatement in prose
+  assert not task.grade(problem, "\\boxed{4 2}")
 
 
 def test_exact_value_and_levels():

@@ -62,6 +62,9 @@ def test_answers_are_exact_and_in_math_format():
     answer = read_exact(text)
     assert (answer.value, answer.pi) == (value, pi), text
   assert read_exact("\\sqrt{2}") is None
+  # Multiplication signs are evaluated, never deleted (2*50 was read as 250, 3 \\cdot 4 as 34).
+  assert read_exact("2*50").value == 100 and read_exact("3 \\cdot 4").value == 12
+  assert read_exact("3 4") is None and read_exact("17 + 25 = 43") is None
   for problem in SyntheticTask().load("val", n=200):
     assert read_exact(problem.answer) is not None
     assert "\\boxed" not in problem.question

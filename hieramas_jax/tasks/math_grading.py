@@ -35,6 +35,8 @@ from typing import Any
 MAX_ANSWER_CHARS = 1000  # longer "answers" are compared as strings only
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+_SPACES = re.compile(r"\s*")
+_BOXED_TOKEN = re.compile(r"\s*([^\s$]+)")
 _ANSWER_IS = re.compile(r"(?i)(?:final\s+answer|the\s+answer|answer)\s*(?:is|:)\s*:?\s*(.+)")
 
 
@@ -61,18 +63,16 @@ def all_boxed(text: str) -> list[tuple[int, int, str]]:
   """
   found, closing = [], None
   for match in _BOXED.finditer(text):
-    rest = text[match.end():]
-    stripped = rest.lstrip()
-    if stripped.startswith("{"):
+    brace = _SPACES.match(text, match.end()).end()
+    if text.startswith("{", brace):
       if closing is None:
         closing = _closing_braces(text)
-      brace = match.end() + len(rest) - len(stripped)
       if brace in closing:
         found.append((match.start(), closing[brace] + 1, text[brace + 1:closing[brace]].strip()))
-    elif rest[:1] == " ":  # \boxed 5
-      token = re.match(r"\s*([^\s$]+)", rest)
+    elif text.startswith(" ", match.end()):  # \boxed 5
+      token = _BOXED_TOKEN.match(text, match.end())
       if token:
-        found.append((match.start(), match.end() + token.end(), token.group(1).rstrip(".,;")))
+        found.append((match.start(), token.end(), token.group(1).rstrip(".,;")))
   return found
 
 
@@ -159,8 +159,8 @@ _FRAC = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
 
 
 def exact_value(answer: str) -> fractions.Fraction | None:
-  """The rational value of a plain number, ``a/b`` or ``\\frac{a}{b}``, else None."""
-  s = answer.replace(" ", "")
+  """The rational value of a plain number, ``a/b`` or ``\\frac{a}{b}``, else None (``3 4`` is not 34)."""
+  s = re.sub(r"(?<!\d)\s+|\s+(?!\d)", "", answer)  # spaces go, except between two digits
   try:
     if _NUMBER.fullmatch(s):
       return fractions.Fraction(s)
@@ -188,7 +188,7 @@ _MAX_RESULT_BITS = 4096  # a power whose result would be larger is not computed
 
 
 class _Refused(ValueError):
-  """The answer is malformed or ambiguous (``3 4``, a mixed number, a division by zero)."""
+  """The answer is malformed or ambiguous (``3 4``, unbalanced brackets, a division by zero)."""
 
 
 class _Unreadable(ValueError):
@@ -338,7 +338,7 @@ class _Reader:
       elif token in ("\\pi", "("):  # 12\pi, 2(3 + 4): implicit multiplication
         value = _multiply(value, self.power())
       elif token is not None and (token[0].isdigit() or token in ("{", "\\frac")):
-        # "3 4" is not 34 nor 12, and "3\frac{1}{2}" is a mixed number or a product: refuse both.
+        # "3 4" is neither 34 nor 12; "3\frac{1}{2} + 1" may hold a mixed number or a product: refuse both.
         raise _Refused("two numbers side by side with no operation between them")
       else:
         return value
@@ -481,8 +481,9 @@ def read_value(answer: str) -> Reading:
   only), be an expression that cannot be read (a formula), or read to the same
   value: a chain that contradicts itself (``17 + 25 = 43``) is refused; one
   that starts with an expression in an unknown (``2x = 8``) is an equation,
-  not a value, and is unreadable. A
-  ``\\approx`` and what follows it is dropped (the exact value comes first).
+  not a value, and is unreadable. ``\\approx`` and what follows it are dropped
+  (the exact value comes first). A mixed number (``6\\frac{1}{4}``) is 6 + 1/4,
+  as MATH writes them.
   """
   if answer is None:
     return Reading(REFUSED, reason="no answer")
@@ -583,6 +584,8 @@ def equivalent(gold: str, predicted: str | None, timeout_s: int = 5, shortcuts: 
     gold_v, pred_v = exact_value(gold_n), exact_value(pred_n)
     if gold_v is not None and pred_v is not None and gold_v == pred_v:
       return True
+  if read_value(gold_n).status == REFUSED or read_value(pred_n).status == REFUSED:
+    return False  # "3 4" (math-verify reads 7), "17 + 25 = 43": never mangled into a number
   if max(len(gold_n), len(pred_n)) > MAX_ANSWER_CHARS or too_costly(gold_n) or too_costly(pred_n):
     return _loosely_equal(gold_n, pred_n)
   timeout = timeout_s if _in_main_thread() else 0
