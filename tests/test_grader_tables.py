@@ -236,6 +236,16 @@ MMLU_TABLE = [
     pytest.param("B", _ANALYSIS + "**Answer:** B", True, id="bold-label-then-letter"),
     pytest.param("D", _ANALYSIS + "Answer: D\n\nI am fairly confident in this.", True, id="answer-then-remark"),
     pytest.param("B", "", False, id="empty"),
+    pytest.param("A", "A. Paris\nB. Berlin\nC. Rome\nD. Madrid\n\nBerlin is the capital of Germany.", False,
+                 id="options-echoed-not-an-answer"),
+    pytest.param("C", _ANALYSIS + "Answer: $\\text{C}$", True, id="latex-text-letter"),
+    pytest.param("B", _ANALYSIS + "The correct answer is C, not B.", False, id="not-b"),
+    pytest.param("C", _ANALYSIS + "The correct answer is C, not B.", True, id="c-not-b"),
+    pytest.param("B", _ANALYSIS + "\\boxed{Berlin}", False, id="boxed-word-starting-with-letter"),
+    pytest.param("C", "The patient's bleeding gums point to scurvy, and vitamin C is the correct treatment.", False,
+                 id="vitamin-c-is-no-option"),
+    pytest.param("C", _ANALYSIS + "Checking each one: A is incorrect. B is incorrect. C is correct. D is incorrect.",
+                 True, id="option-by-option-verdicts"),
 ]
 
 

@@ -84,7 +84,8 @@ def subject_of(path: pathlib.Path) -> str:
 # first or last line. The last statement is the answer; it counts only if it
 # names one letter and no other statement right before it (with no reasoning in
 # between) names a different one.
-_LETTER = r"(?P<open>\*\*|\(|\[)?\s*\(?(?P<letter>[A-Ja-j])\b(?P<close>\)|\]|\*\*)?"
+_LETTER = (r"(?P<open>\*\*|\(|\[|\$?\\text(?:bf)?\{|\$)?\s*\(?(?P<letter>[A-Ja-j])\b"
+           r"(?P<close>\)|\]|\*\*|\}|\$)?")
 _BOXED_LETTER = re.compile(r"^\s*(?:\\text(?:bf)?\{)?\s*(?:option\s+)?\(?([A-Ja-j])(?:\)|\.|:|\s*\}|\s*$)", re.I)
 _ANSWER_PHRASE = re.compile(
     r"(?i)\b(?:answer|(?:correct|right|best|final)\s+(?:option|choice|one)|my\s+choice)\s*"
@@ -92,11 +93,13 @@ _ANSWER_PHRASE = re.compile(
 _CHOICE_PHRASE = re.compile(
     r"(?i)\b(?:I\s+(?:choose|pick|select)|I'll\s+(?:go\s+with|choose|pick|select)|I\s+will\s+(?:go\s+with|choose|"
     r"pick|select))\s+(?:option\s+|choice\s+)?" + _LETTER)
-# "Option D is correct", "(C) is the correct answer", "B is the best choice".
+# "Option D is correct", "(C) is the correct answer", "B is the best choice"; a bare letter only where
+# a sentence starts ("Vitamin C is the correct treatment" names no option).
 _IS_CORRECT = re.compile(
-    r"(?:(?i:option|choice)\s+|(?P<mark>\*\*|\())?(?P<letter>[A-J])(?P<close>\)|\*\*)?\s+is\s+(?:the\s+)?"
+    r"(?:(?i:option|choice)\s+|(?P<mark>\*\*|\()|(?<![^\n])|(?<=[.:;!?,] ))(?P<letter>[A-J])(?P<close>\)|\*\*)?\s+is\s+(?:the\s+)?"
     r"(?i:(?:correct|right|best)(?:\s+(?:answer|option|choice))?)\b(?!\s+(?:about|if|only|but))")
 _OPTION_LINE = re.compile(r"^(?:\*\*)?(?i:option|choice)\s+\(?([A-Ja-j])\)?(?:\*\*)?[.!]?$")
+_LISTED_OPTION = re.compile(r"^(?:\*\*)?\(?[A-J](?:\)|\.|:)(?:\*\*)?\s+\S")
 _LINE_LETTER = re.compile(r"^(?:\*\*)?(\()?([A-Ja-j])(\)|\*\*|[.:])?(?:\*\*)?(?=\s|$)")
 _BOLD_OPTION_LINE = re.compile(r"^\*\*\(?([A-J])[).:]\s+[^*]+\*\*[.!]?$")  # **C) Mitochondria**
 # After an upper-case "A" (or "I"), these words keep it a letter ("A because..."),
@@ -155,6 +158,8 @@ def _statements(text: str) -> list[_Statement]:
       continue
     found.append(_Statement(match.start(), match.end(), match.group("letter")))
   lines = [(m.start(), m.end(), m.group(0).strip()) for m in re.finditer(r"[^\n]+", text) if m.group(0).strip()]
+  # A reply that lists the options ("A. Paris\nB. Berlin...") does not answer with its first line.
+  lists_options = sum(bool(_LISTED_OPTION.match(line)) for _, _, line in lines) > 1
   for index, (start, end, line) in enumerate(lines[:1] + lines[-1:] if len(lines) > 1 else lines):
     is_first = index == 0 and start == lines[0][0]
     option = _OPTION_LINE.match(line) or _BOLD_OPTION_LINE.match(line)
@@ -168,6 +173,8 @@ def _statements(text: str) -> list[_Statement]:
     alone = len(line) == len(match.group(0))
     if not is_first and not alone:
       continue  # on the last line only a letter standing alone counts
+    if is_first and not alone and lists_options:
+      continue
     if marked or alone or match.group(2).isupper() and line[len(match.group(0)):].startswith(" -"):
       found.append(_Statement(start, start + len(match.group(0)), match.group(2).upper()))
   return sorted(found, key=lambda statement: (statement[0], statement[1]))
