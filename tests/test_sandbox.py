@@ -12,6 +12,7 @@ import socket
 import subprocess
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -111,6 +112,24 @@ def test_ordinary_python_still_works_under_the_guard(mode):
                              entry_point="f", inputs=[[1]]))
   assert result.status == PASSED, result
   assert result.outputs == [{"a": 1, "b": 1}] and result.stdout.strip().endswith("bb")
+
+
+def test_value_codec_is_strict():
+  from hieramas_jax.sandbox import harness
+  value = (1, [2.5, None], {"a": {3}}, b"\x00", frozenset({1}), 2j, 3 ** 9000, True)
+  assert harness.decode_value(harness.encode_value(value)) == value
+  for junk in ({"a": 1}, {"__tuple__": 5}, {"__set__": [[1]]}, {"__dict__": [[[1], 2]]}, {"__float__": "1e999x"},
+               {"__eval__": "1"}, {"__tuple__": [], "__set__": []}):
+    with pytest.raises(harness.Malformed):
+      harness.decode_value(junk)
+  for refused in (types.MappingProxyType({}), range(3), object(), type("L", (list,), {})()):
+    with pytest.raises(TypeError):
+      harness.encode_value(refused)
+
+
+def test_self_kill_is_not_blamed_on_memory(mode):
+  result = run(mode, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+  assert result.status == CRASHED and "by the program itself" in result.reason, result
 
 
 def test_run_many_keeps_order_and_runs_in_parallel():

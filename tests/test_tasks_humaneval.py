@@ -35,6 +35,25 @@ def test_extract_code_from_fences_and_bare_text():
   assert extract_code("") is None and extract_code("   ") is None
 
 
+def test_extract_code_keeps_correct_answers_whole():
+  # A body completion followed by a top-level helper: the helper is part of the answer.
+  body_and_helper = "    return helper(x)\n\n\ndef helper(x):\n    return x + 1\n\nThat is the answer."
+  assert extract_code(body_and_helper, "f") == "    return helper(x)\n\n\ndef helper(x):\n    return x + 1\n"
+  # A column-0 import inside a string literal is not where the code starts.
+  quoted = 'Here:\nHEADER = 1\ndef f():\n    return """\nimport os\nfrom x import y\n"""\n\nDone.'
+  assert extract_code(quoted, "f") == 'def f():\n    return """\nimport os\nfrom x import y\n"""\n'
+  body_with_string = '    s = """\nimport os\n"""\n    return s\n'
+  assert extract_code(body_with_string) == body_with_string
+
+
+def test_body_completion_with_helper_is_graded_passed():
+  task = get_task("humaneval")
+  problem = task.load()[0]  # has_close_elements
+  answer = ("    return any(close(a, b, threshold) for i, a in enumerate(numbers) for b in numbers[i + 1:])\n\n\n"
+            "def close(a, b, threshold):\n    return abs(a - b) < threshold\n")
+  assert task.grade(problem, answer)
+
+
 def test_build_program_for_full_functions_and_bodies():
   problem = HumanEvalTask().load(limit=1)[0]
   body = problem.meta["canonical_solution"]

@@ -633,6 +633,11 @@ def _communicate(runs: dict[str, _Sandboxed], payloads: dict[str, bytes], host_r
   finally:
     selector.close()
     for sandboxed in runs.values():
+      if not (timed_out or disk_full):  # its streams may close just before it is reaped
+        try:
+          sandboxed.proc.wait(timeout=0.3)
+        except subprocess.TimeoutExpired:
+          pass
       sandboxed.exit_code = sandboxed.proc.poll()
       if sandboxed.proc.stdin and not sandboxed.proc.stdin.closed:
         try:
