@@ -1,9 +1,10 @@
 """Evaluation report: per-method table (Markdown, CSV, JSON), Pareto plot, topology pictures.
 
 A :class:`MethodRow` summarises one method's :class:`baselines.QueryOutcome`
-list on a split: accuracy over the gradable queries (a query whose final call
-failed has no answer and is counted in ``failed``, never as wrong), and per
-query means of cost, tokens, calls and latency (critical path). The Pareto front
+list on a split: accuracy over the gradable queries (a query with any failed
+call is an error record: counted in ``failed``, never graded, neither right nor
+wrong), the replies cut at max_tokens (``truncated``), and per query means of
+cost, tokens, calls and latency (critical path). The Pareto front
 is taken over (accuracy up, cost down). Plots use matplotlib's Agg backend (no
 display needed).
 """
@@ -33,11 +34,12 @@ class MethodRow:
     method: the method key (e.g. ``hieramas``, ``single[GPT-5-mini]``).
     setup: models and sizes of the method, in words.
     queries: problems asked.
-    failed: queries without a final answer (not gradable).
+    failed: queries with a failed call or without a final answer (not graded).
     solved: gradable queries answered right.
     accuracy: solved / (queries - failed); NaN when nothing was gradable.
     cost_usd, prompt_tokens, completion_tokens, calls, latency_s: means per query
       (over all queries; a failed query's calls cost too).
+    truncated: replies cut at max_tokens (finish_reason 'length'), over all queries.
     wall_s: seconds the method took in this evaluation (caches make re-runs fast).
     on_front: on the accuracy-cost Pareto front of the rows it was compared with.
   """
@@ -53,6 +55,7 @@ class MethodRow:
   completion_tokens: float
   calls: float
   latency_s: float
+  truncated: int = 0
   wall_s: float = 0.0
   on_front: bool = False
 
@@ -67,13 +70,13 @@ class MethodRow:
 
 
 def grade_outcomes(task: Task, problems: Sequence[Problem], outcomes: Sequence[QueryOutcome]) -> list[bool | None]:
-  """Per query: right / wrong, or None when the method gave no final answer."""
+  """Per query: right / wrong, or None when it failed (a failed call or no final answer): never graded."""
   if len(problems) != len(outcomes):
     raise ValueError(f"{len(problems)} problems but {len(outcomes)} outcomes; give one outcome per problem")
   for p, o in zip(problems, outcomes):
     if p.uid != o.uid:
       raise ValueError(f"outcome {o.uid!r} is paired with problem {p.uid!r}; keep the problems' order")
-  gradable = [i for i, o in enumerate(outcomes) if o.final_text is not None]
+  gradable = [i for i, o in enumerate(outcomes) if not o.failed]
   verdicts = task.grade_many([problems[i] for i in gradable], [outcomes[i].final_text for i in gradable])
   out: list[bool | None] = [None] * len(outcomes)
   for i, ok in zip(gradable, verdicts):
@@ -99,7 +102,8 @@ def summarize(method: str, problems: Sequence[Problem], outcomes: Sequence[Query
       accuracy=solved / len(graded) if graded else float("nan"),
       cost_usd=mean(o.cost for o in outcomes), prompt_tokens=mean(o.prompt_tokens for o in outcomes),
       completion_tokens=mean(o.completion_tokens for o in outcomes), calls=mean(o.num_calls for o in outcomes),
-      latency_s=mean(o.latency_s for o in outcomes), wall_s=float(wall_s))
+      latency_s=mean(o.latency_s for o in outcomes), truncated=sum(o.truncated for o in outcomes),
+      wall_s=float(wall_s))
 
 
 def pareto_front(rows: Sequence[MethodRow]) -> list[bool]:
@@ -127,7 +131,7 @@ def mark_front(rows: Sequence[MethodRow]) -> None:
 
 _COLUMNS = (("method", "method"), ("setup", "setup"), ("accuracy", "accuracy"), ("cost_usd", "cost USD/query"),
             ("tokens", "tokens/query"), ("calls", "calls/query"), ("latency_s", "latency s/query"),
-            ("failed", "failed"), ("on_front", "Pareto"))
+            ("failed", "failed"), ("truncated", "truncated"), ("on_front", "Pareto"))
 
 
 def _cell(row: MethodRow, key: str) -> str:
@@ -159,7 +163,7 @@ def markdown_table(rows: Sequence[MethodRow], highlight: Sequence[str] = ("hiera
 
 
 _CSV_FIELDS = ("method", "setup", "queries", "failed", "solved", "accuracy", "cost_usd", "prompt_tokens",
-               "completion_tokens", "tokens", "calls", "latency_s", "wall_s", "on_front")
+               "completion_tokens", "tokens", "calls", "latency_s", "truncated", "wall_s", "on_front")
 
 
 def write_csv(rows: Sequence[MethodRow], path: str | os.PathLike[str]) -> None:
@@ -346,9 +350,13 @@ def write_report(out: str | os.PathLike[str], rows: Sequence[MethodRow], views: 
   results = {"rows": [r.to_json() for r in rows],
              "pareto_front": [r.method for r in rows if r.on_front],
              "topologies": [_view_json(v) for v in views], **(extra or {})}
-  (out / "results.json").write_text(json.dumps(_finite(results), indent=2, default=_json_default, allow_nan=False),
-                                    encoding="utf-8")
+  (out / "results.json").write_text(strict_json(results), encoding="utf-8")
   return paths
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+  """JSON text with NaN and infinities as null (numpy scalars and arrays included): every parser reads it."""
+  return json.dumps(_finite(value), indent=indent, default=_json_default, allow_nan=False)
 
 
 def _view_json(view: TopologyView) -> dict[str, Any]:

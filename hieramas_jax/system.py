@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hieramas_jax import config as config_lib
 from hieramas_jax import checkpointing, executor, graphs
 from hieramas_jax.llm import base as llm_base
+from hieramas_jax.llm import preflight as llm_preflight
 from hieramas_jax.models import selector as sel
 from hieramas_jax.tasks.base import Problem, Task
 from hieramas_jax.train import builders, environment, rollout, stage2
@@ -223,7 +224,7 @@ class RunResult:
     plan: what was executed.
     result: the executor's full record (role outputs, calls, errors).
     correct: the task's grade of ``answer_text`` against the problem's reference
-      answer; None when not graded (no reference answer, no final text, grade=False).
+      answer; None when not graded (no reference answer, ``failed``, grade=False).
   """
 
   problem: Problem
@@ -237,6 +238,19 @@ class RunResult:
   plan: PlannedQuery
   result: executor.QueryResult
   correct: bool | None = None
+
+  @property
+  def failed(self) -> bool:
+    """A call of this query failed: an error record (``result.errors`` says which), never graded.
+
+    ``answer_text`` may still hold the decision node's text, but it answered
+    without the failed roles' outputs: not the plan's answer.
+    """
+    return self.result.failed
+
+  @property
+  def errors(self) -> list[str]:
+    return self.result.errors
 
 
 def problem_from_text(text: str) -> Problem:
@@ -309,9 +323,10 @@ class HieraMAS:
     self._encoder = encoder if encoder is not None else environment.make_text_encoder(
         config, self.workdir or pathlib.Path.cwd())
     self._backend = backend
-    self._owns_backend = backend is None  # close() only closes caches this object opened
+    self._owns_backend = backend is None  # close() only closes backends this object built
     if backend is not None:
       llm_base.check_models(backend, self.model_names + [self.decision_model])
+      llm_preflight.preflight(backend, self.model_names)  # a dead endpoint fails here, not query by query
 
     # The option texts exactly as environment.build_environment embeds them (a test keeps them equal).
     option_emb = self._embed([s.profile or s.name for s in self.specs] + [environment.SKIP_PROFILE])
@@ -398,7 +413,10 @@ class HieraMAS:
         sharding=sharding)
     classifier, reason = None, ""
     stage2_dir = workdir / "checkpoints" / "stage2"
-    if stage2_dir.is_dir():
+    untrained = stage2.untrained_reason(workdir)
+    if untrained:  # also catches workdirs whose stage 2 saved fresh parameters before this was checked
+      reason = untrained
+    elif stage2_dir.is_dir():
       try:
         cls_graphdef, cls_params, cls_meta = builders.load_classifier(workdir, config, len(roles), encoder.dim,
                                                                       sharding=sharding)
@@ -440,16 +458,21 @@ class HieraMAS:
     """The LLM backend; the configured one is built (and its config checked) on first use."""
     if self._backend is None:
       specs = environment.validate_config(self.config, num_roles=len(self.roles))
-      self._backend = environment.make_backend(self.config, specs, self.task, [],
-                                               self.workdir or pathlib.Path.cwd())
-      llm_base.check_models(self._backend, self.model_names + [self.decision_model])
-      self.environment.backend = self._backend
+      backend = environment.make_backend(self.config, specs, self.task, [], self.workdir or pathlib.Path.cwd())
+      try:
+        llm_base.check_models(backend, self.model_names + [self.decision_model])
+        llm_preflight.preflight(backend, self.model_names)  # before the first query: one clear error
+      except Exception:
+        executor.close_backend(backend)  # no HTTP session outlives a failed start
+        raise
+      self._backend = self.environment.backend = backend
     return self._backend
 
   def close(self) -> None:
-    """Closes the response cache of a backend this object built (a given backend stays open)."""
+    """Closes a backend this object built (HTTP sessions, response cache); a given backend stays open."""
     if self._backend is not None and self._owns_backend:
-      self.environment.close()
+      executor.close_backend(self._backend)
+      self._backend = self.environment.backend = None
 
   def __enter__(self) -> "HieraMAS":
     return self
@@ -615,8 +638,8 @@ class HieraMAS:
     results = executor.execute([p.plan for p in planned], backend, self.task,
                                params=self.environment.generation_params(), trace_path=trace_path)
     correct: list[bool | None] = [None] * len(planned)
-    if grade:
-      todo = [i for i, (p, r) in enumerate(zip(planned, results)) if p.problem.answer and r.final_text is not None]
+    if grade:  # a query with a failed call is an error record: never graded (see RunResult.failed)
+      todo = [i for i, (p, r) in enumerate(zip(planned, results)) if p.problem.answer and not r.failed]
       verdicts = self.task.grade_many([planned[i].problem for i in todo], [results[i].final_text for i in todo])
       for i, ok in zip(todo, verdicts):
         correct[i] = bool(ok)

@@ -10,6 +10,13 @@ in the workdir) and the same task grader. Writes to --out (default
 cost, Pareto front, HieraMAS highlighted) and topologies.png (the models and DAG
 HieraMAS chose for the first few queries), and prints the Markdown table.
 
+A query with any failed LLM call is an error record: counted in the table's
+``failed`` column, never graded. Every endpoint of the pool is called once
+before any work (``llm.preflight``), and a method whose failed queries exceed
+``llm.max_failed_fraction`` (or are all of them) stops the evaluation. Any such
+failure prints one line on stderr naming the cause and the fix, and exits with
+status 1.
+
 Methods (--methods, comma-separated; default all):
   single, cot                 one call of --fixed_model (plain / step by step)
   self_consistency            --sc_samples samples of --baseline_model, majority
@@ -42,6 +49,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from hieramas_jax import baselines, executor, graphs, report
+from hieramas_jax import config as config_lib
+from hieramas_jax.llm import base as llm_base
 from hieramas_jax.train import environment
 
 ALL_METHODS = ("single", "cot", "self_consistency", "debate", "mixture", "mlpo", "neuromas", "full_graph",
@@ -90,6 +99,11 @@ class Settings:
 
 class EvaluationError(ValueError):
   """An evaluation request that cannot run (unknown method, model, split...)."""
+
+
+# Failures a user fixes (endpoints, keys, config, the request, a missing run, failed calls): one line, no traceback.
+EXPECTED_FAILURES = (EvaluationError, environment.ConfigError, llm_base.ConfigError, executor.FailedCallsError,
+                     FileNotFoundError)
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
@@ -249,16 +263,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
                                    lambda: run_plans(selector_assignments(), one_random_dag())),
     }
 
+    max_failed = float(config.llm.max_failed_fraction)
+
     def record(method: str, setup: str, fn: Callable[[], list[baselines.QueryOutcome]]) -> None:
       t = time.perf_counter()
       outcomes = fn()
       wall = time.perf_counter() - t
+      # Accuracies over different few surviving queries would not compare: stop instead of reporting them.
+      executor.check_failures(outcomes, max_failed, f"evaluation of {method} ({split} split)")
       verdicts = report.grade_outcomes(tk, problems, outcomes)
       verdicts_by_method[method] = verdicts
       row = report.summarize(method, problems, outcomes, tk, setup=setup, wall_s=wall, verdicts=verdicts)
       rows.append(row)
       log(f"{method:28s} accuracy {row.accuracy:.3f}  cost ${row.cost_usd:.6f}  calls {row.calls:.2f}  "
-          f"latency {row.latency_s:.2f}s  failed {row.failed}  ({wall:.1f}s)")
+          f"latency {row.latency_s:.2f}s  failed {row.failed}  truncated {row.truncated}  ({wall:.1f}s)")
 
     if not system.has_classifier:
       # The system then draws a seeded random candidate per query; say so where the classifier would act.
@@ -302,17 +320,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
     return results
   finally:
     if own_backend:
-      _close_backend(backend)
-
-
-def _close_backend(backend: Any) -> None:
-  try:
-    if hasattr(backend, "aclose"):
-      executor.run_sync(backend.aclose())
-  finally:
-    cache_db = getattr(backend, "cache", None)
-    if cache_db is not None:
-      cache_db.close()
+      executor.close_backend(backend)
 
 
 def _topology_views(system, problems, verdicts) -> list[report.TopologyView]:
@@ -347,8 +355,11 @@ def main(argv):
   try:
     results = evaluate(flags.FLAGS.config, _WORKDIR.value, _OUT.value or None, methods=_METHODS.value,
                        split=_SPLIT.value, limit=_LIMIT.value, settings=settings)
-  except (EvaluationError, environment.ConfigError) as e:
-    raise app.UsageError(str(e)) from None
+  except EXPECTED_FAILURES as e:
+    sys.stdout.flush()
+    lines = [" ".join(line.split()) for line in str(e).splitlines()]
+    # Status 1 with one line (one clause per failing model), no traceback.
+    sys.exit(f"launch.evaluate: {type(e).__name__}: {'; '.join(line for line in lines if line)}")
   print(results["table"])
   front, named = results.get("hieramas_on_front"), results.get("hieramas_on_front_named_methods")
   if front is not None:
@@ -360,4 +371,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)  # a bad --config: one line, exit 1

@@ -3,20 +3,37 @@
   python -m launch.train --config=configs/math.py --workdir=runs/math
   python -m launch.train --config=configs/math.py:smoke --workdir=/tmp/smoke
 
-Re-running the same command resumes from the workdir's checkpoints.
+Re-running the same command resumes from the workdir's checkpoints. A run that
+cannot work (an endpoint that does not answer, a config error, a step whose LLM
+calls failed beyond llm.max_failed_fraction) prints one line on stderr naming
+the cause and the fix, and exits with status 1.
 """
+
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from hieramas_jax import config as config_lib
 from hieramas_jax import train
+from hieramas_jax.llm import base as llm_base
+from hieramas_jax.train import environment
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics, caches and traces go.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:args]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config"])
+
+# Failures a user fixes (endpoints, keys, config, a missing stage): one line, no traceback.
+EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, train.FailedCallsError, FileNotFoundError)
+
+
+def one_line(error: BaseException) -> str:
+  """The error as one stderr line: its type and message with newlines folded."""
+  lines = [" ".join(line.split()) for line in str(error).splitlines()]
+  return f"launch.train: {type(error).__name__}: {'; '.join(line for line in lines if line)}"
 
 
 def main(argv):
@@ -24,8 +41,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
-  train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  except EXPECTED_FAILURES as e:
+    sys.stdout.flush()
+    sys.exit(one_line(e))  # exit status 1, the message last on stderr
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)  # a bad --config: one line, exit 1

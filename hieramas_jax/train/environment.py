@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from hieramas_jax import graphs
+from hieramas_jax import executor, graphs
 from hieramas_jax.llm import base as llm_base
+from hieramas_jax.llm import preflight as llm_preflight
 from hieramas_jax.llm import pool as llm_pool
 from hieramas_jax.tasks.base import Problem, RoleSpec, Task
 
@@ -61,9 +62,8 @@ class Environment:
     return {"temperature": float(self.config.llm.temperature), "max_tokens": int(self.config.llm.max_tokens)}
 
   def close(self) -> None:
-    cache = getattr(self.backend, "cache", None)
-    if cache is not None:
-      cache.close()
+    """Closes the backend: its HTTP sessions and response cache."""
+    executor.close_backend(self.backend)
 
 
 # ---------------------------------------------------------------------------
@@ -266,9 +266,16 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
   workdir.mkdir(parents=True, exist_ok=True)
   splits = load_splits(config, task)
   all_problems = [p for split in splits.values() for p in split]
-  if backend is None:
+  built = backend is None
+  if built:
     backend = make_backend(config, specs, task, all_problems, workdir)
-  llm_base.check_models(backend, [s.name for s in specs])
+  try:  # one call per endpoint before any work: a dead endpoint or a wrong key is one clear EndpointError
+    llm_base.check_models(backend, [s.name for s in specs])
+    llm_preflight.preflight(backend, [s.name for s in specs])
+  except Exception:
+    if built:
+      executor.close_backend(backend)  # no HTTP session outlives a failed start
+    raise
   if encoder is None:
     encoder = make_text_encoder(config, workdir)
 

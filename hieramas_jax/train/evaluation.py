@@ -12,7 +12,8 @@ from hieramas_jax.train import rollout
 from hieramas_jax.train.environment import Environment
 
 
-def choose_graphs(env: Environment, cls_graphdef, cls_params, split: str, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def choose_graphs(env: Environment, cls_graphdef, cls_params, split: str,
+                  pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Index of the best-scoring candidate per query, and all scores [Q, K]."""
   scores = np.asarray(gcn.score_pool(cls_graphdef, cls_params, jnp.asarray(env.query_emb[split]),
                                      jnp.asarray(pool, jnp.float32), impl=env.config.gcn.impl))
@@ -26,14 +27,18 @@ def random_actions(env: Environment, count: int, seed: int) -> np.ndarray:
 
 
 def summarize(env: Environment, outcome: rollout.Outcome) -> dict[str, float]:
+  """Means over the queries without a failed call; ``failed`` is the share of the others, ``truncated`` counts
+  replies cut at max_tokens."""
   c = env.config.stage1
   reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
   v = outcome.valid
-  return {"reward": float(reward[v].mean()) if v.any() else float("nan"),
-          "accuracy": float(outcome.final_solved[v].mean()) if v.any() else float("nan"),
-          "cost_usd": float(outcome.total_cost.mean()),
-          "calls": float(np.mean([len(r.calls) for r in outcome.results])),
-          "failed": float((~v).mean())}
+  nan = float("nan")
+  return {"reward": float(reward[v].mean()) if v.any() else nan,
+          "accuracy": float(outcome.final_solved[v].mean()) if v.any() else nan,
+          "cost_usd": float(outcome.total_cost[v].mean()) if v.any() else nan,
+          "calls": float(np.mean([len(r.calls) for r, ok in zip(outcome.results, v) if ok])) if v.any() else nan,
+          "failed": float((~v).mean()),
+          "truncated": int(sum(r.truncated for r in outcome.results))}
 
 
 def compare_on_split(env: Environment, sel_graphdef, sel_params, cls_graphdef, cls_params, pool: np.ndarray,
@@ -51,6 +56,7 @@ def compare_on_split(env: Environment, sel_graphdef, sel_params, cls_graphdef, c
   rows["random_assignment_random_dag"] = (random_actions(env, n, env.config.seed + 13), random_dags)
   out = {}
   for name, (actions, adjs) in rows.items():
-    outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=0))
+    outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=0),
+                                where=f"{split} comparison ({name})")
     out[name] = summarize(env, outcome)
   return out

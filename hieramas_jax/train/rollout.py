@@ -2,6 +2,11 @@
 
 Nothing here is jitted; the jitted pieces (selector forward pass, sampling) are
 called with static shapes so they compile once.
+
+A query with any failed LLM call is not graded: ``Outcome.valid`` is False, and
+training masks it out of the loss, the baselines and the averages. A batch in
+which more than ``llm.max_failed_fraction`` of the queries failed (or every
+query) raises :class:`FailedCallsError` before anything learns from it or saves it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hieramas_jax import executor, rewards
+from hieramas_jax.executor import FailedCallsError, check_failures  # re-exported: training raises them
 from hieramas_jax.models import selector as sel
 from hieramas_jax.tasks.base import Problem
 from hieramas_jax.train.environment import Environment
@@ -61,28 +67,34 @@ def make_plans(env: Environment, problems: Sequence[Problem], actions: np.ndarra
 
 
 def run_plans(env: Environment, problems: Sequence[Problem], plans: Sequence[executor.Plan],
-              trace_path=None) -> Outcome:
-  """Executes plans and grades every role output and final answer with the task's grader."""
+              trace_path=None, *, where: str = "a batch") -> Outcome:
+  """Executes plans and grades every role output and final answer of the queries without a failed call.
+
+  Raises FailedCallsError (naming ``where``, the count and the first error) when
+  too many queries failed; see ``check_failures``.
+  """
   results = executor.execute(plans, env.backend, env.task, params=env.generation_params(), trace_path=trace_path)
+  check_failures(results, float(env.config.llm.max_failed_fraction), where)
   b, r = len(plans), env.num_roles
   node_solved = np.zeros((b, r), bool)
   role_ran = np.zeros((b, r), bool)
   final_solved = np.zeros(b, bool)
-  valid = np.array([not res.errors and res.final_text is not None for res in results])
-  # Grade everything in one call so tasks with expensive graders can parallelise.
-  items, where = [], []
+  valid = np.array([not res.failed for res in results], bool)
+  # Grade everything in one call so tasks with expensive graders can parallelise; failed queries are never graded.
+  items, slots = [], []
   for i, res in enumerate(results):
-    if res.final_text is not None:
-      items.append((problems[i], res.final_text))
-      where.append((i, -1))
     for j, text in enumerate(res.role_outputs):
-      if text is not None:
-        role_ran[i, j] = True
-        if env.gives_answer[j]:
-          items.append((problems[i], text))
-          where.append((i, j))
+      role_ran[i, j] = text is not None
+    if not valid[i]:
+      continue
+    items.append((problems[i], res.final_text))
+    slots.append((i, -1))
+    for j, text in enumerate(res.role_outputs):
+      if text is not None and env.gives_answer[j]:
+        items.append((problems[i], text))
+        slots.append((i, j))
   verdicts = env.task.grade_many([p for p, _ in items], [t for _, t in items]) if items else []
-  for (i, j), ok in zip(where, verdicts):
+  for (i, j), ok in zip(slots, verdicts):
     if j < 0:
       final_solved[i] = ok
     else:

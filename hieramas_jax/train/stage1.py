@@ -10,7 +10,9 @@ the credit that ``stage1.run_skip_credit`` names (``learner.reinforce_loss``).
 Validation with argmax selection on fixed (query, DAG) pairs every
 ``eval_every`` steps keeps the latest parameters that are not clearly worse than
 the best seen (``keeps_latest``). Checkpoints every ``checkpoint.every_steps``
-and on SIGTERM.
+and on SIGTERM. Queries with a failed LLM call are masked out of the loss, the
+baselines and every average; a step (or validation) with too many of them raises
+``rollout.FailedCallsError`` before its update, so no checkpoint holds it.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ class Stage1Result:
   history: list[dict[str, float]]
 
 
-def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, float]:
-  """Argmax selection on the validation queries, each on a fixed random DAG, ``val_samples`` runs each."""
+def validate(env: Environment, graphdef, params, pool: np.ndarray, where: str = "") -> dict[str, float]:
+  """Argmax selection on the validation queries, each on a fixed random DAG, ``val_samples`` runs each.
+
+  Averages count the runs without a failed call only (``val_failed``: the share of the others).
+  """
   n_samples = int(env.config.stage1.val_samples)
   problems = env.splits["val"]
   index = np.arange(len(problems))
@@ -64,7 +69,8 @@ def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, 
   adjs = np.repeat(rollout.fixed_random_dags(pool, len(problems), env.config.seed + 7), n_samples, axis=0)
   problems = [p for p in problems for _ in range(n_samples)]
   samples = np.tile(np.arange(n_samples), len(index))
-  outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=samples))
+  outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=samples),
+                              where=f"stage 1 validation{where}")
   c = env.config.stage1
   reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
   v = outcome.valid
@@ -76,7 +82,8 @@ def validate(env: Environment, graphdef, params, pool: np.ndarray) -> dict[str, 
   se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
   return {"val_reward": float(reward[v].mean()) if v.any() else float("nan"), "val_reward_se": se,
           "val_accuracy": float(outcome.final_solved[v].mean()) if v.any() else float("nan"),
-          "val_cost": float(outcome.total_cost.mean()), "val_failed": float((~v).mean())}
+          "val_cost": float(outcome.total_cost[v].mean()) if v.any() else float("nan"),
+          "val_failed": float((~v).mean())}
 
 
 def keeps_latest(history: list[dict[str, float]], reward: float, se: float, margin: float) -> bool:
@@ -125,6 +132,7 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
     start = int(meta["step"])
     history = list(meta.get("history", []))
     print(f"stage 1: resumed from step {start} ({ckpt.directory})")
+  writer.truncate_stage("stage1", start)  # rows of steps after the checkpoint are redone
 
   def save(step: int) -> None:
     if step in ckpt.all_steps():  # periodic save of this step already happened
@@ -153,8 +161,9 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
       logits = sel.selector_logits(graphdef, params, qr, option_emb)
       actions = _sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
       problems = [train_problems[i] for i in index]
+      # Raises before the update when too many queries failed: nothing of this step is learned or saved.
       outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, np.asarray(actions), adjs,
-                                                                    sample=samples))
+                                                                    sample=samples), where=f"stage 1 step {step + 1}")
       credit = rollout.credit(env, outcome, c.alpha)
       weights = outcome.valid[:, None] & outcome.role_ran
       if c.baseline == "ema":
@@ -184,12 +193,13 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
       if c.baseline == "ema":
         baseline = np.asarray(rewards.ema_update(jnp.asarray(baseline), credit, weights, c.ema_decay))
       row = {k: float(v) for k, v in metrics.items()}
-      row.update(temperature=temperature, reward=float(sys_reward[outcome.valid].mean()) if outcome.valid.any()
-                 else float("nan"), accuracy=float(outcome.final_solved.mean()), cost=float(outcome.total_cost.mean()),
-                 failed=float((~outcome.valid).mean()))
+      ok = outcome.valid  # run_plans raised when none is: the means below are over at least one query
+      row.update(temperature=temperature, reward=float(sys_reward[ok].mean()),
+                 accuracy=float(outcome.final_solved[ok].mean()), cost=float(outcome.total_cost[ok].mean()),
+                 failed=float((~ok).mean()))
       done = step + 1
       if done % c.eval_every == 0 or done == c.steps:
-        row.update(validate(env, graphdef, params, pool))
+        row.update(validate(env, graphdef, params, pool, where=f" after step {done}"))
         kept = keeps_latest(history, row["val_reward"], row["val_reward_se"], c.keep_margin)
         if kept:
           best_val, best_params = row["val_reward"], jax.tree_util.tree_map(jnp.copy, params)

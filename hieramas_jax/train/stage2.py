@@ -4,7 +4,12 @@ For every training and validation query, the frozen (argmax) selector's
 assignment runs on G random DAGs; the DAGs are ranked by system reward and the
 top-k solved ones are labelled positive. The GCN is trained with class-weighted
 BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
-kept. Labels are stored in the workdir, so a resumed run does not re-execute.
+kept. Labels are stored in the workdir, so a resumed run does not re-execute;
+a collection with too many failed queries raises ``rollout.FailedCallsError``
+and stores nothing. Training data without a single positive label (no solved
+run) cannot teach a classifier: stage 2 then says so, trains and saves none, and
+inference draws the documented seeded random DAG per query (``untrained_reason``
+tells loaders why, also for workdirs written before this check).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
   flat_adjs = np.repeat(adjs.reshape(q_count * g, *adjs.shape[2:]), s, axis=0)
   samples = np.tile(np.arange(s), q_count * g)
   outcome = rollout.run_plans(env, flat_problems, rollout.make_plans(env, flat_problems, flat_actions, flat_adjs,
-                                                                     sample=samples))
+                                                                     sample=samples),
+                              where=f"stage 2 data collection ({split} split)")
   s1 = env.config.stage1
   shape = (q_count, g, s)
   reward = outcome.system_reward(s1.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(shape).mean(-1)
@@ -97,6 +103,24 @@ def load_graph_data(path: pathlib.Path) -> GraphData:
   """Collected (query, DAG) outcomes as stored in a workdir's stage2_data/<split>.npz."""
   with np.load(path) as f:
     return GraphData(**{k: f[k] for k in (field.name for field in dataclasses.fields(GraphData))})
+
+
+def no_positives_reason(data: GraphData, path: pathlib.Path | str) -> str:
+  """Why ``data`` cannot train a classifier ('' when it can): no (query, DAG) pair is labelled positive."""
+  n_pos = int((data.labels.astype(bool) & data.valid.astype(bool)).sum())
+  if n_pos:
+    return ""
+  return (f"stage 2 found no positive label in {path} ({int(data.valid.sum())} of {data.valid.size} (query, DAG) "
+          "pairs ran without a failed call, none solved in at least half of its runs), so no graph classifier was "
+          "trained")
+
+
+def untrained_reason(workdir: pathlib.Path | str) -> str:
+  """Why a workdir's stage-2 classifier must not be used, from its stored training data ('' when nothing says so)."""
+  path = pathlib.Path(workdir) / "stage2_data" / "train.npz"
+  if not path.exists():
+    return ""
+  return no_positives_reason(load_graph_data(path), path)
 
 
 def _load_or_collect(env, path: pathlib.Path, sel_graphdef, sel_params, split, pool) -> GraphData:
@@ -118,9 +142,10 @@ def val_auc(env: Environment, graphdef, params, data: GraphData, split: str = "v
 @dataclasses.dataclass
 class Stage2Result:
   graphdef: Any
-  params: Any
-  best_val_auc: float
+  params: Any  # None when no classifier was trained (see ``skipped``)
+  best_val_auc: float  # NaN when no validation query had both a positive and a negative DAG
   history: list[dict[str, float]]
+  skipped: str = ""  # why no classifier was trained ('' when one was)
 
 
 _state_tree = builders.classifier_state_tree
@@ -139,6 +164,12 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   n_neg = int(((1 - train.labels) * train.valid).sum())
   pos_weight = n_neg / max(n_pos, 1)
   writer.write("stage2", 0, {"train_positives": n_pos, "train_negatives": n_neg, "pos_weight": pos_weight})
+  skipped = no_positives_reason(train, data_dir / "train.npz")
+  if skipped:
+    # Fresh parameters would score DAGs at random while claiming to be a classifier: train and save none.
+    print(f"stage 2: {skipped}; inference draws a seeded random DAG per query. Check the stage-1 selector "
+          "and the endpoints (every run failing to solve), or delete stage2_data/ after fixing them")
+    return Stage2Result(None, None, float("nan"), [], skipped)
 
   graphdef, params = build_classifier(env)
   tx = learner.make_optimizer(c.learning_rate, c.weight_decay, config.stage1.grad_clip)
@@ -151,6 +182,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
     params, opt_state, best_params = restored["params"], restored["opt_state"], restored["best_params"]
     best_auc, start, history = float(restored["best_auc"]), int(meta["step"]), list(meta.get("history", []))
     print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
+  writer.truncate_stage("stage2", start)  # rows of epochs after the checkpoint are redone
 
   q_count = train.adjs.shape[0]
   batch = min(c.batch_size, q_count)
@@ -186,6 +218,9 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   finally:
     bar.close()
     ckpt.close()
-  if best_auc == -np.inf:
-    best_params = params
+  if best_auc == -np.inf:  # no epoch, or no validation query with both classes: keep the last parameters
+    best_params, best_auc = params, float("nan")
+    if c.epochs:
+      print("stage 2: no validation query had both a positive and a negative DAG (ROC-AUC undefined); kept the "
+            "last epoch's parameters")
   return Stage2Result(graphdef, best_params, float(best_auc), history)
