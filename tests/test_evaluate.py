@@ -1,5 +1,6 @@
 """The report (table, front, files) and launch.evaluate end to end on a smoke-trained run."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -62,6 +63,25 @@ def test_summarize_counts_failed_queries_apart_from_wrong_ones():
   assert row.tokens == pytest.approx((10 + 5 + 20 + 5) / 4) and row.latency_s == pytest.approx(1.5)
   with pytest.raises(ValueError, match="paired"):
     report.summarize("m", problems[::-1], outcomes, TASK)
+
+
+def test_a_query_with_any_failed_call_is_failed_not_graded_and_truncated_replies_are_counted():
+  problems = TASK.load("test", n=3)
+  right = [f"so \\boxed{{{p.answer}}}" for p in problems]
+  cut = dataclasses.replace(_call(problems[0].uid, 0.01, 10, 5), finish_reason="length")
+  failed_proposer = dataclasses.replace(_call(problems[1].uid, 0.0, 0, 0), error="HTTP 500")
+  outcomes = [
+      QueryOutcome(problems[0].uid, right[0], [cut, _call(problems[0].uid, 0.01, 10, 5)], 1.0),
+      # The synthesizer answered right without its failed proposer: not the method's answer, never graded.
+      QueryOutcome(problems[1].uid, right[1], [failed_proposer, _call(problems[1].uid, 0.01, 10, 5)], 1.0,
+                   errors=["Proposer 1 (m): HTTP 500"]),
+      QueryOutcome(problems[2].uid, "\\boxed{-99999999}", [_call(problems[2].uid, 0.01, 10, 5)], 1.0),
+  ]
+  assert report.grade_outcomes(TASK, problems, outcomes) == [True, None, False]
+  row = report.summarize("m", problems, outcomes, TASK)
+  assert (row.queries, row.failed, row.solved, row.truncated) == (3, 1, 1, 1)
+  assert row.accuracy == pytest.approx(0.5)
+  assert "| truncated |" in report.markdown_table([row]).splitlines()[0]
 
 
 def test_write_report_writes_every_file(tmp_path):

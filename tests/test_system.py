@@ -1,5 +1,6 @@
 """The inference object: loading across device layouts, planning, running, graph scoring."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,6 +14,8 @@ import pytest
 from flax import nnx
 
 from hieramas_jax import checkpointing, config as base_config, encoders, graphs, system
+from hieramas_jax.llm import cache as llm_cache
+from hieramas_jax.llm.base import error_response
 from hieramas_jax.models import gcn
 from hieramas_jax.models import selector as sel
 from hieramas_jax.tasks.base import Problem
@@ -330,6 +333,69 @@ def test_without_stage2_plans_with_random_graphs_and_says_so(tmp_path, trained):
       hm.score_graphs(problems, pool)
   finally:
     hm.close()
+
+
+def test_a_stage2_checkpoint_trained_without_positive_labels_is_not_used(tmp_path, trained):
+  # Workdirs written before stage 2 checked its labels hold fresh classifier parameters next to such data.
+  config = trained["config"]
+  save_trained(tmp_path, config, trained["selector"][1], trained["classifier"][1])
+  q, g, n = 4, 3, len(environment.load_task(config).roles)
+  data = stage2.GraphData(adjs=np.zeros((q, g, n, n), np.int8), rewards=np.full((q, g), -1.0),
+                          solved=np.zeros((q, g), bool), valid=np.ones((q, g), bool),
+                          labels=np.zeros((q, g), np.int8), cost=np.zeros((q, g)))
+  (tmp_path / "stage2_data").mkdir()
+  np.savez(tmp_path / "stage2_data" / "train.npz", **dataclasses.asdict(data))
+  hm = system.HieraMAS.from_workdir(tmp_path)
+  try:
+    assert not hm.has_classifier and hm.graph_choice == system.RANDOM
+    assert "no positive label" in hm.graph_choice_reason and "random" in hm.graph_choice_reason
+    assert np.isnan(hm.plan(test_problems(config, 2))[0].score)
+  finally:
+    hm.close()
+
+
+class FailingModel:
+  """The simulator behind ``backend``, except that every call of ``model`` fails."""
+
+  def __init__(self, backend, model):
+    self.backend, self.model = backend, model
+
+  def known_models(self):
+    return self.backend.known_models()
+
+  async def complete(self, model, messages, *, sample_index=0, **params):
+    if model == self.model:
+      return error_response(model, "HTTP 503: scripted outage")
+    return await self.backend.complete(model, messages, sample_index=sample_index, **params)
+
+
+def test_run_reports_queries_with_a_failed_role_call_as_failed_not_graded(trained, tmp_path):
+  config = trained["config"]
+  problems = test_problems(config, 4)
+  task = environment.load_task(config)
+  simulated = environment.make_backend(small_config(), environment.pool_specs(config), task, problems, tmp_path)
+  broken = FailingModel(simulated, "Qwen3-8B")
+  hm = system.HieraMAS.from_workdir(trained["workdir"], backend=broken)
+  try:
+    # Qwen3-8B at every role position; the decision model (GPT-4o-mini) still answers.
+    results = hm.run(problems, fixed_model="Qwen3-8B")
+    for r in results:
+      assert r.answer_text is not None and r.failed and r.correct is None
+      assert r.errors and all("scripted outage" in e for e in r.errors)
+    healthy = hm.run(problems, fixed_model="GPT-5-nano")
+    assert not any(r.failed for r in healthy) and all(r.correct is not None for r in healthy)
+  finally:
+    hm.close()
+    simulated.close()
+
+
+def test_close_closes_the_backend_it_built(trained):
+  hm = system.HieraMAS.from_workdir(trained["workdir"])
+  backend = hm.backend  # built on first use: the simulator behind the workdir's response cache
+  hm.close()
+  assert hm._backend is None  # pylint: disable=protected-access
+  with pytest.raises(llm_cache.CacheError):
+    len(backend.cache)  # its cache file is closed
 
 
 def test_without_stage1_is_file_not_found(tmp_path):
