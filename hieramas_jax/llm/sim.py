@@ -26,6 +26,17 @@ range (the text has that length).
 :class:`Oracle` computes from the same model, without text, the exact solve
 rate, expected cost and expected reward of an assignment and DAG for a query
 type (subject, level), and searches the best assignment and DAG.
+
+Two worlds (``make_world``, config ``llm.sim_world``): the default *invented*
+one above, where wrong answers are independent random perturbations, and the
+*anchored* one (``anchored_world``), where each model's single-call accuracy on
+the task's mix equals its published score (``sim_facts``) and answers are
+correlated: every problem has a hardness shared by all models and k shared
+wrong values (distractors) that wrong answers fall into with problem-specific
+shares (``AnswerModel``). There the simulator and the oracle track which value
+(right, distractor j, an error of one's own) each output states, so majority
+voting gains what hard problems and shared mistakes allow, not more; the oracle
+stays exact (an expectation over a finite set of problem traits).
 """
 
 from __future__ import annotations
@@ -426,19 +437,19 @@ def anchored_world(task: str = "math", *, seed: int = 0, pool: Sequence[ModelSpe
   for spec in pool:
     _, pick, latency, tokens = _DEFAULT_TRAITS.get(spec.name, (0.5, 1.0, 0.6, (150, 400)))
     models[spec.name] = SimModel(spec.name, spec.price_in_per_m, spec.price_out_per_m, latency, pick, tokens)
-  # Skills are linear in the ability, so solve for it on a zero-ability table.
-  base = SimWorld(models=models, skill=SkillTable(ability={m: 0.0 for m in models}, level_slope=level_slope,
-                                                  subject_spread=subject_spread, seed=seed),
-                  answers=answers)
+  # Skills are linear in the ability: solve for it on the logits of a zero-ability table.
+  base = SkillTable(ability={m: 0.0 for m in models}, level_slope=level_slope, subject_spread=subject_spread,
+                    seed=seed)
+  total = float(sum(mix.values()))
   ability = {}
   for name in models:
     target = sim_facts.fact(name, benchmark).score / 100.0
-    lo, hi = -20.0, 20.0
-    for _ in range(80):  # bisection: the mixture accuracy rises with the ability
+    terms = [(weight / total * lat.prob, base.logit(name, subject, level) + lat.shift)
+             for (subject, level), weight in mix.items() for lat in answers.latents()]
+    lo, hi = -30.0, 30.0
+    for _ in range(100):  # bisection: the mixture accuracy rises with the ability
       mid = (lo + hi) / 2.0
-      shifted = dataclasses.replace(base, skill=dataclasses.replace(base.skill, ability={**base.skill.ability,
-                                                                                         name: mid}))
-      if mixture_single_call(shifted, name, mix) < target:
+      if sum(w * _sigmoid(mid + z) for w, z in terms) < target:
         lo = mid
       else:
         hi = mid
@@ -626,12 +637,16 @@ class SimulatedBackend:
     if found is not None:
       return found
     k = self.world.answers.num_distractors if self.world.answers else 0
-    found = []
+    found: list[tuple[str, str]] = []
     for j in range(k):
-      for attempt in range(64):
+      for attempt in range(96):
         digest = hashlib.blake2b(f"{self.world.seed}|distractor|{problem.uid}|{j}|{attempt}".encode(),
                                  digest_size=8).digest()
-        text = self.task.render_answer(problem, False, random.Random(int.from_bytes(digest, "little")))
+        rng = random.Random(int.from_bytes(digest, "little"))
+        # The task's own plausible wrong answers first; some answers (no digits) have
+        # only one, then a stand-in value is used.
+        text = (self.task.render_answer(problem, False, rng) if attempt < 64 else
+                self._stand_in_wrong(problem, rng))
         answer = self.task.extract(text)
         if (answer is not None and all(answer != a for _, a in found)
             and not self._is_right(problem, answer, text)):
@@ -639,10 +654,21 @@ class SimulatedBackend:
           break
       else:
         raise ValueError(f"task {self.task.name!r} rendered no {j + 1}th distinct wrong answer for problem "
-                         f"{problem.uid!r} in 64 tries; the anchored world's wrong-answer profiles for this task "
+                         f"{problem.uid!r}; the anchored world's wrong-answer profiles for this task "
                          f"need at most {j} distractors")
     self._distractors[problem.uid] = found
     return found
+
+  def _stand_in_wrong(self, problem: Problem, rng: random.Random) -> str:
+    """A wrong answer in the task's format: the right answer of a copy whose reference answer is off.
+
+    Integers move by a large random amount; other answers get a random term added,
+    so two stand-ins almost never share a value.
+    """
+    offset = rng.randrange(1000, 10**9)
+    answer = problem.answer.strip()
+    changed = str(int(answer) + offset) if re.fullmatch(r"-?\d+", answer) else f"{answer}+{offset}"
+    return self.task.render_answer(dataclasses.replace(problem, answer=changed), True, rng)
 
   def _value_of(self, problem: Problem, answer: str, chunk: str) -> int:
     """0 if right, j for distractor j, k + 1 for any other wrong answer."""
@@ -654,15 +680,16 @@ class SimulatedBackend:
     return self.world.answers.num_distractors + 1
 
   def _own_wrong_answer(self, problem: Problem, rng: random.Random) -> str:
-    """A wrong answer that is neither a distractor nor right (an error of the model's own)."""
+    """A wrong answer no other output shares (an error of the model's own): a stand-in value,
+    else (a format that takes none) the task's own wrong answers that are not distractors."""
     taken = {a for _, a in self.distractors(problem)}
     text = ""
-    for _ in range(32):
-      text = self.task.render_answer(problem, False, rng)
+    for attempt in range(40):
+      text = self._stand_in_wrong(problem, rng) if attempt < 8 else self.task.render_answer(problem, False, rng)
       answer = self.task.extract(text)
       if answer is not None and answer not in taken and not self._is_right(problem, answer, text):
         return text
-    return text  # the task renders nothing else (rare): its last wrong text stands
+    return text  # the task renders nothing else: its last wrong text stands
 
   def read(self, messages: Sequence[Message]) -> SimReading | None:
     """The problem a prompt is about and the right/wrong answers it already holds."""
@@ -943,14 +970,12 @@ class Oracle:
 
     if world.answers is not None:
       latents = world.answers.latents() if uid is None else [world.answers.latent_of(uid)]
-      solve, role_rates = 0.0, [None] * n
-      for latent in latents:
-        s, rates = self._solve_values(subject, level, assignment, order, preds, decision_model, latent)
-        solve += latent.prob * s
-        role_rates = [None if r is None else (latent.prob * r + (acc or 0.0)) for r, acc in zip(rates, role_rates)]
+      shares = np.array([lat.prob for lat in latents])
+      solves, rates = self._solve_values(subject, level, assignment, order, preds, decision_model, latents)
+      solve = float(shares @ solves)
       return OracleResult(solve_rate=solve, expected_cost=cost,
                           expected_reward=reward_of(solve, cost, self.c_s, self.c_f),
-                          role_solve_rates=tuple(role_rates))
+                          role_solve_rates=tuple(None if r is None else float(shares @ r) for r in rates))
 
     # Exact solve rates: joint right/wrong states of the roles done so far.
     states: dict[tuple[int, ...], float] = {(): 1.0}
@@ -987,28 +1012,40 @@ class Oracle:
 
   def _solve_values(self, subject: str, level: int, assignment: Assignment, order: Sequence[int],
                     preds: Mapping[int, Sequence[int]], decision_model: str,
-                    latent: Latent) -> tuple[float, list[float | None]]:
-    """Exact solve rate and per-role rates for one problem trait (anchored worlds).
+                    latents: Sequence[Latent]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Exact solve rate and per-role rates, one entry per problem trait (anchored worlds).
 
     A state is (the answer values of the roles some later role still reads, the count
     of each value over all roles done): what every later call and the decision node
-    depend on. Roles leave the first part once their last reader is done.
+    depend on. Roles leave the first part once their last reader is done. Which
+    states occur does not depend on the traits, so each state carries one
+    probability per trait (an array) and the walk is done once.
     """
-    world = self.world
-    num_values = world.answers.num_values
+    num_values = self.world.answers.num_values
     position = {r: i for i, r in enumerate(order)}
     last_reader = {r: max((position[j] for j in order if r in preds[j]), default=-1) for r in order}
+    dists: dict[tuple[str, tuple[int, ...], str | None], np.ndarray] = {}
+
+    def dist(model: str, counts: tuple[int, ...], role: str | None) -> np.ndarray:
+      key = (model, counts, role)
+      found = dists.get(key)
+      if found is None:
+        found = dists[key] = np.array([self.world.value_distribution(model, subject, level, counts, role, lat)
+                                       for lat in latents])
+      return found  # [traits, values]
+
     live: list[int] = []
-    states: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {((), (0,) * num_values): 1.0}
-    role_rates: list[float | None] = [None] * len(assignment)
+    states: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {
+        ((), (0,) * num_values): np.ones(len(latents))}
+    role_rates: list[np.ndarray | None] = [None] * len(assignment)
     for step, r in enumerate(order):
       row = assignment[r]
       proposers = [m for m in row[:-1] if m is not None]
       synth, name = row[-1], self.roles[r].name
       slots = [live.index(i) for i in preds[r]]
-      memo: dict[tuple[int, ...], list[float]] = {}
-      nxt: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
-      right = 0.0
+      memo: dict[tuple[int, ...], np.ndarray] = {}
+      nxt: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
+      right = np.zeros(len(latents))
       for (values, totals), prob in states.items():
         seen = [0] * num_values
         for slot in slots:
@@ -1016,14 +1053,15 @@ class Oracle:
         key = tuple(seen)
         out = memo.get(key)
         if out is None:
-          out = memo[key] = self._supernode_values(subject, level, proposers, synth, name, key, latent)
-        right += prob * out[0]
-        for v, q in enumerate(out):
-          if q <= 0.0:
+          out = memo[key] = self._supernode_values(proposers, synth, name, key, dist)
+        right += prob * out[:, 0]
+        for v in range(num_values):
+          if not out[:, v].any():
             continue
-          new_totals = totals[:v] + (totals[v] + 1,) + totals[v + 1:]
-          state = (values + (v,), new_totals)
-          nxt[state] = nxt.get(state, 0.0) + prob * q
+          state = (values + (v,), totals[:v] + (totals[v] + 1,) + totals[v + 1:])
+          add = prob * out[:, v]
+          held = nxt.get(state)
+          nxt[state] = add if held is None else held + add
       role_rates[r] = right
       live.append(r)
       keep = [i for i, role in enumerate(live) if last_reader[role] > step]
@@ -1031,31 +1069,31 @@ class Oracle:
       states = {}
       for (values, totals), prob in nxt.items():
         state = (tuple(values[i] for i in keep), totals)
-        states[state] = states.get(state, 0.0) + prob
-    solve = 0.0
+        held = states.get(state)
+        states[state] = prob if held is None else held + prob
+    solve = np.zeros(len(latents))
     for (_, totals), prob in states.items():
-      solve += prob * world.value_distribution(decision_model, subject, level, totals, None, latent)[0]
+      solve += prob * dist(decision_model, totals, None)[:, 0]
     return solve, role_rates
 
-  def _supernode_values(self, subject: str, level: int, proposers: Sequence[str], synth: str, role: str,
-                        seen: tuple[int, ...], latent: Latent) -> list[float]:
-    """Distribution of a role's output value given the values of its predecessors' outputs."""
-    world = self.world
-    proposals: dict[tuple[int, ...], float] = {(0,) * len(seen): 1.0}
+  @staticmethod
+  def _supernode_values(proposers: Sequence[str], synth: str, role: str, seen: tuple[int, ...],
+                        dist: Any) -> np.ndarray:
+    """Distribution [traits, values] of a role's output value given its predecessors' values."""
+    proposals: dict[tuple[int, ...], np.ndarray | float] = {(0,) * len(seen): 1.0}
     for m in proposers:
-      dist = world.value_distribution(m, subject, level, seen, role, latent)
-      nxt: dict[tuple[int, ...], float] = {}
+      d = dist(m, seen, role)
+      nxt: dict[tuple[int, ...], Any] = {}
       for counts, prob in proposals.items():
-        for v, q in enumerate(dist):
-          if q > 0.0:
+        for v in range(len(seen)):
+          if d[:, v].any():
             key = counts[:v] + (counts[v] + 1,) + counts[v + 1:]
-            nxt[key] = nxt.get(key, 0.0) + prob * q
+            nxt[key] = nxt.get(key, 0.0) + prob * d[:, v]
       proposals = nxt
-    out = [0.0] * len(seen)
+    out = 0.0
     for counts, prob in proposals.items():
       read = tuple(a + b for a, b in zip(seen, counts))
-      for v, q in enumerate(world.value_distribution(synth, subject, level, read, role, latent)):
-        out[v] += prob * q
+      out = out + np.asarray(prob)[..., None] * dist(synth, read, role)
     return out
 
   def single_call(self, subject: str, level: int, model: str, *, uid: str | None = None) -> float:
