@@ -65,6 +65,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.llm.max_failed_fraction = 0.5  # a training/evaluation batch with more failed queries (or all) stops the run
   c.llm.sim_seed = 0
   c.llm.sim_latency_s = 0.0
+  c.llm.sim_world = "invented"  # or "anchored": skills from published scores, shared wrong answers (llm/sim_facts.py)
   # Role effects of the simulated world: role name -> (solo logit, gain scale); see llm/sim.py RoleEffect.
   c.llm.sim_role_effects = {}
 

@@ -217,7 +217,8 @@ def make_backend(config: ml_collections.ConfigDict, specs: Sequence[llm_pool.Mod
     for role, value in dict(config.llm.sim_role_effects).items():
       solo, gain_scale = value
       effects[role] = sim.RoleEffect(float(solo), float(gain_scale))
-    world = sim.default_world(seed=config.llm.sim_seed, pool=specs, role_effects=effects)
+    world = sim.make_world(config.llm.get("sim_world", "invented"), task=task.name, problems=problems,
+                           seed=config.llm.sim_seed, pool=specs, role_effects=effects)
     backend = sim.SimulatedBackend(world, task, problems, realtime=config.llm.sim_latency_s > 0,
                                    latency_scale=float(config.llm.sim_latency_s))
   else:
