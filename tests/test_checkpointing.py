@@ -101,3 +101,67 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(tmp_path):
   for leaf in jax.tree_util.tree_leaves(restored):
     assert len(leaf.sharding.device_set) == 1
   json.dumps(meta)
+
+
+def _cut_largest_file(step_dir):
+  path = max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  return path
+
+
+def test_truncated_newest_step_falls_back_to_the_newest_intact_one(tmp_path, caplog):
+  state = _state()
+  directory = tmp_path / "ckpt"
+  with checkpointing.Checkpointer(directory) as ck:
+    for step in (1, 2, 3):
+      ck.save(step, state, {"config": {"lr": step}})
+  assert checkpointing.manifest_problem(directory / "3") is None
+  cut = _cut_largest_file(directory / "3")
+  assert "bytes" in checkpointing.manifest_problem(directory / "3")
+  with checkpointing.Checkpointer(directory) as ck:
+    assert ck.metadata()["config"] == {"lr": 2}
+    restored, meta = ck.restore(checkpointing.abstract_tree(state))
+    assert meta["step"] == 2 and ck.all_steps() == [1, 2]
+    _assert_tree_equal(restored, state)
+    ck.save(3, state, {"config": {"lr": 30}}, force=True)  # the step is written again, not skipped
+    assert ck.metadata()["config"] == {"lr": 30}
+  warnings = [r.getMessage() for r in caplog.records if r.name == checkpointing.__name__]
+  assert len(warnings) == 1 and "step 3" in warnings[0] and cut.name in warnings[0]
+  assert (tmp_path / "ckpt_unreadable" / "3" / cut.relative_to(directory / "3")).exists()
+
+
+def test_damaged_step_without_manifest_falls_back_when_an_older_one_reads(tmp_path):
+  state = _state()
+  directory = tmp_path / "ckpt"
+  with checkpointing.Checkpointer(directory) as ck:
+    ck.save(1, state)
+    ck.save(2, state)
+  (directory / "2" / checkpointing.MANIFEST_NAME).unlink()  # as killed between orbax's commit and the manifest
+  _cut_largest_file(directory / "2")
+  with checkpointing.Checkpointer(directory) as ck:
+    _, meta = ck.restore(checkpointing.abstract_tree(state))
+    assert meta["step"] == 1 and ck.all_steps() == [1]
+
+
+def test_wrong_restore_target_moves_nothing(tmp_path):
+  state = _state()
+  with checkpointing.Checkpointer(tmp_path / "ckpt") as ck:
+    ck.save(1, state)
+    ck.save(2, state)
+    wrong = _state()
+    wrong["step"] = jnp.zeros((3, 3))
+    with pytest.raises(Exception):  # pylint: disable=broad-except  # orbax's own shape error
+      ck.restore(checkpointing.abstract_tree(wrong))
+    assert ck.all_steps() == [1, 2]
+  assert not (tmp_path / "ckpt_unreadable").exists()
+
+
+def test_every_step_damaged_is_one_clear_error(tmp_path):
+  state = _state()
+  with checkpointing.Checkpointer(tmp_path / "ckpt") as ck:
+    ck.save(1, state)
+  _cut_largest_file(tmp_path / "ckpt" / "1")
+  with checkpointing.Checkpointer(tmp_path / "ckpt") as ck:
+    with pytest.raises(checkpointing.UnreadableCheckpointError, match="every checkpoint .* is damaged.*run again"):
+      ck.restore(checkpointing.abstract_tree(state))
+    assert ck.latest_step() is None  # moved aside: the next run starts from scratch
