@@ -69,10 +69,19 @@ def problem_from_record(record: Mapping[str, Any], uid: str) -> base.Problem:
 
 
 def _records_from_jsonl(path: pathlib.Path) -> Iterable[tuple[int, dict[str, Any]]]:
-  with open(path, encoding="utf-8") as f:
+  """(0-based line index, record) of each non-blank line; ValueError naming the file and line of a bad one."""
+  with open(path, "rb") as f:
     for line_number, line in enumerate(f):
-      if line.strip():
-        yield line_number, json.loads(line)
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line.decode("utf-8"))
+      except ValueError as e:  # UnicodeDecodeError included
+        raise ValueError(f"{path} line {line_number + 1} is not valid JSON ({e}); fix or delete that line") from None
+      if not isinstance(record, dict) or not isinstance(record.get("problem"), str):
+        raise ValueError(f"{path} line {line_number + 1} is not a MATH record (a JSON object with a 'problem' "
+                         "text); fix or delete that line")
+      yield line_number, record
 
 
 def _uid(record: Mapping[str, Any], prefix: str, index: int) -> str:

@@ -69,7 +69,35 @@ def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
   missing = {"question", "choices", "answer"} - set(reader.fieldnames or ())
   if missing:
     raise ValueError(f"{path} lacks the columns {sorted(missing)}; is it an MMLU-Redux CSV?")
-  return list(reader)
+  rows = []
+  try:
+    for row in reader:  # each row checked here, where its line number is known
+      rows.append(row)
+      problem = _row_problem(row)
+      if problem:
+        raise ValueError(f"{path} line {reader.line_num}: {problem}; fix or delete that row")
+  except csv.Error as e:
+    raise ValueError(f"{path} line {reader.line_num} is not valid CSV ({e}); fix that line") from None
+  return rows
+
+
+def _row_problem(row: dict[str, str]) -> str | None:
+  """What makes a CSV row no MMLU question (None: nothing)."""
+  if row.get("question") is None or row.get("choices") is None or row.get("answer") is None:
+    return "the row has fewer columns than the header"
+  try:
+    choices = ast.literal_eval(row["choices"])
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    choices = None
+  if not isinstance(choices, (list, tuple)) or not choices:
+    return f"choices {row['choices'][:60]!r} is not a list literal such as ['a', 'b', 'c', 'd']"
+  try:
+    answer = int(str(row["answer"]).strip())
+  except ValueError:
+    return f"answer {row['answer'][:20]!r} is not a choice index (0, 1, ...)"
+  if not 0 <= answer < len(choices):
+    return f"answer index {answer} is out of range for {len(choices)} choices"
+  return None
 
 
 def subject_of(path: pathlib.Path) -> str:

@@ -92,9 +92,49 @@ def pool_specs(config: ml_collections.ConfigDict) -> list[llm_pool.ModelSpec]:
   return specs
 
 
+def _number(field: str, value: Any) -> float:
+  """``value`` as a float; ConfigError when it is no number (a string or list from a config file)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise ConfigError(f"{field}={value!r}; it must be a number")
+  return float(value)
+
+
+def _check_range(field: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False, why: str = "") -> None:
+  """ConfigError unless ``low <(=) value <(=) high`` (a None bound is no bound)."""
+  x = _number(field, value)
+  too_low = low is not None and (x <= low if low_open else x < low)
+  too_high = high is not None and (x >= high if high_open else x > high)
+  if too_low or too_high:
+    if low is not None and high is not None:
+      wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+      wanted = f"{'>' if low_open else '>='} {low:g}"
+    else:
+      wanted = f"{'<' if high_open else '<='} {high:g}"
+    raise ConfigError(f"{field}={value!r}; it must be {wanted}{f' ({why})' if why else ''}")
+
+
+def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
+  if value not in choices:
+    raise ConfigError(f"{field}={value!r}; choose one of {', '.join(repr(c) for c in choices)}")
+
+
+def density_bounds(value: Any) -> tuple[float, float]:
+  """graphs.density_range as (low, high) with 0 <= low <= high <= 1, or ConfigError saying how to write it."""
+  how = "give a pair (low, high) with 0 <= low <= high <= 1, e.g. --config.graphs.density_range='(0.3, 0.7)'"
+  if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+    raise ConfigError(f"graphs.density_range={value!r}; {how}")
+  lo, hi = (_number("graphs.density_range", v) for v in value)
+  if not 0.0 <= lo <= hi <= 1.0:
+    raise ConfigError(f"graphs.density_range={tuple(value)!r}; {how}")
+  return lo, hi
+
+
 def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = None) -> list[llm_pool.ModelSpec]:
   """Checks a config; raises one ConfigError naming the problem and the fix. Returns the pool."""
   c = config
+  _check_values(c)
   if c.llm.backend not in ("sim", "openai"):
     raise ConfigError(f"llm.backend={c.llm.backend!r}; choose 'sim' (offline simulated pool) or 'openai'")
   if c.stages not in ("both", "stage1", "stage2"):
@@ -128,8 +168,7 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
                             ("graphs.train_pool_size", c.graphs.train_pool_size, 1),
                             ("graphs.num_candidates", c.graphs.num_candidates, 1),
                             ("checkpoint.every_steps", c.checkpoint.every_steps, 1)]:
-    if int(value) < low:
-      raise ConfigError(f"{field}={value}; it must be >= {low}")
+    _check_range(field, value, low)
   if c.stage1.batch_size > c.task.num_train:
     raise ConfigError(f"stage1.batch_size={c.stage1.batch_size} exceeds task.num_train={c.task.num_train}; "
                       "lower the batch or add training problems")
@@ -157,12 +196,50 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
     raise ConfigError(f"stage1.keep_margin={c.stage1.keep_margin}; it counts standard errors and must be >= 0 "
                       "(0 keeps the parameters of the highest validation reward)")
   if num_roles is not None:
-    lo, hi = tuple(c.graphs.density_range)
+    lo, hi = density_bounds(c.graphs.density_range)
     try:
       graphs.edge_count_range(num_roles, (lo, hi))
     except ValueError as e:
       raise ConfigError(f"graphs.density_range: {e}") from None
   return specs
+
+
+def _check_values(c: ml_collections.ConfigDict) -> None:
+  """Sizes, rates and choices that make no run (before the pool and the cross-field checks)."""
+  from hieramas_jax import encoders  # pylint: disable=g-import-not-at-top
+
+  for field, value in [("selector.hidden_dim", c.selector.hidden_dim), ("gcn.role_dim", c.gcn.role_dim),
+                       ("gcn.hidden_dim", c.gcn.hidden_dim), ("gcn.num_layers", c.gcn.num_layers),
+                       ("gcn.mlp_dim", c.gcn.mlp_dim), ("llm.max_tokens", c.llm.max_tokens),
+                       ("llm.max_concurrency", c.llm.max_concurrency), ("stage1.eval_every", c.stage1.eval_every),
+                       ("stage1.group_size", c.stage1.group_size),
+                       ("checkpoint.max_to_keep", c.checkpoint.max_to_keep)]:
+    _check_range(field, value, 1)
+  for field, value in [("stage1.learning_rate", c.stage1.learning_rate),
+                       ("stage2.learning_rate", c.stage2.learning_rate), ("stage1.grad_clip", c.stage1.grad_clip),
+                       ("llm.timeout_s", c.llm.timeout_s)]:
+    _check_range(field, value, 0, low_open=True)
+  for field, value in [("stage1.weight_decay", c.stage1.weight_decay),
+                       ("stage2.weight_decay", c.stage2.weight_decay), ("stage1.entropy_coef", c.stage1.entropy_coef),
+                       ("stage1.reward_cost_solved", c.stage1.reward_cost_solved),
+                       ("stage1.reward_cost_failed", c.stage1.reward_cost_failed),
+                       ("llm.temperature", c.llm.temperature), ("llm.max_retries", c.llm.max_retries),
+                       ("llm.sim_latency_s", c.llm.sim_latency_s)]:
+    _check_range(field, value, 0)
+  _check_range("stage1.ema_decay", c.stage1.ema_decay, 0, 1, high_open=True)
+  if "max_failed_fraction" in c.llm:
+    _check_range("llm.max_failed_fraction", c.llm.max_failed_fraction, 0, 1,
+                 why="the share of a step's queries whose LLM calls may fail before the run stops")
+  _check_choice("stage1.system_cost", c.stage1.system_cost, ("total", "decision"))
+  _check_choice("gcn.impl", c.gcn.impl, ("dense", "segment"))
+  _check_choice("selector.skip_head", c.selector.skip_head, ("gate", "shared"))
+  _check_choice("encoder.kind", c.encoder.kind, encoders.ENCODER_KINDS)
+  for field in ("llm.exclude_models", "llm.models"):
+    value = c.llm[field.split(".")[1]]
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{field}={value!r}; it must be a list (on the command line: "
+                        f"--config.{field}='[...]' or a comma-separated list)")
+  density_bounds(c.graphs.density_range)
 
 
 # ---------------------------------------------------------------------------
@@ -195,6 +272,8 @@ def load_splits(config: ml_collections.ConfigDict, task: Task) -> dict[str, list
     problems = task.load("test", **kwargs)
   except FileNotFoundError as e:
     raise ConfigError(f"{e}. Offline runs without files: use configs/math.py (synthetic problems)") from None
+  except ValueError as e:  # the loaders name the file and line of a record they cannot read
+    raise ConfigError(f"task {c.name!r}: {e}") from None
   need = sum(sizes.values())
   if len(problems) < need:
     raise ConfigError(f"task {c.name!r} has {len(problems)} problems, fewer than train+val+test={need}; "
