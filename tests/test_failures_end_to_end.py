@@ -1,7 +1,8 @@
 """Failures are never graded and never silent, from the executor to the launchers.
 
-* launch.train against a dead port or a server that wants another key: exit status
-  1 within 30 s, the last stderr line names the models, the URL and the cause;
+* launch.train against a dead port or a server that wants another key, and
+  launch.evaluate of a run whose server is gone: exit status 1 within 30 s, the
+  last stderr line names the models, the URL and the cause;
 * a stage-1 step whose calls all fail: exit status 1, one line, no checkpoint of
   that step, no summary, no unclosed HTTP session;
 * under 15% mixed faults (429, 500, malformed, empty, stall) launch.evaluate gives
@@ -163,10 +164,11 @@ def test_a_step_whose_calls_all_fail_stops_the_run_and_saves_nothing(tmp_path):
   _assert_nothing_saved(tmp_path / "run")
 
 
-def test_a_run_over_http_closes_its_sessions_and_writes_strict_json(tmp_path):
+def test_a_run_over_http_closes_its_sessions_then_evaluate_stops_at_the_dead_endpoint(tmp_path):
   cfg = _config_file(tmp_path, "http://127.0.0.1:1/v1")
   with _sim_server_for(cfg) as server:
-    proc, _ = _launch_train(_config_file(tmp_path, server.base_url), tmp_path / "run")
+    cfg = _config_file(tmp_path, server.base_url)
+    proc, _ = _launch_train(cfg, tmp_path / "run")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Unclosed" not in proc.stderr, proc.stderr[-3000:]
 
@@ -175,6 +177,17 @@ def test_a_run_over_http_closes_its_sessions_and_writes_strict_json(tmp_path):
 
   summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=refuse)
   assert summary["test"]["selector_random_dag"]["failed"] == 0.0
+  # The server is gone: evaluating the run stops at the preflight, in one line.
+  start = time.monotonic()
+  proc = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--config={cfg}", f"--workdir={tmp_path / 'run'}",
+                         "--methods=single"], cwd=REPO, capture_output=True, text=True, timeout=240,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1 and time.monotonic() - start < 30, proc.stderr[-3000:]
+  last = _last_line(proc.stderr)
+  assert last.startswith("launch.evaluate: EndpointError: "), proc.stderr[-3000:]
+  assert all(f"'{name}' at {server.base_url}: connection refused" in last for name, _ in _POOL), last
+  assert "Traceback" not in proc.stderr and "Unclosed" not in proc.stderr
+  assert not (tmp_path / "run" / "eval").exists()
 
 
 # ---------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     raise SystemExit(0) from None
   finally:
     writer.close()
-    env.close()
+    if backend is None:  # the caller's backend is the caller's to close
+      env.close()
   summary["checkpoints"] = str(workdir / "checkpoints")
   (workdir / "summary.json").write_text(report.strict_json(summary))
   print("Held-out test split (mean per query without a failed call):")
