@@ -73,12 +73,22 @@ def _train(cfg_path, workdir, **popen):
                           env=dict(os.environ, JAX_PLATFORMS="cpu"), **popen)
 
 
-def _stage1_steps_done(workdir: pathlib.Path) -> int:
+def _stage1_rows(workdir: pathlib.Path) -> list[int]:
+  """Stage-1 steps of metrics.jsonl in file order (a line being written as it is read is skipped)."""
   path = workdir / "metrics.jsonl"
   if not path.exists():
-    return 0
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return max([r["step"] for r in rows if r["stage"] == "stage1"], default=0)
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue
+  return [r["step"] for r in rows if r["stage"] == "stage1"]
+
+
+def _stage1_steps_done(workdir: pathlib.Path) -> int:
+  return max(_stage1_rows(workdir), default=0)
 
 
 def _final_params(c, workdir):
@@ -127,6 +137,10 @@ def test_sigkill_then_rerun_resumes_without_repeated_calls_and_matches(tmp_path)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out[-3000:]
     assert f"resumed from step {last_ckpt}" in out
+    # Steps redone after the checkpoint are in metrics.jsonl once, not twice; every line is strict JSON.
+    assert _stage1_rows(interrupted) == list(range(1, _STEPS + 1))
+    for line in (interrupted / "metrics.jsonl").read_text().splitlines():
+      json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
     repeated = {k: n for k, n in counting.seen.items() if n > 1}
     # Work already done (stored responses) is never asked again; at most the calls in flight at the kill are.
     assert all(k in answered_before_kill and n == 2 for k, n in repeated.items())
