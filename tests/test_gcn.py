@@ -1,4 +1,10 @@
-"""Graph classifier: jraph/dense parity, vmapped = per-graph loop, no retracing."""
+"""Graph classifier: the fast (blocked, factored) path equals the per-pair dense and jraph forms, no retracing."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import chex
 import jax
@@ -11,6 +17,7 @@ from hieramas_jax import graphs
 from hieramas_jax.models import gcn
 
 B, K, N, D = 3, 6, 5, 24
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +26,20 @@ def setup():
   q = jax.random.normal(jax.random.key(1), (B, D))
   pool = jnp.asarray(graphs.dag_pool(0, N, K, (0.2, 0.9)), jnp.float32)
   return model, q, pool
+
+
+def _random_dags(seed: int, shape: tuple[int, ...], num_roles: int) -> jnp.ndarray:
+  rng = np.random.default_rng(seed)
+  count = int(np.prod(shape))
+  return jnp.asarray(np.stack([graphs.random_dag(rng, num_roles) for _ in range(count)]).reshape(
+      *shape, num_roles, num_roles), jnp.float32)
+
+
+def _assert_all_forms_agree(model, q, adjs, role_mask=None, atol=1e-5):
+  fast = model(q, adjs, role_mask, impl="dense")
+  np.testing.assert_allclose(fast, model(q, adjs, role_mask, impl="dense_per_pair"), atol=atol, rtol=0)
+  np.testing.assert_allclose(fast, model(q, adjs, role_mask, impl="segment"), atol=atol, rtol=0)
+  return fast
 
 
 def test_segment_and_dense_layers_agree():
@@ -39,9 +60,75 @@ def test_aggregation_follows_edge_direction():
   np.testing.assert_allclose(out[1], (1.0 / np.sqrt(2)) * (1.0 / np.sqrt(2) * 1.0 + 10.0), rtol=1e-6)
 
 
-def test_full_model_segment_equals_dense(setup):
+def test_normalized_adjacency_is_the_per_pair_aggregation():
+  x = jax.random.normal(jax.random.key(3), (N, 4))
+  mask = jnp.array([1, 1, 0, 1, 1.0])
+  for adj in graphs.dag_pool(2, N, 6):
+    a = jnp.asarray(adj, jnp.float32) * mask[:, None] * mask[None, :]
+    s = gcn.normalized_adjacency(a, mask)
+    np.testing.assert_allclose(s.T @ x, gcn.aggregate(x, a, mask, "dense"), atol=1e-6)
+
+
+def test_full_model_forms_agree(setup):
   model, q, pool = setup
-  np.testing.assert_allclose(model(q, pool, impl="segment"), model(q, pool, impl="dense"), atol=1e-5)
+  _assert_all_forms_agree(model, q, pool)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("pairs_per_block", [1, 7, 10_000])  # one pair per block, padded blocks, one block
+def test_fast_path_equals_reference_over_layers_and_blocks(monkeypatch, num_layers, pairs_per_block):
+  monkeypatch.setattr(gcn, "PAIRS_PER_BLOCK", pairs_per_block)
+  model = gcn.GraphClassifier(N, D, role_dim=8, hidden_dim=16, num_layers=num_layers, mlp_dim=16,
+                              rngs=nnx.Rngs(num_layers))
+  q = jax.random.normal(jax.random.key(4), (4, D))
+  shared = _random_dags(0, (11,), N)
+  _assert_all_forms_agree(model, q, shared)
+  _assert_all_forms_agree(model, q, _random_dags(1, (4, 11), N))  # per-query pools
+
+
+def test_per_query_role_masks_and_padding(monkeypatch):
+  monkeypatch.setattr(gcn, "PAIRS_PER_BLOCK", 9)
+  model = gcn.GraphClassifier(N + 2, D, role_dim=8, hidden_dim=16, rngs=nnx.Rngs(5))
+  q = jax.random.normal(jax.random.key(6), (4, D))
+  masks = jnp.array([[1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0.0]])
+  pool = _random_dags(7, (4, 10), N + 2) * masks[:, None, :, None] * masks[:, None, None, :]
+  _assert_all_forms_agree(model, q, pool, masks)
+  shared_pool = _random_dags(8, (10,), N + 2) * masks[0][:, None] * masks[0][None, :]
+  _assert_all_forms_agree(model, q, shared_pool, masks[0])  # one mask for all queries
+  _assert_all_forms_agree(model, q, shared_pool, jnp.broadcast_to(masks[0], (4, N + 2)))  # the same, per query
+
+
+def test_paper_sizes_match_the_reference_within_1e_5():
+  """B=64 queries x K=200 candidates of 8 roles, D=1024, several blocks: the issue's workload."""
+  model = gcn.GraphClassifier(8, 1024, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  q = jax.random.normal(jax.random.key(2), (64, 1024))
+  pool = jnp.asarray(graphs.dag_pool(0, 8, 200, (0.2, 0.8)), jnp.float32)
+  assert gcn.block_layout(200, 64)[0] > 1
+  fast = gcn.score_pool(graphdef, params, q, pool)
+  np.testing.assert_allclose(fast, gcn.score_pool(graphdef, params, q, pool, impl="dense_per_pair"), atol=1e-5,
+                             rtol=0)
+  np.testing.assert_allclose(fast, gcn.score_pool(graphdef, params, q, pool, impl="segment"), atol=1e-5, rtol=0)
+
+
+def test_gradients_of_the_fast_path_equal_the_reference(monkeypatch):
+  """Stage 2 trains through the fast path: its gradients are the per-pair form's."""
+  monkeypatch.setattr(gcn, "PAIRS_PER_BLOCK", 10)  # several blocks under lax.map
+  model = gcn.GraphClassifier(N, D, role_dim=8, hidden_dim=16, mlp_dim=16, rngs=nnx.Rngs(9))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  q = jax.random.normal(jax.random.key(10), (4, D))
+  adjs = _random_dags(11, (4, 7), N)
+  weights = jax.random.normal(jax.random.key(12), (4, 7))
+
+  def loss(p, impl):
+    return jnp.sum(jnp.tanh(nnx.merge(graphdef, p)(q, adjs, impl=impl)) * weights)
+
+  fast = jax.grad(loss)(params, "dense")
+  want = jax.grad(loss)(params, "dense_per_pair")
+  for got, ref in zip(jax.tree.leaves(fast), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, float(jnp.abs(ref).max())), rtol=0)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(fast)) > 0
 
 
 def test_vmapped_scores_equal_per_graph_loop(setup):
@@ -62,10 +149,11 @@ def test_padded_roles_do_not_change_scores():
   pool = graphs.dag_pool(4, N, 4)
   padded = jnp.asarray(graphs.pad_adjacency(pool, N + 2), jnp.float32)
   mask = jnp.array([1.0] * N + [0.0, 0.0])
-  base = model(q, padded, mask)
+  base = {impl: model(q, padded, mask, impl=impl) for impl in gcn.IMPLEMENTATIONS}
   # Different padded-role embeddings must not matter.
   model.role_embed[...] = model.role_embed[...].at[N:].set(5.0)
-  np.testing.assert_allclose(model(q, padded, mask), base, atol=1e-6)
+  for impl in gcn.IMPLEMENTATIONS:
+    np.testing.assert_allclose(model(q, padded, mask, impl=impl), base[impl], atol=1e-6)
 
 
 def test_scores_depend_on_graph_and_query(setup):
@@ -75,17 +163,96 @@ def test_scores_depend_on_graph_and_query(setup):
   assert np.ptp(s, axis=0).max() > 0  # queries differ
 
 
+def test_block_layout_covers_the_pool_with_little_padding():
+  for k in (1, 7, 50, 200, 1000, 4099):
+    for b in (1, 8, 64, 256, 5000):
+      blocks, per_block = gcn.block_layout(k, b)
+      assert blocks * per_block >= k and blocks * per_block - k < blocks  # less than one graph per block padded
+      assert per_block == 1 or per_block * b <= 2 * gcn.PAIRS_PER_BLOCK
+  assert gcn.block_layout(200, 64) == (4, 50)
+  assert gcn.block_layout(200, 1) == (1, 200)
+
+
+def test_scratch_memory_stays_bounded_as_the_pool_grows():
+  """Working memory is a few blocks' worth, not B x K x N x H: no fresh large buffer per call."""
+  model = gcn.GraphClassifier(8, 64, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  q = jnp.zeros((64, 64))
+  temp = {}
+  for k in (200, 2000):
+    compiled = gcn.score_pool.lower(graphdef, params, q, jnp.zeros((k, 8, 8))).compile()
+    temp[k] = compiled.memory_analysis().temp_size_in_bytes
+  block_bytes = gcn.PAIRS_PER_BLOCK * 8 * 64 * 4  # one [G, N, B, H] activation of a block
+  assert temp[2000] < 4 * block_bytes, temp
+  assert temp[2000] < 1.5 * temp[200], temp
+
+
 def test_no_retrace_on_new_values(setup):
   model, q, pool = setup
   graphdef, params = nnx.split(model)
-  counted = chex.assert_max_traces(gcn.score_pool.__wrapped__, n=1)
+  counted = chex.assert_max_traces(gcn.score_pool.__wrapped__, n=2)
   fn = jax.jit(counted, static_argnames=("graphdef", "impl"))
   fn(graphdef, params, q, pool)
   new_pool = jnp.asarray(graphs.dag_pool(9, N, K), jnp.float32)
   fn(graphdef, params, q * 3.0, new_pool)
+  per_query = jnp.broadcast_to(pool, (B, K, N, N))  # the second (and last) trace: per-query pools
+  fn(graphdef, params, q, per_query)
+  fn(graphdef, jax.tree.map(lambda x: x * 0.5, params), q + 1.0, per_query[:, ::-1])
 
 
-def test_wrong_adjacency_size_is_an_error(setup):
-  model, q, _ = setup
+def test_wrong_inputs_are_errors(setup):
+  model, q, pool = setup
   with pytest.raises(ValueError, match="pad smaller graphs"):
     model(q, jnp.zeros((2, N - 1, N - 1)))
+  with pytest.raises(ValueError, match=r"per-query adjacency stack has shape \(2, 6, 5, 5\) for 3 queries"):
+    model(q, jnp.zeros((2, K, N, N)))
+  with pytest.raises(ValueError, match=r"role_mask has shape \(4,\); expected \[5\] or \[3, 5\]"):
+    model(q, pool, jnp.ones(4))
+  with pytest.raises(ValueError, match="unknown GCN implementation 'sparse'"):
+    model(q, pool, impl="sparse")
+
+
+_EIGHT_DEVICES = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
+    from hieramas_jax import graphs, system
+    from hieramas_jax.models import gcn
+    assert jax.device_count() == 8, jax.devices()
+    model = gcn.GraphClassifier(8, 64, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(16, 64)).astype(np.float32)
+    pool = graphs.dag_pool(0, 8, 203, (0.2, 0.8))
+    per_query = pool[rng.integers(0, len(pool), (16, 40))]
+    out = {}
+    for name, adjs in (("shared", pool), ("per_query", per_query)):
+      reference = np.asarray(gcn.score_pool(graphdef, params, jnp.asarray(q), jnp.asarray(adjs, jnp.float32),
+                                            impl="dense_per_pair"))
+      sharded = system.ShardedGraphScorer(graphdef, params)(q, adjs)
+      one = system.ShardedGraphScorer(graphdef, params, devices=jax.devices()[:1])(q, adjs)
+      assert np.array_equal(sharded, one), name
+      assert np.abs(sharded - reference).max() <= 1e-5, (name, np.abs(sharded - reference).max())
+      out[name] = sharded
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_sharded_fast_path_on_8_devices_equals_reference_and_1_device(tmp_path):
+  """On 8 host devices the sharded scorer (fast path) equals the per-pair reference within 1e-5 and 1 device."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(tmp_path / "scores.npz")], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-4000:]
+  from hieramas_jax import system  # pylint: disable=g-import-not-at-top
+  model = gcn.GraphClassifier(8, 64, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(16, 64)).astype(np.float32)
+  pool = graphs.dag_pool(0, 8, 203, (0.2, 0.8))
+  per_query = pool[rng.integers(0, len(pool), (16, 40))]
+  with np.load(tmp_path / "scores.npz") as eight:
+    for name, adjs in (("shared", pool), ("per_query", per_query)):
+      np.testing.assert_array_equal(system.ShardedGraphScorer(graphdef, params)(q, adjs), eight[name])

@@ -4,20 +4,29 @@ Node features are a trainable role embedding concatenated with the query
 embedding. Message passing follows edge direction (``adj[i, j] = 1``: i -> j),
 with self-loops and symmetric degree normalisation:
 
-    H' = relu(D_in^{-1/2} (A + I)^T D_out^{-1/2} H W + b)
+    H' = relu(S^T H W + b),   S = D_out^{-1/2} (A + I) D_in^{-1/2}
 
 where D_out / D_in are the out- / in-degrees of A + I. After the GCN layers the
 active roles are mean-pooled, projected, and an MLP gives one logit per graph.
 
-Efficiency: the first layer's transform of ``[role_emb ; query_emb]`` does not
-depend on the graph, so it is computed once per query ([B, N, H]) and shared by
-all K candidates. Projection is linear, so it is applied after pooling (one
-matmul per graph instead of one per node): the result is identical.
+Three formulations share the parameters and compute the same function (tests
+keep them within 1e-5):
 
-Two aggregation formulations share the parameters: ``segment`` (jraph
-GraphsTuple + segment sums over a static all-pairs edge list weighted by the
-adjacency, so shapes are static and the function vmaps over [K, N, N] stacks)
-and ``dense`` (matrix products); a test keeps them equal.
+- ``dense`` (the default, and the one every caller uses): the pool is scored in
+  blocks of about ``PAIRS_PER_BLOCK`` (query, graph) pairs under ``lax.map``, so
+  working memory stays small whatever B and K are. The normalised adjacency S is
+  computed once per graph (not per pair). The first layer is factored: its input
+  ``role_part[n] + query_part[b]`` is aggregated as ``S^T role_part`` (per graph)
+  plus ``colsum(S)[n] * query_part[b]``, so no per-pair product remains in it.
+  With one pool for all queries the activations are laid out [G, N, B, H], so a
+  hidden layer is one [G*N*B, H] x [H, H] matmul and its aggregation one batched
+  [N, N] x [N, B*H] product per graph; projection and the first head layer are
+  fused into one matmul (both are linear).
+- ``dense_per_pair``: the original dense formulation, one (query, graph) pair at
+  a time under ``vmap`` (``score_graph``); the reference the fast path is tested
+  and benchmarked against.
+- ``segment``: the same per-pair form with jraph segment sums over a static
+  all-pairs edge list weighted by the adjacency.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ from flax import nnx
 
 from hieramas_jax import graphs
 
-IMPLEMENTATIONS = ("segment", "dense")
+IMPLEMENTATIONS = ("dense", "dense_per_pair", "segment")
+# Pairs per block of the fast path: measured (bench/graph_scoring.py) near the best from B=1 to B=256 on 2 cores;
+# bounds its working memory (about 2 x PAIRS_PER_BLOCK x N x H floats).
+PAIRS_PER_BLOCK = 3200
 
 
 def _aggregate_segment(graph: jraph.GraphsTuple, num_nodes: int) -> jax.Array:
@@ -54,7 +66,10 @@ def _aggregate_dense(nodes: jax.Array, adj_hat: jax.Array) -> jax.Array:
 
 
 def aggregate(nodes: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str = "segment") -> jax.Array:
-  """One GCN propagation of nodes [N, H] over adjacency [N, N] with self-loops on active roles."""
+  """One GCN propagation of nodes [N, H] over adjacency [N, N] with self-loops on active roles.
+
+  ``impl`` is the aggregation form: 'segment' (jraph) or 'dense' (matrix products).
+  """
   num_nodes = adj.shape[-1]
   adj_hat = adj.astype(nodes.dtype) + jnp.diag(role_mask.astype(nodes.dtype))
   if impl == "dense":
@@ -66,7 +81,24 @@ def aggregate(nodes: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str 
         receivers=jnp.asarray(receivers), n_node=jnp.array([num_nodes]),
         n_edge=jnp.array([num_nodes * num_nodes]), globals=None)
     return _aggregate_segment(graph, num_nodes)
-  raise ValueError(f"unknown GCN implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+  raise ValueError(f"unknown aggregation {impl!r}; choose 'segment' or 'dense'")
+
+
+def normalized_adjacency(adj: jax.Array, role_mask: jax.Array) -> jax.Array:
+  """S = D_out^{-1/2} (A + diag(mask)) D_in^{-1/2} for adj [..., N, N], mask broadcastable to [..., N]."""
+  num_nodes = adj.shape[-1]
+  adj_hat = adj + role_mask[..., None, :] * jnp.eye(num_nodes, dtype=adj.dtype)
+  out_norm = jax.lax.rsqrt(jnp.maximum(adj_hat.sum(axis=-1), 1.0))
+  in_norm = jax.lax.rsqrt(jnp.maximum(adj_hat.sum(axis=-2), 1.0))
+  return out_norm[..., :, None] * adj_hat * in_norm[..., None, :]
+
+
+def block_layout(num_graphs: int, batch: int, pairs_per_block: int | None = None) -> tuple[int, int]:
+  """(blocks, graphs per block) of the fast path: about ``pairs_per_block`` pairs each, as little padding as can be."""
+  pairs_per_block = PAIRS_PER_BLOCK if pairs_per_block is None else pairs_per_block
+  target = max(1, min(num_graphs, pairs_per_block // max(batch, 1)))
+  blocks = -(-num_graphs // target)
+  return blocks, -(-num_graphs // blocks)
 
 
 class GraphClassifier(nnx.Module):
@@ -104,7 +136,10 @@ class GraphClassifier(nnx.Module):
     return role_part[None, :, :] + query_part[:, None, :]
 
   def score_graph(self, inputs: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str = "segment") -> jax.Array:
-    """Logit of one graph: inputs [N, H], adj [N, N], role_mask [N] -> []."""
+    """Logit of one graph (the per-pair form): inputs [N, H], adj [N, N], role_mask [N] -> [].
+
+    ``impl`` is the aggregation form, 'segment' or 'dense'.
+    """
     mask = role_mask.astype(inputs.dtype)
     h = jax.nn.relu(aggregate(inputs, adj, mask, impl) + self.in_bias[...])
     for layer in self.layers:
@@ -113,14 +148,15 @@ class GraphClassifier(nnx.Module):
     return self.head_out(jax.nn.relu(self.head_hidden(self.project(pooled))))[0]
 
   def __call__(self, query_emb: jax.Array, adjs: jax.Array, role_mask: jax.Array | None = None,
-               impl: str = "segment") -> jax.Array:
+               impl: str = "dense") -> jax.Array:
     """Scores K candidates for each of B queries.
 
     Args:
       query_emb: [B, D] query embeddings.
       adjs: [K, N, N] (one pool shared by all queries) or [B, K, N, N].
       role_mask: [N] or [B, N], 1 for active roles, 0 for padding. Default: all active.
-      impl: 'segment' (jraph) or 'dense'.
+      impl: 'dense' (blocked and factored, the fast path), 'dense_per_pair' or 'segment' (jraph), the last
+        two one (query, graph) pair at a time.
     Returns:
       logits [B, K].
     """
@@ -130,18 +166,101 @@ class GraphClassifier(nnx.Module):
     if adjs.shape[-1] != self.num_roles or adjs.shape[-2] != self.num_roles:
       raise ValueError(f"adjacency stack has shape {adjs.shape}, expected [..., {self.num_roles}, {self.num_roles}]; "
                        "pad smaller graphs with graphs.pad_adjacency")
+    if adjs.ndim == 4 and adjs.shape[0] != batch:
+      raise ValueError(f"per-query adjacency stack has shape {adjs.shape} for {batch} queries; expected "
+                       f"[{batch}, K, {self.num_roles}, {self.num_roles}]")
     if role_mask is None:
       role_mask = jnp.ones((self.num_roles,), query_emb.dtype)
+    role_mask = jnp.asarray(role_mask, query_emb.dtype)
+    if role_mask.shape not in ((self.num_roles,), (batch, self.num_roles)):
+      raise ValueError(f"role_mask has shape {role_mask.shape}; expected [{self.num_roles}] or "
+                       f"[{batch}, {self.num_roles}]")
+    if impl == "dense":
+      return self._score_blocked(query_emb, adjs.astype(query_emb.dtype), role_mask)
+    if impl not in IMPLEMENTATIONS:
+      raise ValueError(f"unknown GCN implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+    aggregation = "dense" if impl == "dense_per_pair" else impl
     role_mask = jnp.broadcast_to(role_mask, (batch, self.num_roles))
     inputs = self.node_inputs(query_emb)
-    per_graph = lambda x, a, m: self.score_graph(x, a, m, impl)
+    per_graph = lambda x, a, m: self.score_graph(x, a, m, aggregation)
     over_pool = jax.vmap(per_graph, in_axes=(None, 0, None))  # K candidates share a query's inputs
     adj_axis = 0 if adjs.ndim == 4 else None
     return jax.vmap(over_pool, in_axes=(0, adj_axis, 0))(inputs, adjs, role_mask)
 
+  def _score_blocked(self, query_emb: jax.Array, adjs: jax.Array, role_mask: jax.Array) -> jax.Array:
+    """The fast path of ``__call__`` (see the module docstring): logits [B, K].
+
+    With one pool and one role mask for all queries a block's activations are
+    [G, N, B, H] (a normalised adjacency per graph); otherwise [B, G, N, H] (one
+    per pair). Aggregations are written as N x N broadcast multiply-adds over
+    whole [G, B, H] role slices, so XLA fuses each with its bias, relu and (last
+    layer) the mean-pooling into one pass, instead of G tiny matrix products.
+    """
+    batch, num_graphs, n = query_emb.shape[0], adjs.shape[-3], self.num_roles
+    shared = adjs.ndim == 3 and role_mask.ndim == 1
+    role_part = self.role_in(self.role_embed[...])  # [N, H]
+    query_part = self.query_in(query_emb)  # [B, H]
+    in_bias = self.in_bias[...]
+    pool_weights = role_mask / jnp.maximum(role_mask.sum(-1, keepdims=True), 1.0)  # [N] or [B, N]
+    # Projection and head_hidden are both linear: one [H, mlp] matmul.
+    head_kernel = self.project.kernel[...] @ self.head_hidden.kernel[...]
+    head_bias = self.project.bias[...] @ self.head_hidden.kernel[...] + self.head_hidden.bias[...]
+    out_kernel, out_bias = self.head_out.kernel[...][:, 0], self.head_out.bias[...][0]
+    layers = [(layer.kernel[...], layer.bias[...]) for layer in self.layers]
+    if shared:  # a role slice is [G, B, H]
+      expand = lambda x: x[..., None, None]  # [G] -> [G, 1, 1]
+      query_term, weight = query_part, lambda j: pool_weights[j]
+    else:  # a role slice is [B, G, H]
+      expand = lambda x: x[..., None]  # [B, G] -> [B, G, 1]
+      query_term = query_part[:, None, :]  # [B, 1, H]
+      if pool_weights.ndim == 1:
+        weight = lambda j: pool_weights[j]
+      else:
+        weight = lambda j: pool_weights[:, j, None, None]
+
+    def block(adj: jax.Array) -> jax.Array:  # [G, N, N] or [B, G, N, N] -> [G, B] logits
+      mask = role_mask if shared or role_mask.ndim == 1 else role_mask[:, None, :]
+      s = normalized_adjacency(adj, mask)
+      role_axis = s.ndim - 2
+      col_sum = s.sum(axis=-2)  # [..., N]: what a constant input row aggregates to
+      role_term = sum(s[..., i, :, None] * role_part[i] for i in range(n))  # S^T role_part: [..., N, H]
+      node = lambda x, i: jax.lax.index_in_dim(x, i, role_axis, keepdims=False)
+
+      def gcn_layer(z, bias, j):  # relu(row j of S^T z + colsum(S)_j bias), z given per role
+        return jax.nn.relu(sum(expand(s[..., i, j]) * node(z, i) for i in range(n)) + expand(col_sum[..., j]) * bias)
+
+      # Layer 1, factored: S^T (role_part + query_part) = S^T role_part + colsum(S) query_part.
+      if shared:  # [G, N, B, H]
+        h = jax.nn.relu(role_term[:, :, None, :] + col_sum[:, :, None, None] * query_term + in_bias)
+      else:  # [B, G, N, H]
+        h = jax.nn.relu(role_term + col_sum[..., None] * query_term[:, :, None, :] + in_bias)
+      if not layers:
+        pooled = sum(weight(j) * node(h, j) for j in range(n))
+      for index, (kernel, bias) in enumerate(layers):
+        z = h @ kernel  # one [G*N*B, H] x [H, H] matmul
+        if index < len(layers) - 1:
+          h = jnp.stack([gcn_layer(z, bias, j) for j in range(n)], axis=role_axis)
+        else:  # the last layer's aggregation, relu and mean-pooling in one pass
+          pooled = sum(weight(j) * gcn_layer(z, bias, j) for j in range(n))
+      logits = jax.nn.relu(pooled @ head_kernel + head_bias) @ out_kernel + out_bias
+      return logits if shared else logits.T
+
+    if not shared:
+      adjs = jnp.broadcast_to(adjs, (batch, num_graphs, n, n))
+    blocks, per_block = block_layout(num_graphs, batch)
+    pad = blocks * per_block - num_graphs  # padding: empty graphs, sliced off again
+    if shared:
+      stacked = jnp.pad(adjs, ((0, pad), (0, 0), (0, 0))).reshape(blocks, per_block, n, n)
+    else:
+      stacked = jnp.pad(adjs, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(batch, blocks, per_block, n, n)
+      stacked = jnp.moveaxis(stacked, 1, 0)
+    # One block needs no loop (a while loop costs a few microseconds per call at small B x K).
+    scores = block(stacked[0])[None] if blocks == 1 else jax.lax.map(block, stacked)  # [blocks, G, B]
+    return scores.reshape(blocks * per_block, batch)[:num_graphs].T
+
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl"))
-def score_pool(graphdef, params, query_emb, adjs, role_mask=None, impl: str = "segment"):
+def score_pool(graphdef, params, query_emb, adjs, role_mask=None, impl: str = "dense"):
   """Jitted pure scoring: logits [B, K] from split classifier state."""
   return nnx.merge(graphdef, params)(query_emb, adjs, role_mask, impl=impl)
 
