@@ -162,10 +162,21 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
   return code if isinstance(code, str) else None
 
 
+def _server_message(exc: openai.APIStatusError) -> str:
+  """What the server said: the error body's message, else its text (an HTML page of a proxy, ...)."""
+  body = exc.body
+  if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+    return _short(body["message"], 200)
+  if isinstance(body, str) and body.strip():
+    return _short(body, 200)
+  message = str(getattr(exc, "message", "") or "")
+  return _short(message.split(" - ", 1)[1] if message.startswith("Error code:") and " - " in message else message, 200)
+
+
 def _status_failure(exc: openai.APIStatusError, spec: ModelSpec, base_url: str) -> Failure:
   """The cause of an HTTP error answer."""
   status = exc.status_code
-  message = _short(getattr(exc, "message", "") or "", 200)
+  message = _server_message(exc)
   code = _error_code(exc)
   if status == 401:
     hint = (f"check the API key in ${spec.api_key_env}" if spec.api_key_env else
@@ -471,6 +482,8 @@ class OpenAIBackend:
         second_try = False
         await asyncio.sleep(min(outcome.retry_after_s or 0.2, remaining / 4))
         continue
+      if outcome.kind in ("timeout", "connect_timeout"):  # the wait since the probe began, not this attempt's
+        return dataclasses.replace(outcome, cause=f"timeout after {_seconds(timeout_s)} s")
       return outcome
 
   async def _attempt(self, client: openai.AsyncOpenAI, spec: ModelSpec, messages: Sequence[Message],
