@@ -9,9 +9,10 @@ on another (1 CPU): orbax reads each array and lays it out as the target says.
 Every finished step gets a manifest of its files (size and CRC-32). Restoring
 checks it first: a step with a truncated or changed file (a full disk, a copy
 cut short) is moved out of the way, with a warning, and the newest intact step
-is restored instead. Steps without a manifest (written before it existed, or
-killed between orbax's commit and the manifest) are tried as they are, and
-still fall back if orbax cannot read them.
+is restored instead. A step orbax fails to read (one without a manifest:
+written before manifests existed, or killed between orbax's commit and the
+manifest) moves aside only when an older step reads with the same target;
+otherwise the target is what is wrong, and orbax's error is raised.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class Checkpointer:
     self._manager.wait_until_finished()
     pending, self._unmanifested = self._unmanifested, []
     for step in pending:
-      if self._step_dir(step).is_dir():  # not already dropped by max_to_keep
+      if jax.process_index() == 0 and self._step_dir(step).is_dir():  # one writer; not dropped by max_to_keep
         write_manifest(self._step_dir(step))
 
   def close(self) -> None:

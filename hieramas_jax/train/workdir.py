@@ -155,9 +155,10 @@ def saved_checkpoint_config(workdir: str | pathlib.Path, stage: str) -> tuple[in
     if ckpt.latest_step() is None:
       return None
     meta = ckpt.metadata()
+    step = int(meta.get("step", ckpt.latest_step() or 0))
   if not isinstance(meta.get("config"), dict):
     return None
-  return int(meta.get("step", ckpt.latest_step() or 0)), meta["config"]
+  return step, meta["config"]
 
 
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> tuple[list, list]:
