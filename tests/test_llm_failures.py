@@ -14,12 +14,16 @@ import sys
 import textwrap
 import time
 
+import aiohttp
+import httpcore2
+import httpx2
+import openai
 import pytest
 
 from hieramas_jax import executor
 from hieramas_jax.llm.base import Response, UnknownModelError, Usage
 from hieramas_jax.llm.cache import CacheError, CachedBackend, ResponseCache, cache_key
-from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy
+from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy, _connection_failure
 from hieramas_jax.llm.pool import paper_pool
 from hieramas_jax.llm.preflight import EndpointError, apreflight, preflight
 from hieramas_jax.llm.sim import SimulatedBackend, default_world
@@ -175,6 +179,43 @@ def test_a_timeout_is_reported_with_its_length():
     response = executor.run_sync(backend.complete("Qwen3-8B", MESSAGES))
     assert response.error == "timeout after 0.2 s (after 2 attempts)"
     backend.close()
+
+
+def _chained(*errors):
+  """errors[0] raised from errors[1] raised from ... (the way openai wraps transport errors)."""
+  for outer, inner in zip(errors, errors[1:]):
+    outer.__cause__ = inner
+  return errors[0]
+
+
+def test_causes_come_from_the_innermost_errors():
+  request = httpx2.Request("POST", "http://h/v1/chat/completions")
+
+  def cause(*errors):
+    # openai raises APITimeoutError over an httpx timeout, APIConnectionError over the rest.
+    outer = (openai.APITimeoutError(request) if isinstance(errors[0], httpx2.TimeoutException) else
+             openai.APIConnectionError(request=request))
+    return _connection_failure(_chained(outer, *errors), host="h", timeout_s=120, connect_timeout_s=10).cause
+
+  key = aiohttp.client_reqrep.ConnectionKey("h", 80, False, True, None, None, None)
+  # The aiohttp transport maps every failed connect to httpx's ConnectTimeout.
+  refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connect call failed"))
+  assert cause(httpx2.ConnectTimeout("x"), refused) == "connection refused"
+  unreachable = aiohttp.ClientConnectorError(key, OSError(101, "Network is unreachable"))
+  assert cause(httpx2.ConnectTimeout("x"), unreachable) == "connection error: Network is unreachable"
+  assert cause(httpx2.ConnectTimeout("x"), aiohttp.ConnectionTimeoutError("x")) == "connect timeout after 10 s"
+  assert cause(httpx2.ReadTimeout("x"), aiohttp.SocketTimeoutError("x")) == "timeout after 120 s"
+  assert cause(httpx2.ConnectTimeout("x"), aiohttp.ServerDisconnectedError()) == (
+      "connection closed by the server before it answered")
+  # The httpx transport.
+  assert cause(httpx2.ConnectTimeout("x"), httpcore2.ConnectTimeout("x")) == "connect timeout after 10 s"
+  assert cause(httpx2.ReadTimeout("x"), httpcore2.ReadTimeout("x")) == "timeout after 120 s"
+  assert cause(httpx2.ConnectError("x"), socket.gaierror(-2, "Name or service not known")) == (
+      "DNS lookup failed for host h")
+  assert cause(httpx2.ConnectError("x"), OSError(101, "Network is unreachable")) == (
+      "connection error: Network is unreachable")
+  assert cause(httpx2.RemoteProtocolError("Server disconnected")) == (
+      "connection closed by the server before it answered")
 
 
 def test_finish_reason_travels_from_the_wire_into_the_cache(tmp_path):

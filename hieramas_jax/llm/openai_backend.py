@@ -32,6 +32,7 @@ import time
 import urllib.parse
 from typing import Any, AsyncIterator, Collection, Mapping, Sequence
 
+import aiohttp
 import httpx2
 import openai
 
@@ -40,10 +41,6 @@ from hieramas_jax.llm.pool import ModelSpec, validate_pool
 from hieramas_jax.llm.preflight import PROBE_MAX_TOKENS, PROBE_MESSAGES
 from hieramas_jax.llm.tokens import count_message_tokens, count_tokens
 
-try:  # the default transport; absent only in an install without the aiohttp extra
-  import aiohttp
-except ImportError:  # pragma: no cover
-  aiohttp = None
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,15 +90,25 @@ def _seconds(value: float) -> str:
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:
-  """exc, its cause, the cause's cause, ... (``__context__`` where no ``__cause__``)."""
+  """exc, its cause, the cause's cause, ... (``__context__`` where no ``__cause__``; aiohttp's ``os_error``)."""
   chain: list[BaseException] = []
   seen: set[int] = set()
   current: BaseException | None = exc
   while current is not None and id(current) not in seen:
     seen.add(id(current))
     chain.append(current)
-    current = current.__cause__ or current.__context__
+    nested = getattr(current, "os_error", None)
+    current = current.__cause__ or current.__context__ or (nested if isinstance(nested, BaseException) else None)
   return chain
+
+
+_DNS_ERRORS = (socket.gaierror,) + tuple(
+    t for t in (getattr(aiohttp, "ClientConnectorDNSError", None),) if t is not None)  # aiohttp >= 3.10
+_TLS_ERRORS = (ssl.SSLError, ssl.CertificateError, aiohttp.ClientSSLError)
+_DISCONNECT_ERRORS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, httpx2.RemoteProtocolError,
+                      aiohttp.ServerDisconnectedError)
+_AIOHTTP_CONNECT_TIMEOUTS = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None)  # aiohttp >= 3.10
 
 
 def _connection_failure(exc: BaseException, *, host: str | None, timeout_s: float,
@@ -115,39 +122,30 @@ def _connection_failure(exc: BaseException, *, host: str | None, timeout_s: floa
   """
   chain = _exception_chain(exc)
 
-  def has(*types: type) -> bool:
-    return any(isinstance(e, types) for e in chain)
+  def first(*types: type) -> BaseException | None:
+    return next((e for e in chain if isinstance(e, types)), None)
 
-  aiohttp_error = aiohttp.ClientError if aiohttp is not None else ()
-  if has(ConnectionRefusedError):
+  if first(ConnectionRefusedError) is not None:
     return Failure("connection refused", "refused", True)
-  dns_types: tuple[type, ...] = (socket.gaierror,)
-  if aiohttp is not None:
-    dns_types += (aiohttp.ClientConnectorDNSError,)
-  if has(*dns_types):
+  if first(*_DNS_ERRORS) is not None:
     return Failure(f"DNS lookup failed for host {host or '?'}", "dns", True)
-  tls_types: tuple[type, ...] = (ssl.SSLError, ssl.CertificateError)
-  if aiohttp is not None:
-    tls_types += (aiohttp.ClientSSLError,)
-  if has(*tls_types):
-    root = next(e for e in chain if isinstance(e, tls_types))
-    return Failure(f"TLS error: {_short(str(root), 200)}", "tls", False)
-  disconnect_types: tuple[type, ...] = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
-                                        httpx2.RemoteProtocolError)
-  if aiohttp is not None:
-    disconnect_types += (aiohttp.ServerDisconnectedError,)
-  if has(*disconnect_types):
+  tls = first(*_TLS_ERRORS)
+  if tls is not None:
+    return Failure(f"TLS error: {_short(str(tls), 200)}", "tls", False)
+  if first(*_DISCONNECT_ERRORS) is not None:
     return Failure("connection closed by the server before it answered", "disconnected", True)
-  connect_timeout = has(aiohttp.ConnectionTimeoutError) if aiohttp is not None else False
-  if not connect_timeout and has(httpx2.ConnectTimeout) and not (aiohttp is not None and has(aiohttp_error)):
-    connect_timeout = True  # the httpx transport: its ConnectTimeout means what it says
-  if connect_timeout:
+  # aiohttp's ConnectionTimeoutError is a connect timeout; httpx's ConnectTimeout is
+  # one only without aiohttp below it (the aiohttp transport maps more to it).
+  if ((_AIOHTTP_CONNECT_TIMEOUTS and first(*_AIOHTTP_CONNECT_TIMEOUTS) is not None) or
+      (first(httpx2.ConnectTimeout) is not None and first(aiohttp.ClientError) is None)):
     return Failure(f"connect timeout after {_seconds(connect_timeout_s)} s", "connect_timeout", True)
-  if has(TimeoutError, httpx2.TimeoutException, openai.APITimeoutError):
-    return Failure(f"timeout after {_seconds(timeout_s)} s", "timeout", True)
-  os_error = next((e for e in reversed(chain) if isinstance(e, OSError) and e.strerror), None)
+  # Before the timeouts: the aiohttp transport reports any failed connect as a timeout.
+  os_error = next((e for e in reversed(chain)
+                   if isinstance(e, OSError) and not isinstance(e, TimeoutError) and e.strerror), None)
   if os_error is not None:
     return Failure(f"connection error: {os_error.strerror}", "connection", True)
+  if first(TimeoutError, httpx2.TimeoutException, openai.APITimeoutError) is not None:
+    return Failure(f"timeout after {_seconds(timeout_s)} s", "timeout", True)
   root = chain[-1]
   detail = _short(str(root), 200)
   return Failure(f"connection error: {type(root).__name__}" + (f": {detail}" if detail else ""), "connection",
