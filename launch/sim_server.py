@@ -51,8 +51,8 @@ _MODEL_FAULTS = flags.DEFINE_string("fault_models", "{}",
                                     'JSON object model -> fault kind applied to every request, e.g. {"X": "500"}.')
 _RETRY_AFTER = flags.DEFINE_float("retry_after_s", 0.05, "Retry-After of injected 429s.")
 _STALL = flags.DEFINE_float("stall_s", 30.0, "Seconds a stalled request hangs.")
-_PROBE_FAULTS = flags.DEFINE_bool("fault_probes", False,
-                                  "Preflight probes meet the rate and first-attempt faults too (not only --fault_models).")
+_PROBE_FAULTS = flags.DEFINE_bool(
+    "fault_probes", False, "Preflight probes meet the rate and first-attempt faults too (not only --fault_models).")
 
 
 def _load_task(spec: str):

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from hieramas_jax.llm.base import Response, Usage, error_response
-from hieramas_jax.llm.cache import CachedBackend, ResponseCache, cache_key
+from hieramas_jax.llm.cache import CacheError, CachedBackend, ResponseCache, cache_key
 
 MSGS = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -144,4 +144,40 @@ def test_a_raising_backend_releases_waiters(tmp_path, exc):
 
   outcomes = asyncio.run(run())
   assert all(isinstance(o, BaseException) for o in outcomes)
+  assert not backend._in_flight  # pylint: disable=protected-access
+
+
+def test_close_closes_the_wrapped_backend_and_the_file(tmp_path):
+  class Closable(CountingBackend):
+
+    def __init__(self):
+      super().__init__()
+      self.closed = 0
+
+    def close(self):
+      self.closed += 1
+
+  inner = Closable()
+  backend = CachedBackend(inner, tmp_path / "c.sqlite")
+  asyncio.run(backend.complete("m", MSGS))
+  backend.close()
+  assert inner.closed == 1
+  with pytest.raises(CacheError, match=f"response cache {tmp_path / 'c.sqlite'}: .*already closed"):
+    asyncio.run(backend.complete("m", MSGS))
+  backend.close()  # twice is harmless
+  assert len(ResponseCache(tmp_path / "c.sqlite")) == 1
+
+
+def test_a_response_that_cannot_be_stored_still_reaches_every_waiter(tmp_path):
+  backend = CachedBackend(CountingBackend(delay_s=0.05), tmp_path / "c.sqlite")
+
+  async def run():
+    jobs = [asyncio.ensure_future(backend.complete("m", MSGS)) for _ in range(2)]
+    await asyncio.sleep(0.01)  # both wait: the first on the backend, the second on the first
+    backend.cache.close()  # storing the answer will fail
+    return await asyncio.gather(*jobs, return_exceptions=True)
+
+  first, shared = asyncio.run(run())
+  assert isinstance(first, CacheError)  # said, not swallowed
+  assert shared.ok and shared.cached and backend.stats.shared == 1
   assert not backend._in_flight  # pylint: disable=protected-access
