@@ -264,6 +264,24 @@ def test_cache_misses_when_the_endpoint_served_name_or_seeding_changes(tmp_path)
   assert len(ResponseCache(path)) == 4
 
 
+def test_cache_misses_when_the_simulated_world_changes(tmp_path):
+  path = tmp_path / "sim.sqlite"
+
+  def ask(seed):
+    inner = SimulatedBackend(default_world(seed=seed), TASK, PROBLEMS)
+    cached = CachedBackend(inner, path)
+    response = asyncio.run(cached.complete("Qwen3-8B", MESSAGES))
+    cached.close()
+    return response, inner.calls
+
+  first, calls = ask(0)
+  assert not first.cached and calls == 1
+  again, calls = ask(0)
+  assert again.cached and calls == 0  # same world: a hit
+  other, calls = ask(1)
+  assert not other.cached and calls == 1  # sim_seed changed: a miss, not seed 0's answer
+
+
 def test_the_key_covers_the_identity_and_every_parameter():
   base = cache_key("m", MESSAGES, {"temperature": 0.7}, 0, identity={"base_url": "http://a/v1"})
   variants = [

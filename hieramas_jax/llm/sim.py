@@ -792,6 +792,15 @@ class SimulatedBackend:
       await asyncio.sleep(response.latency * self.latency_scale)
     return response
 
+  def cache_identity(self, model: str) -> dict[str, str]:
+    """What besides the request decides the answers (part of the response cache key): the world."""
+    del model
+    world, digest = getattr(self, "_world_digest", (None, ""))
+    if world is not self.world:  # worlds are frozen: one digest per world object (repr is deterministic)
+      digest = hashlib.sha256(repr(self.world).encode()).hexdigest()
+      self._world_digest = (self.world, digest)
+    return {"simulated_world": digest}
+
 
 # ---------------------------------------------------------------------------
 # The oracle.
