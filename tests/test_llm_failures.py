@@ -23,7 +23,7 @@ import pytest
 from hieramas_jax import executor
 from hieramas_jax.llm.base import Response, UnknownModelError, Usage
 from hieramas_jax.llm.cache import CacheError, CachedBackend, ResponseCache, cache_key
-from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy, _connection_failure
+from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy, _connection_failure, _status_failure
 from hieramas_jax.llm.pool import paper_pool
 from hieramas_jax.llm.preflight import EndpointError, apreflight, preflight
 from hieramas_jax.llm.sim import SimulatedBackend, default_world
@@ -216,6 +216,31 @@ def test_causes_come_from_the_innermost_errors():
       "connection error: Network is unreachable")
   assert cause(httpx2.RemoteProtocolError("Server disconnected")) == (
       "connection closed by the server before it answered")
+
+
+def test_http_errors_say_what_to_fix():
+  request = httpx2.Request("POST", "http://h/v1/chat/completions")
+  keyed, keyless = paper_pool(["Qwen3-8B"], api_key_env="MY_KEY")[0], paper_pool(["Qwen3-8B"])[0]
+
+  def cause(status, spec=keyed, **error):
+    body = {"error": {"message": "m", "type": "t", "param": None, "code": None, **error}}
+    response = httpx2.Response(status, request=request, json=body, headers={"retry-after": "3"})
+    client = openai.OpenAI(api_key="x", base_url="http://h/v1")  # builds the error the way a call does
+    exc = client._make_status_error_from_response(response)  # pylint: disable=protected-access
+    return _status_failure(exc, spec, "http://h/v1")
+
+  assert cause(401, spec=keyless).cause == (
+      "HTTP 401 unauthorized (the server wants an API key: set api_key_env for this model and export the key)")
+  assert cause(403).cause == "HTTP 403 forbidden: m (check the API key in $MY_KEY)"
+  assert cause(404).cause == ("HTTP 404 not found: http://h/v1/chat/completions (check base_url; "
+                              "OpenAI-compatible servers usually end in /v1)")
+  assert cause(404, code="model_not_found").cause == "HTTP 404 model 'Qwen3-8B' not found on this server"
+  quota = cause(429, code="insufficient_quota")
+  assert quota.cause.startswith("HTTP 429 quota exceeded: m") and not quota.retryable
+  busy = cause(429)
+  assert busy.cause == "HTTP 429 rate limited: m" and busy.retryable and busy.retry_after_s == 3.0
+  assert cause(400).cause == "HTTP 400: m" and not cause(400).retryable
+  assert cause(503).retryable and cause(408).retryable
 
 
 def test_finish_reason_travels_from_the_wire_into_the_cache(tmp_path):

@@ -46,14 +46,14 @@ async def apreflight(backend: Any, models: Iterable[str], *, timeout_s: float = 
 
   Args:
     backend: any backend (a CachedBackend is looked through).
-    models: the models the run will call (repeats are probed once).
+    models: the models the run will call (repeats are probed once, None ignored).
     timeout_s: the whole check finishes within this many seconds.
 
   Raises:
     UnknownModelError: a model the backend does not serve.
     EndpointError: one line per failing model: name, base URL, cause.
   """
-  names = sorted(set(models))
+  names = sorted({m for m in models if m is not None})  # None: a skipped slot
   check_models(backend, names)
   inner = _unwrap(backend)
   probe = getattr(inner, "probe", None)
