@@ -5,8 +5,29 @@ messages of every call (proposer, synthesizer, decision node) and the trainer as
 it to grade texts. Simulated LLMs ask it to render an answer in the task's format.
 
 Subclasses set ``name``, ``roles`` and ``answer_instruction`` and implement
-``load``, ``extract``, ``grade`` and ``render_answer``; the prompt builders below
-are a working default that subclasses may override.
+``load``, ``extract``, ``grade`` and ``render_answer``. The prompt builders
+below lay out every call the same way for all tasks; a task fills them with its
+text (personas, rules, synthesis checklists, the decision node's instruction and
+an optional worked example).
+
+Layout of the user message (the simulator relies on it: the question starts a
+line, every quoted output sits under a ``[Header]`` line of its own, and the
+text after the last quoted output holds no answer except ``answer_instruction``,
+which it strips):
+
+    Problem:
+    <question>
+
+    Outputs of other roles of your team (...):      <- predecessors, if any
+    [Role name]
+    <output>
+
+    Several <role>s answered independently (...):  <- synthesizer only
+    [Candidate 1]
+    <proposal>
+
+    <checklist / instruction>
+    <answer_instruction>                              <- roles that give an answer
 """
 
 from __future__ import annotations
@@ -36,10 +57,15 @@ class RoleSpec:
   """A functional role (a supernode of P proposers and one synthesizer)."""
 
   name: str
-  description: str
+  description: str  # the persona: what the role does and how (system prompts; also embedded for the selector)
   # Planners and analysts give no answer of their own: their node reward is
   # undefined and training credits them with the system reward only.
   gives_answer: bool = True
+  # What the role's synthesizer checks when it merges its proposers' responses
+  # (a short numbered list; empty: the task's generic checklist).
+  synthesis_checklist: tuple[str, ...] = ()
+  # What a role that gives no answer writes instead (empty: the task's default).
+  analysis_instruction: str = ""
 
 
 class Task(abc.ABC):
@@ -47,7 +73,24 @@ class Task(abc.ABC):
 
   name: str = ""
   roles: tuple[RoleSpec, ...] = ()
-  answer_instruction: str = ""  # the one output-format instruction of the task
+  # The one output-format instruction of the task, word for word the same in
+  # every prompt that asks for an answer (the simulator strips it by its text).
+  answer_instruction: str = ""
+  # Rules every call of the task obeys (the end of every system prompt).
+  task_rules: str = ""
+  # What a role that gives no answer writes, unless the role says otherwise.
+  analysis_instruction: str = "Give your analysis for the team; you need not state a final result."
+  # The synthesizer's checklist for roles that give none of their own.
+  synthesis_checklist: tuple[str, ...] = (
+      "Check each response against the problem, step by step.",
+      "Where the responses disagree, find out which reasoning holds and why.",
+      "Keep what is right, correct what is wrong, and write one response.",
+  )
+  # The decision node: its persona (system prompt) and what it is asked to do.
+  decision_persona: str = ("You are the top decision-maker of a team: you weigh the outputs of its roles, check them "
+                           "against the problem, and give the final result.")
+  decision_instruction: str = ("Compare the outputs of the team step by step, find their errors, decide which "
+                               "reasoning holds, and give the reason for your decision.")
 
   # ---- data -------------------------------------------------------------
   @abc.abstractmethod
@@ -84,22 +127,49 @@ class Task(abc.ABC):
     known = ", ".join(r.name for r in self.roles)
     raise KeyError(f"task {self.name!r} has no role {name!r}; its roles are: {known}")
 
-  # ---- prompts (default implementation) ---------------------------------
+  # ---- prompts ----------------------------------------------------------
   def system_prompt(self, role: RoleSpec) -> str:
-    return f"You are the {role.name} of a team solving a problem together. {role.description}"
+    """A proposer's system prompt: the role's name first (who speaks), its persona, the task's rules."""
+    return _join(f"You are the {role.name} of a team that solves problems together.", role.description,
+                 self.task_rules)
+
+  def synthesizer_system_prompt(self, role: RoleSpec) -> str:
+    """The synthesizer's system prompt: the role's persona and the job of merging its proposers' responses."""
+    return _join(f"You are the {role.name} of a team that solves problems together.", role.description,
+                 f"Several {role.name}s have worked on the problem independently. You judge their responses "
+                 "step by step, give reasons for what you keep and what you reject, and write the single "
+                 f"response of the {role.name} role.", self.task_rules)
+
+  def decision_system_prompt(self) -> str:
+    """The decision node's system prompt (it names no role: the decision node is none of them)."""
+    return _join(self.decision_persona, self.task_rules)
+
+  def decision_example(self) -> list[Message]:
+    """A worked example (user and assistant turns) shown to the decision node first; none by default."""
+    return []
+
+  def closing_instruction(self, role: RoleSpec) -> str:
+    """The last paragraph of a role's prompt: the answer format, or what a role without an answer writes."""
+    if role.gives_answer:
+      return self.answer_instruction
+    return role.analysis_instruction or self.analysis_instruction
+
+  def _problem_and_predecessors(self, problem: Problem, predecessors: Sequence[tuple[str, str]]) -> list[str]:
+    parts = [f"Problem:\n{problem.question}"]
+    if predecessors:
+      parts.append("Outputs of other roles of your team (use them as advice: check them critically and do not "
+                   "copy their reasoning):")
+      parts.extend(f"[{name}]\n{text}" for name, text in predecessors)
+    return parts
 
   def proposer_messages(
       self, problem: Problem, role: RoleSpec, predecessors: Sequence[tuple[str, str]]
   ) -> list[Message]:
     """One proposer call of ``role``; ``predecessors`` are (role name, output) pairs."""
-    parts = [f"Problem:\n{problem.question}"]
-    if predecessors:
-      parts.append("Outputs of your teammates:")
-      parts.extend(f"[{name}]\n{text}" for name, text in predecessors)
-    parts.append(self.answer_instruction if role.gives_answer else
-                 "Give your analysis for the team; you need not give a final answer.")
+    parts = self._problem_and_predecessors(problem, predecessors)
+    parts.append(self.closing_instruction(role))
     return [{"role": "system", "content": self.system_prompt(role)},
-            {"role": "user", "content": "\n\n".join(parts)}]
+            {"role": "user", "content": "\n\n".join(p for p in parts if p)}]
 
   def synthesizer_messages(
       self,
@@ -108,30 +178,42 @@ class Task(abc.ABC):
       proposals: Sequence[str],
       predecessors: Sequence[tuple[str, str]],
   ) -> list[Message]:
-    """The synthesizer call of ``role``: reads its proposals, writes the role's output."""
-    parts = [f"Problem:\n{problem.question}"]
-    if predecessors:
-      parts.append("Outputs of your teammates:")
-      parts.extend(f"[{name}]\n{text}" for name, text in predecessors)
-    if proposals:
-      parts.append("Candidate responses for your role:")
-      parts.extend(f"[Candidate {i + 1}]\n{text}" for i, text in enumerate(proposals))
-      parts.append("Judge the candidates, keep what is right, and write the best single response.")
-    parts.append(self.answer_instruction if role.gives_answer else
-                 "Give your analysis for the team; you need not give a final answer.")
-    return [{"role": "system", "content": self.system_prompt(role)},
-            {"role": "user", "content": "\n\n".join(parts)}]
+    """The synthesizer call of ``role``: reads its proposals, writes the role's output.
+
+    With no proposals (all skipped or failed) the synthesizer does the role's work
+    alone, with the proposer's prompt.
+    """
+    if not proposals:
+      return self.proposer_messages(problem, role, predecessors)
+    parts = self._problem_and_predecessors(problem, predecessors)
+    parts.append(f"Several {role.name}s answered independently; their responses follow.")
+    parts.extend(f"[Candidate {i + 1}]\n{text}" for i, text in enumerate(proposals))
+    checklist = role.synthesis_checklist or self.synthesis_checklist
+    parts.append("\n".join([f"Your task as the {role.name}:"] +
+                           [f"{i + 1}. {item}" for i, item in enumerate(checklist)]))
+    parts.append(self.closing_instruction(role))
+    return [{"role": "system", "content": self.synthesizer_system_prompt(role)},
+            {"role": "user", "content": "\n\n".join(p for p in parts if p)}]
 
   def decision_messages(
       self, problem: Problem, role_outputs: Sequence[tuple[str, str]]
   ) -> list[Message]:
     """The decision node: reads every role's output and gives the final answer."""
-    parts = [f"Problem:\n{problem.question}"]
+    return ([{"role": "system", "content": self.decision_system_prompt()}] + self.decision_example()
+            + [{"role": "user", "content": self.decision_user_prompt(problem.question, role_outputs)}])
+
+  def decision_user_prompt(self, question: str, role_outputs: Sequence[tuple[str, str]]) -> str:
+    """The decision node's user message for ``question`` (also used to write the worked example)."""
+    parts = [f"Problem:\n{question}"]
     if role_outputs:
-      parts.append("Outputs of the team:")
+      parts.append("Outputs of the roles of your team:")
       parts.extend(f"[{name}]\n{text}" for name, text in role_outputs)
+      parts.append(self.decision_instruction)
+    else:
+      parts.append("No role of the team gave an output; solve the problem yourself.")
     parts.append(self.answer_instruction)
-    system = ("You make the final decision for a team of experts. Weigh their outputs, "
-              "check them against the problem, and give the final answer.")
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": "\n\n".join(parts)}]
+    return "\n\n".join(p for p in parts if p)
+
+
+def _join(*sentences: str) -> str:
+  return " ".join(s.strip() for s in sentences if s and s.strip())

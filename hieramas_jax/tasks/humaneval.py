@@ -30,20 +30,59 @@ from hieramas_jax import paths
 from hieramas_jax import sandbox
 from hieramas_jax.tasks import base
 
+# The paper's five HumanEval roles, in our words: three write a short analysis
+# (at most 50 words), two write the full function in a code block.
+_SHORT = "Reply concisely, in at most 50 words and a few points, with no code block: "
 CODE_ROLES = (
-    base.RoleSpec("Project Manager", "You plan the work: restate the requirements, the inputs and outputs, the "
-                  "edge cases, and split the task into steps for the team.", gives_answer=False),
-    base.RoleSpec("Algorithm Designer", "You choose the approach: describe the algorithm, its data structures and "
-                  "its complexity, and how it handles the edge cases.", gives_answer=False),
-    base.RoleSpec("Programming Expert", "You write the implementation: correct, complete, idiomatic Python that "
-                  "follows the signature and the docstring exactly."),
-    base.RoleSpec("Test Analyst", "You test the proposed code in your head: run the docstring examples and tricky "
-                  "cases through it and report every failure you find.", gives_answer=False),
-    base.RoleSpec("Bug Fixer", "You repair the code: take the team's implementation and test findings and write "
-                  "a corrected version."),
+    base.RoleSpec(
+        "Project Manager",
+        "You oversee the structure of the code: propose a simple design that does the task correctly and "
+        "concisely, without over-engineering, and follows good practice for maintainable code: which functions "
+        "(often just one) and which classes (often none) are needed.",
+        gives_answer=False,
+        synthesis_checklist=("Judge each design suggestion for clarity and maintainability.",
+                             "Pick out the good practices they name.", "Merge them into one design."),
+        analysis_instruction=_SHORT + "the structure the code should have."),
+    base.RoleSpec(
+        "Algorithm Designer",
+        "You specify the algorithm: its steps, the data structures and helper functions it uses, how to call "
+        "it, and pseudocode of the main logic when that logic is involved.",
+        gives_answer=False,
+        synthesis_checklist=("Compare the algorithms proposed.", "Find the most efficient one that is correct.",
+                             "Describe that algorithm clearly."),
+        analysis_instruction=_SHORT + "the algorithm, with short pseudocode if its logic is involved."),
+    base.RoleSpec(
+        "Programming Expert",
+        "You write the full implementation of the function. Code from teammates may have passed some checks "
+        "and still be wrong.",
+        synthesis_checklist=("Check that each implementation does what the docstring asks.",
+                             "Check the edge cases and the error handling.",
+                             "Where the implementations differ, decide which one is right.")),
+    base.RoleSpec(
+        "Test Analyst",
+        "You find problems in the current code or plan from the docstring's examples and any test feedback, and "
+        "name the special cases and boundary conditions the code must handle.",
+        gives_answer=False,
+        synthesis_checklist=("Collect every edge case and boundary condition found.",
+                             "Add the test scenarios the analyses missed.", "Turn them into clear testing guidance."),
+        analysis_instruction=_SHORT + "the failures you find and the cases the code must handle."),
+    base.RoleSpec(
+        "Bug Fixer",
+        "You improve the code: from the team's design, algorithm, implementation and test findings, write a "
+        "corrected full implementation.",
+        synthesis_checklist=("Judge each proposed fix.", "Find the root cause of each bug.",
+                             "Keep the most robust fix.")),
 )
-CODE_ANSWER_INSTRUCTION = ("Give the complete Python function, with its signature and the imports it needs, in "
-                           "one ```python fenced code block.")
+# The paper's format for code roles and the decision node: nothing but the full function in a code block.
+CODE_ANSWER_INSTRUCTION = ("Reply with only one ```python code block holding the complete function: restate its "
+                           "signature unchanged (same name and parameters), include the imports it needs, and write "
+                           "nothing outside the block.")
+CODE_TASK_RULES = ("The problem is a Python function signature with its docstring; never rename the function or "
+                   "change its parameters.")
+CODE_DECISION_PERSONA = ("You are the top decision-maker of a programming team, and you reply only with Python "
+                         "code.")
+CODE_DECISION_INSTRUCTION = ("Using the team's designs, algorithms, code and test findings, write the final "
+                             "implementation of the function.")
 
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _CODE_START = re.compile(r"^(?:import |from \w|def |class |@|async def )", re.M)
@@ -192,6 +231,11 @@ class HumanEvalTask(base.Task):
   name = "humaneval"  # "humaneval_plus" when plus=True
   roles = CODE_ROLES
   answer_instruction = CODE_ANSWER_INSTRUCTION
+  task_rules = CODE_TASK_RULES
+  synthesis_checklist = ("Check that each response fits the signature and the docstring.",
+                         "Where the responses differ, decide which is right.", "Keep what is right in one response.")
+  decision_persona = CODE_DECISION_PERSONA
+  decision_instruction = CODE_DECISION_INSTRUCTION
 
   def __init__(self, plus: bool = False, timeout_s: float | None = None, memory_mb: int = 1024,
                max_procs: int = 16, max_workers: int | None = None, isolation: str = "auto"):
@@ -296,7 +340,7 @@ class HumanEvalTask(base.Task):
 
   def render_answer(self, problem: base.Problem, correct: bool, rng: random.Random) -> str:
     if correct:
-      return f"Here is the implementation.\n\n```python\n{problem.answer.rstrip()}\n```\n"
+      return _code_block(problem.answer)
     body = problem.meta["canonical_solution"].rstrip().splitlines()
     while body and not body[-1].strip():
       body.pop()
@@ -304,4 +348,9 @@ class HumanEvalTask(base.Task):
       broken = "\n".join(body[:-1])  # the last line removed
     else:
       broken = "    raise NotImplementedError('not finished')"
-    return f"Here is the implementation.\n\n```python\n{problem.meta['prompt']}{broken}\n```\n"
+    return _code_block(problem.meta["prompt"] + broken)
+
+
+def _code_block(code: str) -> str:
+  """A reply in the format the code prompts ask for: only the full function in a python code block."""
+  return f"```python\n{code.rstrip()}\n```\n"

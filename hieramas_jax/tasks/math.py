@@ -23,20 +23,73 @@ from hieramas_jax import paths
 from hieramas_jax.tasks import base
 from hieramas_jax.tasks import math_grading
 
+# The paper's three MATH roles and what each synthesizer checks, in our words.
 MATH_ROLES = (
-    base.RoleSpec("Mathematical Analyst",
-                  "You study the problem before anyone solves it: restate what is asked, name the "
-                  "concepts and formulas that apply, and outline a plan of attack.",
-                  gives_answer=False),
-    base.RoleSpec("Math Solver",
-                  "You carry out the solution: compute carefully, show each step, and reach an exact "
-                  "final answer."),
-    base.RoleSpec("Inspector",
-                  "You check the work of the team: verify each step and the final answer against the "
-                  "problem, fix any error you find, and state the answer you are confident in."),
+    base.RoleSpec(
+        "Mathematical Analyst",
+        "You model the problem before computing: give every unknown and every given quantity a letter, write the "
+        "relations between them step by step, then substitute the given values into that model and compute.",
+        gives_answer=False,
+        synthesis_checklist=(
+            "Check that each analysis models the problem correctly with its variables.",
+            "Verify the substitution of the values and each computation.",
+            "Where the analyses differ, decide which model of the problem is right."),
+        analysis_instruction=("Write out your model and the substitution for the team; you need not end with a "
+                              "final-result line.")),
+    base.RoleSpec(
+        "Math Solver",
+        "You solve the problem step by step, using your teammates' hints where they help, and show every step "
+        "of your work.",
+        synthesis_checklist=(
+            "Check every step of each solution for mathematical errors.",
+            "Find the solution whose reasoning is most reliable.",
+            "Where the solutions reach different results, decide which one is correct and explain why.")),
+    base.RoleSpec(
+        "Inspector",
+        "You check the team's work: test the logic and every calculation of your teammates' analyses and "
+        "solutions (and any code they wrote) for errors, then solve the problem step by step yourself.",
+        synthesis_checklist=(
+            "Weigh what each inspector found right or wrong in the team's work.",
+            "Combine their checks into one verdict.",
+            "Settle on the result that holds up best.")),
 )
-MATH_ANSWER_INSTRUCTION = ("Reason step by step, then give the final answer in simplest exact form inside "
-                           "\\boxed{}, for example \\boxed{\\frac{3}{4}}.")
+# The paper's format: the last line states the result alone, with no units (no \boxed{}).
+MATH_ANSWER_INSTRUCTION = ("The last line of your reply must be \"The answer is N\", where N is the final result "
+                           "alone: exact and simplified, LaTeX where needed (for example \\frac{3}{4} or "
+                           "2\\sqrt{5}), with no units and nothing after it.")
+MATH_TASK_RULES = ("Never write drawing code (Asymptote, TikZ, PSTricks or the like): reason with mathematics and "
+                   "calculation only.")
+MATH_DECISION_PERSONA = ("You are the top decision-maker of a team of mathematicians, good at analysing math "
+                         "problems, judging other people's solutions, and giving the final result.")
+MATH_DECISION_INSTRUCTION = ("Analyse the team's work step by step: find where their outputs disagree and why, "
+                             "decide which reasoning is right, and give the reasons for your decision.")
+
+# A worked example shown to the decision node once (the paper's code shows one
+# too): the roles disagree about what a percentage is taken of, and the decision
+# names the error of each wrong reading before it picks the right one.
+MATH_DECISION_EXAMPLE_QUESTION = (
+    "A bookshop sells a novel for 18 dollars after taking 25% off its original price. In a later sale the shop "
+    "takes 40% off the original price instead. How many dollars does the novel cost in the later sale?")
+MATH_DECISION_EXAMPLE_OUTPUTS = (
+    ("Mathematical Analyst",
+     "Let p be the original price. The first sale gives p(1 - 0.25) = 18, so p = 24. The later sale charges "
+     "0.6p = 0.6 * 24 = 14.4.\nThe answer is 14.4"),
+    ("Math Solver",
+     "25% off means the original price is 25% more than the sale price: 18 * 1.25 = 22.5. Taking 40% off "
+     "gives 22.5 * 0.6 = 13.5.\nThe answer is 13.5"),
+    ("Inspector",
+     "The later sale takes 40% off, so the price is 18 * (1 - 0.4) = 10.8.\nThe answer is 10.8"),
+)
+MATH_DECISION_EXAMPLE_REPLY = (
+    "The three roles disagree about what each discount is taken of, so I check that first.\n"
+    "The Math Solver adds 25% to the sale price. But the 25% is taken off the original price, so the sale price "
+    "is 75% of the original: the original is 18 / 0.75 = 24, not 22.5.\n"
+    "The Inspector takes 40% off the sale price of 18, but the problem says the later discount is taken off the "
+    "original price.\n"
+    "The Mathematical Analyst takes both discounts off the original price: 0.75p = 18 gives p = 24, and the "
+    "later price is 0.6 * 24 = 14.4. Check: 24 * 0.75 = 18 matches the given price. This reading follows the "
+    "problem, so I take it.\n"
+    "The answer is 14.4")
 
 _FILES = {"math500": "math/math500_test.jsonl", "math_test": "math/math_test.jsonl"}
 _HF_SOURCES = {  # split -> (dataset, config names or None, dataset split)
@@ -98,6 +151,9 @@ class MathTask(base.Task):
   name = "math"
   roles = MATH_ROLES
   answer_instruction = MATH_ANSWER_INSTRUCTION
+  task_rules = MATH_TASK_RULES
+  decision_persona = MATH_DECISION_PERSONA
+  decision_instruction = MATH_DECISION_INSTRUCTION
 
   def __init__(self, timeout_s: int = 5):
     self.timeout_s = timeout_s  # math-verify's per-call limit (main thread only)
@@ -171,11 +227,27 @@ class MathTask(base.Task):
     stated = math_grading.graded_answer(*found)  # None: refused (e.g. "the answer is 17 + 25")
     return math_grading.equivalent(problem.answer, stated, timeout_s=self.timeout_s)
 
+  def decision_example(self) -> list[base.Message]:
+    return math_decision_example(self)
+
   def render_answer(self, problem: base.Problem, correct: bool, rng: random.Random) -> str:
     if correct:
-      return f"Working through the problem gives the result. The final answer is \\boxed{{{problem.answer}}}."
+      return answer_line_text(problem.answer)
     for wrong in math_grading.perturb(problem.answer, rng):
-      text = f"Working through the problem gives the result. The final answer is \\boxed{{{wrong}}}."
+      text = answer_line_text(wrong)
       if not self.grade(problem, text):
         return text
-    return "I could not reach a final answer."  # no extractable answer: graded wrong
+    return "I could not reach a final result."  # no extractable answer: graded wrong
+
+
+def answer_line_text(answer: str) -> str:
+  """A short reply in the format the MATH prompts ask for: the last line is "The answer is N"."""
+  one_line = " ".join(answer.split())  # an answer that spans lines must still sit on the last line
+  return f"Working through the problem step by step gives the result.\nThe answer is {one_line}"
+
+
+def math_decision_example(task: base.Task) -> list[base.Message]:
+  """The decision node's worked example, laid out as ``task`` lays out a real decision prompt."""
+  return [{"role": "user", "content": task.decision_user_prompt(MATH_DECISION_EXAMPLE_QUESTION,
+                                                                MATH_DECISION_EXAMPLE_OUTPUTS)},
+          {"role": "assistant", "content": MATH_DECISION_EXAMPLE_REPLY}]

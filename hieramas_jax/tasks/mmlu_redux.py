@@ -25,21 +25,73 @@ from hieramas_jax.tasks import math_grading
 
 LETTERS = "ABCDEFGHIJ"
 
+def _combine(insights: str) -> str:
+  return f"Combine the strongest {insights} into one analysis."
+
+
+# The paper's eight MMLU roles (its "Knowlegable Expert" spelled right) and
+# what each synthesizer checks, in our words.
 MMLU_ROLES = (
-    base.RoleSpec("Knowledgeable Expert", "You bring broad, accurate knowledge of the subject and recall "
-                  "the facts and definitions the question depends on."),
-    base.RoleSpec("Critic", "You look for flaws: test each option and each argument of the team, and say "
-                  "which reasoning does not hold."),
-    base.RoleSpec("Mathematician", "You handle anything quantitative or logical: calculations, formal "
-                  "reasoning and elimination of impossible options."),
-    base.RoleSpec("Psychologist", "You bring knowledge of human behaviour, cognition and mental health."),
-    base.RoleSpec("Historian", "You bring knowledge of history, chronology, and political and social context."),
-    base.RoleSpec("Doctor", "You bring knowledge of medicine, biology, anatomy and health."),
-    base.RoleSpec("Lawyer", "You bring knowledge of law, legal reasoning, ethics and institutions."),
-    base.RoleSpec("Economist", "You bring knowledge of economics, business, finance and statistics."),
+    base.RoleSpec(
+        "Knowledgeable Expert",
+        "You answer questions from broad, accurate knowledge: name the key entities and concepts the question "
+        "turns on (the terms you would look up in an encyclopedia, such as a named effect, a person or a law; "
+        "none if nothing needs looking up) and recall what is known about them.",
+        synthesis_checklist=("Pick out the key concepts and entities the analyses rely on.",
+                             "Check the facts each analysis states.", _combine("reasoning"))),
+    base.RoleSpec(
+        "Critic",
+        "You are a sharp critic: go through the other analyses point by point and show where their reasoning "
+        "fails.",
+        synthesis_checklist=("Judge whether each critique's points are valid.", "Find the strongest objections.",
+                             "Determine which option best survives this scrutiny.")),
+    base.RoleSpec(
+        "Mathematician",
+        "You are a mathematician, strong at arithmetic, logic puzzles and planning several steps ahead.",
+        synthesis_checklist=("Check the mathematical correctness of each line of reasoning.",
+                             "Verify the calculations and the logical steps.", _combine("mathematical arguments"))),
+    base.RoleSpec(
+        "Psychologist",
+        "You are a psychologist who also knows sociology and philosophy, and you give scientifically grounded "
+        "advice.",
+        synthesis_checklist=("Consider the cognitive and behavioural factors the analyses raise.",
+                             "Judge the scientific soundness of each analysis.",
+                             _combine("psychological insights"))),
+    base.RoleSpec(
+        "Historian",
+        "You are a historian: you study the cultural, economic, political and social events of the past from "
+        "primary sources and explain what happened in each period.",
+        synthesis_checklist=("Check the historical facts and context.",
+                             "Weigh the evidence and reasoning of each analysis.", _combine("historical insights"))),
+    base.RoleSpec(
+        "Doctor",
+        "You are a physician: you know illnesses and their treatments, conventional and alternative, and you "
+        "weigh a patient's age, lifestyle and medical history.",
+        synthesis_checklist=("Check the medical accuracy of each analysis.",
+                             "Take the relevant biological and health factors into account.",
+                             _combine("medical insights"))),
+    base.RoleSpec(
+        "Lawyer",
+        "You are a lawyer who knows law, politics and history.",
+        synthesis_checklist=("Check the legal accuracy and reasoning of each analysis.",
+                             "Consider the laws, precedents and principles that apply.", _combine("legal arguments"))),
+    base.RoleSpec(
+        "Economist",
+        "You are an economist who knows economics, finance and business, reads charts, and follows the "
+        "macroeconomic situation of the world's economies.",
+        synthesis_checklist=("Check the economic reasoning and principles of each analysis.",
+                             "Consider the market and financial factors involved.", _combine("economic insights"))),
 )
-MMLU_ANSWER_INSTRUCTION = ("Think it through, then end your response with the line \"The answer is (X)\", "
-                           "where X is the letter of the single best option.")
+# The paper's single-letter rule, the same words in every MMLU prompt (roles,
+# synthesizers, decision node and baselines), so no prompt contradicts another.
+MMLU_ANSWER_INSTRUCTION = ("Put only the letter of the correct option (A, B, C or D) on the first line of your "
+                           "reply. Below it, justify your choice with brief step-by-step reasoning, in fewer than "
+                           "100 words in all.")
+MMLU_TASK_RULES = "The question comes with options labelled by letters, and exactly one option is correct."
+MMLU_DECISION_PERSONA = ("You are the top decision-maker of a team: good at analysing and summarising other "
+                         "people's opinions, finding their errors, and making the final choice.")
+MMLU_DECISION_INSTRUCTION = ("Analyse the team's reasoning step by step, find its errors, and choose the option "
+                             "that the soundest reasoning supports.")
 
 
 def normalize_error_type(value: str | None) -> str:
@@ -249,6 +301,12 @@ class MMLUReduxTask(base.Task):
   name = "mmlu_redux"
   roles = MMLU_ROLES
   answer_instruction = MMLU_ANSWER_INSTRUCTION
+  task_rules = MMLU_TASK_RULES
+  synthesis_checklist = ("Check each analysis against the question and the options.",
+                         "Find where the analyses disagree and which reasoning holds.",
+                         "Determine which option the soundest reasoning supports.")
+  decision_persona = MMLU_DECISION_PERSONA
+  decision_instruction = MMLU_DECISION_INSTRUCTION
 
   def load(self, split: str = "test", path: str | pathlib.Path | None = None, limit: int | None = None,
            subjects: Iterable[str] | None = None, only_ok: bool = False) -> list[base.Problem]:
@@ -308,4 +366,7 @@ class MMLUReduxTask(base.Task):
     letter = problem.answer
     if not correct:
       letter = rng.choice([c for c in LETTERS[:num_choices] if c != problem.answer])
-    return f"Weighing the options against each other, one fits best.\nThe answer is ({letter})"
+    # The format the prompts ask for: the letter alone on the first line, then a
+    # short justification (which names the letter again, so the answer is still
+    # found when a simulated reply puts reasoning before it).
+    return f"{letter}\nOption {letter} is the best choice: it fits the question better than the other options."

@@ -323,6 +323,9 @@ class SyntheticTask(base.Task):
   name = "synthetic"
   roles = math_task.MATH_ROLES
   answer_instruction = math_task.MATH_ANSWER_INSTRUCTION
+  task_rules = math_task.MATH_TASK_RULES
+  decision_persona = math_task.MATH_DECISION_PERSONA
+  decision_instruction = math_task.MATH_DECISION_INSTRUCTION
 
   def load(self, split: str = "train", n: int = 500, seed: int = 0, limit: int | None = None,
            subjects: Iterable[str] | None = None, levels: Iterable[int] | None = None) -> list[base.Problem]:
@@ -380,18 +383,20 @@ class SyntheticTask(base.Task):
       return False  # prose the reader cannot read as a final value, or an equation ("2x = 8"), is no answer
     return math_grading.equivalent(problem.answer, stated)  # a boxed \sqrt{144} and the like
 
+  def decision_example(self) -> list[base.Message]:
+    return math_task.math_decision_example(self)
+
   def render_answer(self, problem: base.Problem, correct: bool, rng: random.Random) -> str:
     if correct:
-      return f"Carrying out the computation step by step, the final answer is \\boxed{{{problem.answer}}}."
+      return math_task.answer_line_text(problem.answer)
     gold = read_exact(problem.answer)
     if gold is not None:
       offset = Fraction(rng.choice([-3, -2, -1, 1, 2, 3, 5]))
       if gold.value.denominator != 1 and rng.random() < 0.5:
         offset = Fraction(1, gold.value.denominator)  # a near miss: one part off
-      wrong = Answer(gold.value + offset, gold.pi).latex()
-      return f"Carrying out the computation step by step, the final answer is \\boxed{{{wrong}}}."
+      return math_task.answer_line_text(Answer(gold.value + offset, gold.pi).latex())
     for wrong in math_grading.perturb(problem.answer, rng):
-      text = f"Carrying out the computation step by step, the final answer is \\boxed{{{wrong}}}."
+      text = math_task.answer_line_text(wrong)
       if not self.grade(problem, text):
         return text
     return "I could not finish the computation."
