@@ -149,9 +149,21 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Candidate DAG pools.
   c.graphs = ml_collections.ConfigDict()
-  c.graphs.density_range = (0.0, 1.0)
+  c.graphs.density_range = (0.0, 1.0)  # stage 1's pool
+  c.graphs.stage2_density_range = (0.0, 1.0)  # DAGs of stage-2 data generation (paper: MATH 0.3-1.0)
+  # The candidates scored at inference and the random-DAG baselines (paper: 0.3-0.7).
+  c.graphs.candidate_density_range = (0.0, 1.0)
   c.graphs.train_pool_size = 64
   c.graphs.num_candidates = 100  # K scored at inference (paper: 100-200)
+
+  # Inference rules on the selector's argmax (HieraMAS.plan/run, evaluation; see train/rollout.inference_actions).
+  c.inference = ml_collections.ConfigDict()
+  # Roles whose synthesizer argmax is `skip` are dropped, at most this many (highest p(skip) first) and never every
+  # answer-giving role; the others run their best model. -1: no cap, every such role dropped (paper: MATH 0, MMLU 2).
+  c.inference.max_skipped_roles = -1
+  # Proposer i of a role takes model top[i mod N] of the top-N models of one seeded proposer row (0: argmax each;
+  # paper: MATH 2, HumanEval 2, MMLU 3).
+  c.inference.rotate_top_n = 0
 
   # Stage 1: REINFORCE on the selector.
   c.stage1 = ml_collections.ConfigDict()
@@ -208,6 +220,7 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage2.graphs_per_query = 32  # G
   c.stage2.top_k = 8
   c.stage2.samples_per_graph = 8
+  c.stage2.reward_cost_solved = 300.0  # c_s of the labels' system reward (paper: 500); c_f is stage1's
   c.stage2.epochs = 30
   c.stage2.batch_size = 32
   c.stage2.learning_rate = 3e-3
@@ -248,18 +261,30 @@ _BEFORE_FIELD_EXISTED = {("selector", "skip_head"): "shared", ("selector", "inpu
                          ("stage1", "keep_margin"): 0.0}
 
 
+# Fields added after a checkpoint was written whose role another field played until then: that field's saved value.
+_COPIED_BEFORE_FIELD_EXISTED = {("graphs", "stage2_density_range"): ("graphs", "density_range"),
+                                ("graphs", "candidate_density_range"): ("graphs", "density_range"),
+                                ("stage2", "reward_cost_solved"): ("stage1", "reward_cost_solved")}
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with, on top of today's defaults.
 
   Fields added to the defaults after the checkpoint was written take today's
   default, except those of ``_BEFORE_FIELD_EXISTED``, which take the value the
-  checkpoint was trained with (so its parameters rebuild); every saved value wins.
+  checkpoint was trained with (so its parameters rebuild), and those of
+  ``_COPIED_BEFORE_FIELD_EXISTED``, which take the saved value of the field that
+  did their work then; every saved value wins.
   """
   task = (saved.get("task") or {}).get("name") or "math"
   saved = {key: dict(value) if isinstance(value, dict) else value for key, value in saved.items()}
   for (section, field), value in _BEFORE_FIELD_EXISTED.items():
     if isinstance(saved.get(section), dict):
       saved[section].setdefault(field, value)
+  for (section, field), (from_section, from_field) in _COPIED_BEFORE_FIELD_EXISTED.items():
+    source = saved.get(from_section)
+    if isinstance(saved.get(section), dict) and isinstance(source, dict) and from_field in source:
+      saved[section].setdefault(field, source[from_field])
   return ml_collections.ConfigDict(_merge(base_config(task).to_dict(), saved))
 
 

@@ -99,6 +99,10 @@ def _number(field: str, value: Any) -> float:
   return float(value)
 
 
+def _whole(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_range(field: str, value: Any, low: float | None = None, high: float | None = None, *,
                  low_open: bool = False, high_open: bool = False, why: str = "") -> None:
   """ConfigError unless ``low <(=) value <(=) high`` (a None bound is no bound)."""
@@ -120,14 +124,17 @@ def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
     raise ConfigError(f"{field}={value!r}; choose one of {', '.join(repr(c) for c in choices)}")
 
 
-def density_bounds(value: Any) -> tuple[float, float]:
-  """graphs.density_range as (low, high) with 0 <= low <= high <= 1, or ConfigError saying how to write it."""
-  how = "give a pair (low, high) with 0 <= low <= high <= 1, e.g. --config.graphs.density_range='(0.3, 0.7)'"
+DENSITY_FIELDS = ("density_range", "stage2_density_range", "candidate_density_range")  # of config.graphs
+
+
+def density_bounds(value: Any, field: str = "graphs.density_range") -> tuple[float, float]:
+  """A density range (``field``) as (low, high) with 0 <= low <= high <= 1, or ConfigError saying how to write it."""
+  how = f"give a pair (low, high) with 0 <= low <= high <= 1, e.g. --config.{field}='(0.3, 0.7)'"
   if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-    raise ConfigError(f"graphs.density_range={value!r}; {how}")
-  lo, hi = (_number("graphs.density_range", v) for v in value)
+    raise ConfigError(f"{field}={value!r}; {how}")
+  lo, hi = (_number(field, v) for v in value)
   if not 0.0 <= lo <= hi <= 1.0:
-    raise ConfigError(f"graphs.density_range={tuple(value)!r}; {how}")
+    raise ConfigError(f"{field}={tuple(value)!r}; {how}")
   return lo, hi
 
 
@@ -196,11 +203,20 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
     raise ConfigError(f"stage1.keep_margin={c.stage1.keep_margin}; it counts standard errors and must be >= 0 "
                       "(0 keeps the parameters of the highest validation reward)")
   if num_roles is not None:
-    lo, hi = density_bounds(c.graphs.density_range)
-    try:
-      graphs.edge_count_range(num_roles, (lo, hi))
-    except ValueError as e:
-      raise ConfigError(f"graphs.density_range: {e}") from None
+    for name in DENSITY_FIELDS:
+      if name in c.graphs:
+        lo, hi = density_bounds(c.graphs[name], f"graphs.{name}")
+        try:
+          graphs.edge_count_range(num_roles, (lo, hi))
+        except ValueError as e:
+          raise ConfigError(f"graphs.{name}: {e}") from None
+  if "inference" in c:
+    if not _whole(c.inference.max_skipped_roles) or c.inference.max_skipped_roles < -1:
+      raise ConfigError(f"inference.max_skipped_roles={c.inference.max_skipped_roles!r}; give the most roles "
+                        "inference may drop (0 drops none) or -1 for no cap")
+    if not _whole(c.inference.rotate_top_n) or c.inference.rotate_top_n < 0:
+      raise ConfigError(f"inference.rotate_top_n={c.inference.rotate_top_n!r}; give how many top models the "
+                        "proposers rotate over (e.g. 2), or 0 to give each proposer its own argmax")
   return specs
 
 
@@ -223,6 +239,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
                        ("stage2.weight_decay", c.stage2.weight_decay), ("stage1.entropy_coef", c.stage1.entropy_coef),
                        ("stage1.reward_cost_solved", c.stage1.reward_cost_solved),
                        ("stage1.reward_cost_failed", c.stage1.reward_cost_failed),
+                       ("stage2.reward_cost_solved", c.stage2.get("reward_cost_solved", 0.0)),
                        ("llm.temperature", c.llm.temperature), ("llm.max_retries", c.llm.max_retries),
                        ("llm.sim_latency_s", c.llm.sim_latency_s)]:
     _check_range(field, value, 0)
@@ -239,7 +256,9 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
       raise ConfigError(f"{field}={value!r}; it must be a list (on the command line: "
                         f"--config.{field}='[...]' or a comma-separated list)")
-  density_bounds(c.graphs.density_range)
+  for name in DENSITY_FIELDS:
+    if name in c.graphs:
+      density_bounds(c.graphs[name], f"graphs.{name}")
 
 
 # ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ RESUME_FIELDS = (
     "selector.num_proposers", "selector.hidden_dim", "selector.synthesizer_may_skip", "selector.proposer_may_skip",
     "selector.skip_head", "selector.input_scale",
     "gcn.role_dim", "gcn.hidden_dim", "gcn.num_layers", "gcn.mlp_dim",
-    "graphs.density_range", "graphs.train_pool_size", "graphs.num_candidates",
+    "graphs.density_range", "graphs.stage2_density_range", "graphs.train_pool_size", "graphs.num_candidates",
     "stage1.batch_size", "stage1.baseline", "stage1.group_size",
     "stage2.graphs_per_query", "stage2.top_k", "stage2.samples_per_graph",
 )
