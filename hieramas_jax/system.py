@@ -11,6 +11,14 @@ runs on that one device. Graph scoring is sharded over all local devices along
 the candidate axis K (``ShardedGraphScorer``); every device scores blocks of a
 size that does not depend on the device count, so 1 and 8 devices give
 bit-identical scores.
+
+The models per position are the selector's argmax under ``config.inference``
+(the paper's inference rules): ``max_skipped_roles`` caps how many roles may be
+dropped (their synthesizer's argmax is ``skip``; highest p(skip) first, never
+every answer-giving role) and ``rotate_top_n`` makes a role's proposers rotate
+over the top models of one seeded proposer row. The candidate DAGs come from
+``graphs.candidate_density_range``. ``set_inference_rules`` changes the rules
+of a loaded system.
 """
 
 from __future__ import annotations
@@ -312,6 +320,8 @@ class HieraMAS:
       graph_choice_reason: why there is no classifier, when there is none.
     """
     config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+    if "inference" not in config:  # a config from before the inference rules: their defaults (plain argmax)
+      config.inference = config_lib.base_config(config.task.name).inference
     if workdir is None:
       config.llm.cache = False
       config.encoder.cache = False
@@ -508,16 +518,40 @@ class HieraMAS:
     return self._pool.copy()
 
   # ---- the LLM selector -----------------------------------------------------
+  def set_inference_rules(self, *, max_skipped_roles: int | None = None, rotate_top_n: int | None = None) -> None:
+    """Changes ``config.inference`` for later plans (the checkpoint's values otherwise); None keeps a field.
+
+    Args:
+      max_skipped_roles: the most roles dropped per query, -1 for no cap.
+      rotate_top_n: proposers rotate over this many top models, 0 for each its own argmax.
+    """
+    if max_skipped_roles is not None:
+      if isinstance(max_skipped_roles, bool) or int(max_skipped_roles) != max_skipped_roles or max_skipped_roles < -1:
+        raise ValueError(f"max_skipped_roles={max_skipped_roles!r}; give the most roles inference may drop "
+                         "(0 drops none) or -1 for no cap")
+      self.config.inference.max_skipped_roles = int(max_skipped_roles)
+    if rotate_top_n is not None:
+      if isinstance(rotate_top_n, bool) or int(rotate_top_n) != rotate_top_n or rotate_top_n < 0:
+        raise ValueError(f"rotate_top_n={rotate_top_n!r}; give how many top models the proposers rotate over, or "
+                         "0 for none")
+      self.config.inference.rotate_top_n = int(rotate_top_n)
+
+  def selector_logits(self, queries: Sequence[str | Problem]) -> np.ndarray:
+    """The selector's unmasked logits [B, R, P+1, M+1] (option M is ``skip``)."""
+    problems = self.problems(queries)
+    b, r = len(problems), len(self.roles)
+    if b == 0:
+      return np.zeros((0, r, self.config.selector.num_proposers + 1, len(self.specs) + 1), np.float32)
+    qr = self._embed([environment.query_role_text(p, role) for p in problems for role in self.roles])
+    qr = jax.device_put(qr.reshape(b, r, -1), self._selector_sharding)
+    return np.asarray(sel.selector_logits(self._sel_graphdef, self._sel_params, qr, self._option_emb))
+
   def _actions(self, problems: Sequence[Problem]) -> np.ndarray:
-    """The selector's argmax option indices [B, R, P+1]."""
+    """The selector's option indices [B, R, P+1]: argmax under the ``inference`` rules (skip cap, rotation)."""
     b, r = len(problems), len(self.roles)
     if b == 0:
       return np.zeros((0, r, self.config.selector.num_proposers + 1), np.int64)
-    qr = self._embed([environment.query_role_text(p, role) for p in problems for role in self.roles])
-    qr = jax.device_put(qr.reshape(b, r, -1), self._selector_sharding)
-    logits = sel.selector_logits(self._sel_graphdef, self._sel_params, qr, self._option_emb)
-    valid = jax.device_put(rollout.selection_mask(self.environment, b).valid, self._selector_sharding)
-    return np.asarray(sel.argmax(logits, valid))
+    return np.asarray(rollout.inference_actions(self.environment, self.selector_logits(problems), problems))
 
   def _fixed_actions(self, count: int, model: str) -> np.ndarray:
     if model not in self.model_names:
@@ -529,7 +563,11 @@ class HieraMAS:
                   fixed_model: str | None = None) -> list[list[list[str | None]]]:
     """Per query, per role, the model of each position [R][P+1] (None = skip).
 
-    ``fixed_model`` puts that one model at every position (the no-selection ablation).
+    The selector's argmax under ``config.inference``: at most
+    ``max_skipped_roles`` roles dropped (-1: no cap), never every answer-giving
+    role when capped, and proposers rotating over the top ``rotate_top_n``
+    models (see ``train.rollout.apply_inference_rules``). ``fixed_model`` puts
+    that one model at every position (the no-selection ablation).
     """
     problems = self.problems(problems)
     actions = self._fixed_actions(len(problems), fixed_model) if fixed_model else self._actions(problems)

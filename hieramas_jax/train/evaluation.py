@@ -1,4 +1,8 @@
-"""Held-out comparison at the end of training: the learned system against random choices."""
+"""Held-out comparison at the end of training: the learned system against random choices.
+
+The learned rows use the selector as inference does (``config.inference``: the
+skip cap and proposer rotation of ``rollout.inference_actions``).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def compare_on_split(env: Environment, sel_graphdef, sel_params, cls_graphdef, c
   """HieraMAS (selector + best-of-K DAG) vs selector on a random DAG vs random assignment on a random DAG."""
   problems = env.splits[split]
   n = len(problems)
-  learned = rollout.greedy_actions(env, sel_graphdef, sel_params, split, np.arange(n))
+  learned = rollout.inference_greedy_actions(env, sel_graphdef, sel_params, split, np.arange(n))
   random_dags = rollout.fixed_random_dags(pool, n, env.config.seed + 11)
   rows = {}
   if cls_params is not None:

@@ -1,8 +1,9 @@
 """Stage 2: train the graph classifier on ranked random DAGs under the frozen selector.
 
 For every training and validation query, the frozen (argmax) selector's
-assignment runs on G random DAGs; the DAGs are ranked by system reward and the
-top-k solved ones are labelled positive. The GCN is trained with class-weighted
+assignment runs on G random DAGs (density in ``graphs.stage2_density_range``);
+the DAGs are ranked by system reward, with stage 2's own c_s
+(``stage2.reward_cost_solved``), and the top-k solved ones are labelled positive. The GCN is trained with class-weighted
 BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
 kept. Labels are stored in the workdir, so a resumed run does not re-execute;
 a collection with too many failed queries raises ``rollout.FailedCallsError``
@@ -38,9 +39,19 @@ def build_classifier(env: Environment):
 
 
 def candidate_pool(env: Environment) -> np.ndarray:
-  """The K candidate DAGs scored at inference (all distinct ones when fewer exist)."""
+  """The K candidate DAGs scored at inference, density in ``graphs.candidate_density_range`` (all distinct ones
+  when fewer exist)."""
   return graphs.dag_pool(env.config.seed + 2, env.num_roles, env.config.graphs.num_candidates,
-                         tuple(env.config.graphs.density_range), allow_fewer=True)
+                         tuple(env.config.graphs.candidate_density_range), allow_fewer=True)
+
+
+def data_pool(env: Environment) -> np.ndarray:
+  """The DAGs stage-2 data generation draws from, density in ``graphs.stage2_density_range``.
+
+  The same seed and size as ``candidate_pool``: with equal ranges the two pools are the same DAGs.
+  """
+  return graphs.dag_pool(env.config.seed + 2, env.num_roles, env.config.graphs.num_candidates,
+                         tuple(env.config.graphs.stage2_density_range), allow_fewer=True)
 
 
 def label_graphs(rewards_: np.ndarray, solved: np.ndarray, valid: np.ndarray, top_k: int) -> np.ndarray:
@@ -91,7 +102,8 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
                               where=f"stage 2 data collection ({split} split)")
   s1 = env.config.stage1
   shape = (q_count, g, s)
-  reward = outcome.system_reward(s1.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(shape).mean(-1)
+  # The labels' own c_s (paper: 500, against stage 1's 300); c_f and the counted cost are stage 1's.
+  reward = outcome.system_reward(c.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(shape).mean(-1)
   solved = outcome.final_solved.reshape(shape).mean(-1) >= 0.5
   valid = outcome.valid.reshape(shape).all(-1)
   cost = outcome.total_cost.reshape(shape).mean(-1)
@@ -157,7 +169,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   config, c = env.config, env.config.stage2
   data_dir = workdir / "stage2_data"
   data_dir.mkdir(parents=True, exist_ok=True)
-  pool = candidate_pool(env)
+  pool = data_pool(env)
   train = _load_or_collect(env, data_dir / "train.npz", sel_graphdef, sel_params, "train", pool)
   val = _load_or_collect(env, data_dir / "val.npz", sel_graphdef, sel_params, "val", pool)
   n_pos = int((train.labels * train.valid).sum())
