@@ -23,6 +23,9 @@ Methods (shapes in calls per query):
 * ``run_neuromas``: NeuroMAS-style layered role-free network: ``depth`` layers of
   ``width`` plain LLM nodes, each node reads all outputs of the previous layer,
   one final node aggregates the last layer. ``depth * width + 1`` calls.
+* ``single_call_role_plans``: the paper's Full-Graph and Random-Graph baselines as
+  executor plans: one model fills every role as a single call (no proposers) and
+  the decision node, on a given DAG of the roles. ``roles + 1`` calls.
 
 Prompts quote candidate texts in ``[Name]``-headed chunks after the problem, the
 format of the task's own prompts (the simulated pool reads candidates there).
@@ -42,6 +45,8 @@ import dataclasses
 import math
 import time
 from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+import numpy as np
 
 from hieramas_jax import executor
 from hieramas_jax.executor import CallRecord, Plan, QueryResult
@@ -483,6 +488,26 @@ def plan_critical_path(plan: Plan, result: QueryResult) -> float:
     ready = max((done[i] for i in checked.predecessors[r]), default=0.0)
     done[r] = ready + proposer[r] + synthesizer[r]
   return max(done.values(), default=0.0) + decision
+
+
+def single_call_role_plans(problems: Sequence[Problem], roles: Sequence[Any], model: str, adjacency: Any, *,
+                           num_proposers: int = 0, sample: int = 0) -> list[Plan]:
+  """Plans of the paper's Full-Graph / Random-Graph baselines (its code's ``aggregator_only`` and ``fixed_llm``).
+
+  Every role is one call of ``model`` (its synthesizer; the ``num_proposers``
+  proposer slots are left empty, so the assignment keeps the [R][P+1] shape),
+  and ``model`` is the decision node too. ``adjacency`` is one [R, R] DAG for
+  every query or [B, R, R], one per query.
+  """
+  adjs = np.asarray(adjacency)
+  if adjs.ndim == 2:
+    adjs = np.broadcast_to(adjs, (len(problems),) + adjs.shape)
+  if adjs.ndim != 3 or len(adjs) != len(problems):
+    raise ValueError(f"adjacency has shape {np.asarray(adjacency).shape}; give one [R, R] DAG or one per query "
+                     f"[{len(problems)}, R, R]")
+  row = [None] * int(num_proposers) + [model]
+  return [Plan(problem=p, roles=roles, assignment=[list(row) for _ in roles], adjacency=np.array(adj),
+               decision_model=model, sample=sample) for p, adj in zip(problems, adjs)]
 
 
 def outcomes_from_results(plans: Sequence[Plan], results: Sequence[QueryResult]) -> list[QueryOutcome]:

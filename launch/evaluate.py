@@ -24,12 +24,21 @@ Methods (--methods, comma-separated; default all):
   mixture                     --mixture_proposers proposers + one synthesizer (--baseline_model)
   mlpo                        MLPO-style untrained leader + --mlpo_peers peers x --mlpo_rounds
   neuromas                    NeuroMAS-style --neuromas_depth x --neuromas_width layers + aggregator
-  full_graph                  the selector's models on the full DAG of the roles
-  random_graph                the selector's models on a random DAG per query
+  full_graph                  the paper's Full-Graph: llm.decision_model as one call per role (no proposers)
+                              and as decision node, on the full DAG (all forward edges of the role order)
+  random_graph                the paper's Random-Graph: as full_graph on ONE seeded random DAG for the whole
+                              split (as the paper's code draws it), density in graphs.candidate_density_range
+  selector_full_graph         the selector's models on the full DAG of the roles
+  selector_random_graph       the selector's models on a random DAG per query (graphs.candidate_density_range)
   hieramas                    the selector's models on the classifier's best of K DAGs
   hieramas_no_selection       --fixed_model at every position, the classifier's DAG
   hieramas_no_classifier      the selector's models on one random DAG (the same for every query)
   single_each                 one row per pool model: a single plain call of that model
+
+"The selector's models" are its argmax under the --config's inference section
+(inference.max_skipped_roles: the most roles dropped per query, never every
+answer-giving role when capped; inference.rotate_top_n: proposers rotating over
+the top models of one seeded proposer row), the rules HieraMAS.plan applies.
 """
 
 from __future__ import annotations
@@ -54,10 +63,14 @@ from hieramas_jax.llm import base as llm_base
 from hieramas_jax.train import environment
 
 ALL_METHODS = ("single", "cot", "self_consistency", "debate", "mixture", "mlpo", "neuromas", "full_graph",
-               "random_graph", "hieramas", "hieramas_no_selection", "hieramas_no_classifier", "single_each")
+               "random_graph", "selector_full_graph", "selector_random_graph", "hieramas", "hieramas_no_selection",
+               "hieramas_no_classifier", "single_each")
+# Streams of the seeded random DAGs (apart from each other and from training's).
+_SELECTOR_RANDOM_DAGS_STREAM, _ONE_POOL_DAG_STREAM, _PAPER_RANDOM_DAG_STREAM = 101, 202, 303
 
 config_flags.DEFINE_config_file("config", None, "Configuration file of the run (configs/*.py[:args]); its task, "
-                                "sizes and seed define the split, its llm section the backend.", lock_config=True)
+                                "sizes and seed define the split, its llm section the backend, its inference "
+                                "section the selector's inference rules.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run: checkpoints and caches.")
 _OUT = flags.DEFINE_string("out", "", "Where the report goes (default <workdir>/eval).")
 _METHODS = flags.DEFINE_string("methods", "all", f"Comma list of methods or 'all': {', '.join(ALL_METHODS)}.")
@@ -176,6 +189,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
       raise EvaluationError(f"--config is for task {task.name!r} but the run in {workdir} was trained on "
                             f"{system.task.name!r}; pass that run's config")
     _warn_if_split_differs(config, getattr(system, "config", None))
+    _use_inference_rules(config, system, log)
     problems = list(system.problems(problems))
     pool_models = list(system.model_names)
     default_model = config.llm.decision_model
@@ -208,12 +222,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
         cache["graphs"] = (np.asarray(adjs), np.asarray(scores))
       return cache["graphs"]
 
+    def execute(plans) -> list[baselines.QueryOutcome]:
+      return baselines.outcomes_from_results(plans, executor.execute(plans, bk, tk, params=params))
+
     def run_plans(assignments, adjacencies) -> list[baselines.QueryOutcome]:
-      plans = [executor.Plan(problem=p, roles=system.roles, assignment=a, adjacency=np.asarray(adj),
-                             decision_model=system.decision_model, sample=0)
-               for p, a, adj in zip(problems, assignments, adjacencies)]
-      results = executor.execute(plans, bk, tk, params=params)
-      return baselines.outcomes_from_results(plans, results)
+      return execute([executor.Plan(problem=p, roles=system.roles, assignment=a, adjacency=np.asarray(adj),
+                                    decision_model=system.decision_model, sample=0)
+                      for p, a, adj in zip(problems, assignments, adjacencies)])
+
+    def run_single_call_roles(adjacency) -> list[baselines.QueryOutcome]:
+      return execute(baselines.single_call_role_plans(problems, system.roles, default_model, adjacency,
+                                                      num_proposers=int(system.config.selector.num_proposers)))
 
     def run_hieramas() -> list[baselines.QueryOutcome]:
       runs = system.run(problems)
@@ -221,15 +240,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
       plans = [getattr(r.plan, "plan", r.plan) for r in runs]
       return baselines.outcomes_from_results(plans, [r.result for r in runs])
 
+    density = tuple(system.config.graphs.candidate_density_range)
+
     def random_dags() -> np.ndarray:
-      rng = np.random.default_rng([seed, 101])
-      density = tuple(config.graphs.density_range)
+      rng = np.random.default_rng([seed, _SELECTOR_RANDOM_DAGS_STREAM])
       return np.stack([graphs.random_dag(rng, num_roles, density) for _ in problems])
 
     def one_random_dag() -> np.ndarray:
       pool = candidate_pool()
-      adj = pool[int(np.random.default_rng([seed, 202]).integers(len(pool)))]
+      adj = pool[int(np.random.default_rng([seed, _ONE_POOL_DAG_STREAM]).integers(len(pool)))]
       return np.stack([adj] * len(problems))
+
+    single_calls = f"{default_model} in every role (1 call, no proposers) and as decision node"
 
     runners: dict[str, tuple[str, Callable[[], list[baselines.QueryOutcome]]]] = {
         "single": (fixed, lambda: baselines.run_single(problems, bk, tk, fixed, params=params)),
@@ -250,10 +272,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
         "neuromas": (f"{base}, {s.neuromas_depth} x {s.neuromas_width} layers + aggregator",
                      lambda: baselines.run_neuromas(problems, bk, tk, base, depth=s.neuromas_depth,
                                                     width=s.neuromas_width, params=params)),
-        "full_graph": ("selector's models, full DAG",
-                       lambda: run_plans(selector_assignments(), [graphs.full(num_roles)] * len(problems))),
-        "random_graph": ("selector's models, a random DAG per query",
-                         lambda: run_plans(selector_assignments(), random_dags())),
+        "full_graph": (f"{single_calls}, full DAG", lambda: run_single_call_roles(graphs.full(num_roles))),
+        "random_graph": (f"{single_calls}, one random DAG for all queries (density {density[0]:g}-{density[1]:g})",
+                         lambda: run_single_call_roles(paper_random_dag(seed, num_roles, density))),
+        "selector_full_graph": ("selector's models, full DAG",
+                                lambda: run_plans(selector_assignments(), [graphs.full(num_roles)] * len(problems))),
+        "selector_random_graph": (f"selector's models, a random DAG per query (density {density[0]:g}-{density[1]:g})",
+                                  lambda: run_plans(selector_assignments(), random_dags())),
         "hieramas": (f"selector's models, classifier's best of {int(config.graphs.num_candidates)} DAGs",
                      run_hieramas),
         "hieramas_no_selection": (f"{fixed} at every position, classifier's DAG",
@@ -321,6 +346,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
   finally:
     if own_backend:
       executor.close_backend(backend)
+
+
+def paper_random_dag(seed: int, num_roles: int, density: tuple[float, float]) -> np.ndarray:
+  """The Random-Graph baseline's DAG: one seeded random DAG for the whole split, as the paper's code draws it."""
+  return graphs.random_dag(np.random.default_rng([int(seed), _PAPER_RANDOM_DAG_STREAM]), num_roles, density)
+
+
+def _use_inference_rules(config: ml_collections.ConfigDict, system, log: Callable[[str], None]) -> None:
+  """Applies the --config's inference section to the loaded system, saying when it differs from the trained one."""
+  if "inference" not in config:
+    return
+  wanted = {"max_skipped_roles": int(config.inference.max_skipped_roles),
+            "rotate_top_n": int(config.inference.rotate_top_n)}
+  trained = {k: system.config.inference.get(k) for k in wanted}
+  if wanted != trained:
+    log(f"inference rules from --config {wanted} replace the trained run's {trained}")
+  system.set_inference_rules(**wanted)
 
 
 def _topology_views(system, problems, verdicts) -> list[report.TopologyView]:

@@ -143,13 +143,18 @@ def test_evaluate_runs_every_method_and_writes_the_report(trained, tmp_path):
   assert sorted(rows) == sorted(expected)
   assert all(r["queries"] == 8 and r["failed"] == 0 for r in rows.values())
   # Calls per query follow each method's shape (defaults: 5 samples, 3x2 debate, 3+1 mixture,
-  # (3+1)x2 MLPO, 2x3+1 NeuroMAS; no selection: 3 roles x (2+1) positions + decision).
+  # (3+1)x2 MLPO, 2x3+1 NeuroMAS; no selection: 3 roles x (2+1) positions + decision; the paper's Full-Graph and
+  # Random-Graph: one call per role + decision).
   shape = {"single": 1, "cot": 1, "self_consistency": 5, "debate": 6, "mixture": 4, "mlpo": 8, "neuromas": 7,
-           "hieramas_no_selection": 10}
+           "hieramas_no_selection": 10, "full_graph": 4, "random_graph": 4}
   for method, calls in shape.items():
     assert rows[method]["calls"] == calls, method
+  for method in ("full_graph", "random_graph"):  # the decision model everywhere, as the setup says
+    assert rows[method]["setup"].startswith("GPT-4o-mini in every role (1 call, no proposers)"), method
+  assert "one random DAG for all queries (density 0-1)" in rows["random_graph"]["setup"]
   # The three selector-based rows share the selector's assignment: same number of calls.
-  assert rows["full_graph"]["calls"] == rows["random_graph"]["calls"] == rows["hieramas_no_classifier"]["calls"]
+  assert (rows["selector_full_graph"]["calls"] == rows["selector_random_graph"]["calls"]
+          == rows["hieramas_no_classifier"]["calls"])
   for r in rows.values():
     assert 0.0 <= r["accuracy"] <= 1.0 and r["cost_usd"] > 0 and r["latency_s"] > 0
   # The report's front flags agree with the rows.
