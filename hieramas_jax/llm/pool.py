@@ -4,17 +4,120 @@ A pool is a list of :class:`ModelSpec`. It comes from config as a list of plain
 dicts (``pool_from_config``); an entry that names a model of the paper's pool only
 needs the fields it changes (endpoint, key variable, wire name), the price and
 profile come from :data:`PAPER_POOL`. Validation happens once, before any call:
-an empty pool, duplicate names, negative prices or a missing API-key variable are
-reported with what to fix.
+an empty pool, duplicate names, negative prices, a missing API-key variable or a
+bad request option (``max_tokens_param``, ``fixed_temperature``, ``extra_body``)
+are reported with what to fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import math
+import numbers
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from hieramas_jax.llm.base import ConfigError, Usage
+
+
+# The names an endpoint takes for the cap on completion tokens: the legacy one (vLLM,
+# SGLang, Ollama, llama.cpp, OpenRouter, OpenAI's GPT-4o family) and the one that
+# OpenAI's reasoning models (GPT-5 family, o-series) require.
+MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+
+# Request fields that the backend sets itself, with what to use instead of extra_body.
+_RESERVED_BODY_FIELDS = {
+    "model": "the model id is served_name (or name)",
+    "messages": "the messages come from the plan",
+    "stream": "the backend reads whole answers",
+    "n": "one completion per call; repeated samples are separate calls (sample_index)",
+    "max_tokens": "the cap is the call's max_tokens (llm.max_tokens), sent under max_tokens_param",
+    "max_completion_tokens": "the cap is the call's max_tokens (llm.max_tokens), sent under max_tokens_param",
+    "temperature": "set fixed_temperature",
+}
+
+
+def _plain_json(value: Any, where: str) -> Any:
+  """``value`` as plain JSON data (dict, list, str, number, bool, None); ConfigError naming ``where`` if it is not."""
+  if hasattr(value, "to_dict") and not isinstance(value, Mapping):  # an ml_collections ConfigDict
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    out = {}
+    for key, item in value.items():
+      if not isinstance(key, str):
+        raise ConfigError(f"{where}: key {key!r} is not a string (JSON object keys are strings)")
+      out[key] = _plain_json(item, f"{where}[{key!r}]")
+    return out
+  if isinstance(value, (list, tuple)):
+    return [_plain_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+  if value is None or isinstance(value, (str, bool, int)):
+    return value
+  if isinstance(value, float) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+    if not math.isfinite(float(value)):
+      raise ConfigError(f"{where}={value!r}; JSON has no NaN or infinity")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+  raise ConfigError(f"{where}={value!r} is a {type(value).__name__}; request fields must be JSON: strings, "
+                    "numbers, booleans, null, lists and objects")
+
+
+def _freeze(value: Any) -> Any:
+  if isinstance(value, dict):
+    return RequestBody(value)
+  if isinstance(value, list):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+class RequestBody(Mapping[str, Any]):
+  """A read-only JSON object of request fields: hashable, picklable, equal to the dict it holds.
+
+  Nested objects are RequestBody and lists are tuples, so a spec's fields cannot
+  change after validation; ``to_dict()`` gives a fresh plain dict to send.
+  """
+
+  __slots__ = ("_items", "_json")
+
+  def __init__(self, fields: Mapping[str, Any] | None = None, *, where: str = "extra_body"):
+    plain = _plain_json({} if fields is None else fields, where)
+    if not isinstance(plain, dict):
+      raise ConfigError(f"{where}={fields!r}; it must be a mapping of request field -> value, "
+                        "e.g. {'reasoning_effort': 'minimal'}")
+    self._json = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    self._items = {key: _freeze(plain[key]) for key in sorted(plain)}
+
+  def __getitem__(self, key: str) -> Any:
+    return self._items[key]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._items)
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def __hash__(self) -> int:
+    return hash(self._json)
+
+  def __eq__(self, other: Any) -> bool:
+    if isinstance(other, RequestBody):
+      return self._json == other._json
+    if isinstance(other, Mapping):
+      try:
+        return self._json == RequestBody(other)._json
+      except ConfigError:
+        return False
+    return NotImplemented
+
+  def __repr__(self) -> str:
+    return repr(self.to_dict())
+
+  def __reduce__(self):
+    return (RequestBody, (self.to_dict(),))
+
+  def to_dict(self) -> dict[str, Any]:
+    """A new plain dict (lists as lists) of the fields, keys sorted."""
+    return json.loads(self._json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +134,35 @@ class ModelSpec:
     max_concurrency: most requests in flight to this model's endpoint.
     profile: a short description the selector embeds.
     served_name: the model id sent on the wire; defaults to ``name``.
+    max_tokens_param: the request field the call's token cap is sent under:
+      "max_tokens" (most servers) or "max_completion_tokens" (required by OpenAI's
+      GPT-5 family and o-series, which answer ``max_tokens`` with HTTP 400
+      "Unsupported parameter"). For reasoning models the cap counts the hidden
+      reasoning tokens too, so a small cap can end a reply with no text
+      (finish_reason "length").
+    fixed_temperature: None sends the call's temperature (llm.temperature); a
+      number is sent instead of it on every call of this model. 1.0 for OpenAI's
+      GPT-5 family and o-series, which answer any other value with HTTP 400
+      "Unsupported value: 'temperature' ... Only the default (1) value is supported".
+    extra_body: further request fields sent on every call of this model, e.g.
+      ``{"reasoning_effort": "minimal"}`` (OpenAI reasoning models: minimal, low,
+      medium (the default), high) or OpenRouter's ``{"provider": {"order":
+      ["openai"]}}``; read-only once the spec is built. The fields the backend
+      sets itself (model, messages, stream, n, max_tokens, max_completion_tokens,
+      temperature) are refused: use the options above.
+
+  The paper pool's GPT-5 entries follow OpenAI's rules (max_completion_tokens,
+  temperature 1, no extra fields, so OpenAI's default reasoning effort) because
+  both endpoints the paper's models are reached through accept that request:
+  OpenAI's answers ``max_tokens`` and temperature != 1 with HTTP 400, while
+  OpenRouter takes ``max_completion_tokens`` as well as ``max_tokens`` (both are
+  in its request schema) and temperature 1 is its default. The paper's code sent
+  ``max_tokens`` and temperature 0.2 to every model through OpenRouter, which
+  drops a parameter the chosen model does not support instead of answering 400
+  (OpenRouter API reference, "Non-standard parameters"); as GPT-5 takes only
+  temperature 1, the paper's GPT-5 calls most likely ran at 1 too (not verified
+  against OpenRouter's logs). To send exactly the paper's request, set
+  ``max_tokens_param="max_tokens"`` and ``fixed_temperature=None`` in the entry.
   """
 
   name: str
@@ -41,6 +173,32 @@ class ModelSpec:
   max_concurrency: int = 16
   profile: str = ""
   served_name: str | None = None
+  max_tokens_param: str = "max_tokens"
+  fixed_temperature: float | None = None
+  extra_body: Mapping[str, Any] = dataclasses.field(default_factory=RequestBody)
+
+  def __post_init__(self):
+    where = f"model {self.name!r}"
+    if not isinstance(self.max_tokens_param, str) or self.max_tokens_param not in MAX_TOKENS_PARAMS:
+      raise ConfigError(f"{where}: max_tokens_param={self.max_tokens_param!r}; choose 'max_tokens' (most servers) "
+                        "or 'max_completion_tokens' (OpenAI's GPT-5 family and o-series)")
+    t = self.fixed_temperature
+    if t is not None:
+      if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(float(t)) or not 0 <= t <= 2:
+        raise ConfigError(f"{where}: fixed_temperature={t!r}; it must be None (send llm.temperature) or a number "
+                          "in [0, 2] (1.0 for OpenAI's GPT-5 family and o-series)")
+      object.__setattr__(self, "fixed_temperature", float(t))
+    body = self.extra_body
+    if not isinstance(body, RequestBody):
+      if body is not None and not isinstance(body, Mapping) and not hasattr(body, "to_dict"):
+        raise ConfigError(f"{where}: extra_body={body!r} is a {type(body).__name__}; it must be a mapping of "
+                          "request field -> value, e.g. {'reasoning_effort': 'minimal'}")
+      body = RequestBody(body, where=f"{where}: extra_body")
+      object.__setattr__(self, "extra_body", body)
+    reserved = [k for k in body if k in _RESERVED_BODY_FIELDS]
+    if reserved:
+      raise ConfigError(f"{where}: extra_body sets {', '.join(map(repr, reserved))}, which the backend sets "
+                        f"itself: " + "; ".join(f"{k}: {_RESERVED_BODY_FIELDS[k]}" for k in reserved))
 
   @property
   def wire_name(self) -> str:
@@ -49,6 +207,38 @@ class ModelSpec:
   def cost(self, usage: Usage) -> float:
     """USD of one call with this usage."""
     return (usage.prompt_tokens * self.price_in_per_m + usage.completion_tokens * self.price_out_per_m) / 1e6
+
+  def request_options(self) -> dict[str, Any]:
+    """The request options that differ from the defaults (what changes the request; empty for most models)."""
+    options: dict[str, Any] = {}
+    if self.max_tokens_param != "max_tokens":
+      options["max_tokens_param"] = self.max_tokens_param
+    if self.fixed_temperature is not None:
+      options["fixed_temperature"] = self.fixed_temperature
+    if self.extra_body:
+      options["extra_body"] = self.extra_body.to_dict()
+    return options
+
+  def wire_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation parameters of one call as this model's endpoint takes them.
+
+    The token cap (given as ``max_tokens`` or ``max_completion_tokens``) is sent
+    under ``max_tokens_param`` and a fixed temperature replaces the call's. The
+    ``extra_body`` fields are not included (the backend sends them as extra body).
+
+    Raises:
+      ConfigError: both cap names given with different values.
+    """
+    request = dict(params)
+    caps = {k: request.pop(k) for k in MAX_TOKENS_PARAMS if k in request}
+    if len(set(caps.values())) > 1:
+      raise ConfigError(f"model {self.name!r}: the call gives max_tokens={caps['max_tokens']!r} and "
+                        f"max_completion_tokens={caps['max_completion_tokens']!r}; give the cap once")
+    if caps:
+      request[self.max_tokens_param] = next(iter(caps.values()))
+    if self.fixed_temperature is not None:
+      request["temperature"] = self.fixed_temperature
+    return request
 
 
 # The pool of the HieraMAS paper. Prices are USD per 1M tokens, list prices of
@@ -68,28 +258,49 @@ PAPER_POOL: tuple[ModelSpec, ...] = (
     ModelSpec("Gemma-3-27B", price_in_per_m=0.09, price_out_per_m=0.16, max_concurrency=32,
               profile="Gemma 3 27B: mid-size open model, good general knowledge and writing, average at math."),
     ModelSpec("GPT-5-nano", price_in_per_m=0.05, price_out_per_m=0.40, max_concurrency=32,
+              max_tokens_param="max_completion_tokens", fixed_temperature=1.0,
               profile="GPT-5 nano: smallest GPT-5 reasoning model, cheap, good at short math, long outputs."),
     ModelSpec("GPT-5-mini", price_in_per_m=0.25, price_out_per_m=2.00, max_concurrency=32,
+              max_tokens_param="max_completion_tokens", fixed_temperature=1.0,
               profile="GPT-5 mini: strong reasoning model, very good at math, code and knowledge; costly outputs."),
     ModelSpec("GPT-4o-mini", price_in_per_m=0.15, price_out_per_m=0.60, max_concurrency=32,
               profile="GPT-4o mini: fast non-reasoning model, good knowledge and instruction following, fair math."),
 )
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
+# Generation parameters written into a pool entry: the per-model option that does their job.
+_FIELD_HINTS = {
+    "temperature": "fixed_temperature (llm.temperature is the run's temperature)",
+    "max_tokens": "max_tokens_param to name the field the cap is sent under (llm.max_tokens is the cap)",
+    "max_completion_tokens": "max_tokens_param='max_completion_tokens' (llm.max_tokens is the cap)",
+    "reasoning_effort": "extra_body={'reasoning_effort': ...}",
+}
 
 
 def paper_pool_by_name() -> dict[str, ModelSpec]:
   return {m.name: m for m in PAPER_POOL}
 
 
-def spec_from_dict(entry: Mapping[str, Any]) -> ModelSpec:
-  """One ModelSpec from a config dict; a paper-pool name fills the fields left out."""
+def check_entry_fields(entry: Mapping[str, Any]) -> None:
+  """ConfigError unless a config pool entry has a 'name' and only ModelSpec fields (naming the likely one)."""
   if "name" not in entry:
     raise ConfigError(f"model entry {dict(entry)!r} has no 'name'; every pool entry needs one")
-  unknown = set(entry) - _FIELDS
+  unknown = sorted(set(entry) - _FIELDS)
   if unknown:
-    raise ConfigError(f"model entry {entry['name']!r} has unknown field(s) {sorted(unknown)}; "
-                      f"allowed fields: {sorted(_FIELDS)}")
+    hints = []
+    for key in unknown:
+      close = difflib.get_close_matches(key, sorted(_FIELDS), n=1)
+      if key in _FIELD_HINTS:
+        hints.append(f"{key!r}: use {_FIELD_HINTS[key]}")
+      elif close:
+        hints.append(f"{key!r}: did you mean {close[0]!r}?")
+    raise ConfigError(f"model entry {entry['name']!r} has unknown field(s) {unknown}"
+                      + (f" ({'; '.join(hints)})" if hints else "") + f"; allowed fields: {sorted(_FIELDS)}")
+
+
+def spec_from_dict(entry: Mapping[str, Any]) -> ModelSpec:
+  """One ModelSpec from a config dict; a paper-pool name fills the fields left out."""
+  check_entry_fields(entry)
   base = paper_pool_by_name().get(entry["name"])
   if base is None:
     missing = {"price_in_per_m", "price_out_per_m"} - set(entry)

@@ -79,6 +79,7 @@ def pool_specs(config: ml_collections.ConfigDict) -> list[llm_pool.ModelSpec]:
     for entry in overrides:
       if "name" not in entry:
         raise ConfigError(f"llm.models entry {entry} has no 'name'")
+      llm_pool.check_entry_fields(entry)  # an unknown field is named with the likely one, not a TypeError
       base = by_name.get(entry["name"], llm_pool.ModelSpec(name=entry["name"]))
       by_name[entry["name"]] = dataclasses.replace(base, **entry)
     specs = list(by_name.values())
