@@ -10,6 +10,12 @@ failed for host X", "HTTP 401 unauthorized (check the API key in $VAR)", ...);
 nothing raises for a failed call. API keys are read once from the environment and
 never written into errors, logs or traces.
 
+Each request is shaped by its model's spec: the token cap goes under
+``max_tokens_param``, a ``fixed_temperature`` replaces the call's and the
+``extra_body`` fields are added (see :class:`~hieramas_jax.llm.pool.ModelSpec`).
+An endpoint that still refuses a parameter (HTTP 400 "Unsupported parameter" /
+"Unsupported value") gets a non-retried error naming the option to set.
+
 HTTP sessions belong to an event loop. The backend opens them lazily on each loop
 it is used from and closes them: with ``close()`` / ``aclose()`` (every loop),
 when a loop shuts down through ``asyncio.run`` or ``asyncio.Runner.close`` (its
@@ -74,7 +80,8 @@ class Failure:
       unauthorized (check the API key in $OPENAI_API_KEY)", ...).
     kind: a stable tag: refused, dns, tls, disconnected, connect_timeout, timeout,
       connection, unauthorized, forbidden, model_not_found, not_found, rate_limited,
-      quota, server, client, malformed, no_text, other.
+      quota, server, unsupported (a request parameter the model refuses), client,
+      malformed, no_text, other.
     retryable: whether the same request may succeed later.
     retry_after_s: seconds the server asked to wait (Retry-After), if any.
   """
@@ -160,6 +167,27 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
   return code if isinstance(code, str) else None
 
 
+def _error_param(exc: openai.APIStatusError) -> str | None:
+  """The OpenAI error body's ``param``: the request field a 400 is about (e.g. 'max_tokens')."""
+  param = exc.body.get("param") if isinstance(exc.body, dict) else None
+  return param if isinstance(param, str) else None
+
+
+def _unsupported_hint(spec: ModelSpec, param: str | None) -> str:
+  """What to set in the model's pool entry so the refused parameter is no longer sent."""
+  where = f"in the llm.models entry of {spec.name!r}"
+  if param in ("max_tokens", "max_completion_tokens"):
+    other = "max_completion_tokens" if param == "max_tokens" else "max_tokens"
+    return f"set max_tokens_param={other!r} {where}"
+  if param == "temperature":
+    return f"set fixed_temperature=1.0 {where} (the only value OpenAI's GPT-5 family and o-series take)"
+  if param is not None and param in spec.extra_body:
+    return f"change or remove {param!r} in extra_body {where}"
+  if param is not None:
+    return f"the model does not take {param!r}"
+  return "the model refuses a request parameter"
+
+
 def _server_message(exc: openai.APIStatusError) -> str:
   """What the server said: the error body's message, else its text (an HTML page of a proxy, ...)."""
   body = exc.body
@@ -194,6 +222,9 @@ def _status_failure(exc: openai.APIStatusError, spec: ModelSpec, base_url: str) 
     return Failure(f"HTTP 429 rate limited: {message}", "rate_limited", True, _retry_after_s(exc.response.headers))
   if status == 408 or status >= 500:
     return Failure(f"HTTP {status} server error: {message}", "server", True, _retry_after_s(exc.response.headers))
+  if status == 400 and code in ("unsupported_parameter", "unsupported_value"):
+    hint = _unsupported_hint(spec, _error_param(exc))
+    return Failure(f"HTTP 400 {code.replace('_', ' ')}: {message} ({hint})", "unsupported", False)
   return Failure(f"HTTP {status}: {message}", "client", False)
 
 
@@ -376,10 +407,18 @@ class OpenAIBackend:
     return self._endpoint_of[model].base_url
 
   def cache_identity(self, model: str) -> dict[str, Any]:
-    """Everything besides the request that decides the answer (part of the response cache key)."""
+    """Everything besides the call's parameters that decides the answer (part of the response cache key).
+
+    The model's request options are included only where they differ from the
+    defaults, so that models without options keep the keys they had before options existed.
+    """
     spec = self.specs[model]
-    return {"base_url": self._endpoint_of[model].base_url, "wire_name": spec.wire_name,
-            "seed_from_sample_index": self.seed_from_sample_index}
+    identity = {"base_url": self._endpoint_of[model].base_url, "wire_name": spec.wire_name,
+                "seed_from_sample_index": self.seed_from_sample_index}
+    options = spec.request_options()
+    if options:
+      identity["request_options"] = options
+    return identity
 
   def __repr__(self) -> str:  # never the keys
     return f"OpenAIBackend(models={sorted(self.specs)}, max_concurrency={self.max_concurrency})"
@@ -416,8 +455,9 @@ class OpenAIBackend:
     cap = min(self.retry.max_delay_s, self.retry.base_delay_s * 2 ** attempt)
     return cap / 2 + self._rng.uniform(0.0, cap / 2)  # "equal jitter": spreads retries, keeps a floor
 
-  def _request(self, params: Mapping[str, Any], sample_index: int) -> dict[str, Any]:
-    request = dict(params)
+  def _request(self, spec: ModelSpec, params: Mapping[str, Any], sample_index: int) -> dict[str, Any]:
+    """The generation fields of one request to ``spec``'s model (its extra_body is added by ``_attempt``)."""
+    request = spec.wire_params(params)
     if self.seed_from_sample_index and "seed" not in request:
       request["seed"] = int(sample_index)
     return request
@@ -430,7 +470,7 @@ class OpenAIBackend:
     state = await self._loop_state()
     endpoint = self._endpoint_of[model]
     client = state.clients[endpoint]
-    request = self._request(params, sample_index)
+    request = self._request(spec, params, sample_index)
     attempt = 0
     while True:
       # Endpoint first: a request queued behind its own busy endpoint must not
@@ -461,7 +501,7 @@ class OpenAIBackend:
     deadline = time.monotonic() + timeout_s
     state = await self._loop_state()
     client = state.clients[self._endpoint_of[model]]
-    request = self._request({"max_tokens": PROBE_MAX_TOKENS}, 0)
+    request = self._request(spec, {"max_tokens": PROBE_MAX_TOKENS}, 0)
     second_try = True
     while True:
       remaining = deadline - time.monotonic()
@@ -488,7 +528,9 @@ class OpenAIBackend:
                      request: Mapping[str, Any], timeout_s: float | None = None) -> Response | Failure:
     """One request: a Response, or the Failure saying why not."""
     base_url = self._endpoint_of[spec.name].base_url
-    extra = {} if timeout_s is None else {"timeout": timeout_s}
+    extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+    if spec.extra_body:
+      extra["extra_body"] = spec.extra_body.to_dict()  # a fresh dict: the client may merge into it
     try:
       completion = await client.chat.completions.create(model=spec.wire_name, messages=list(messages),
                                                         **request, **extra)
@@ -517,6 +559,9 @@ class OpenAIBackend:
     finish_reason = finish_reason if isinstance(finish_reason, str) else None
     message = getattr(choices[0], "message", None)
     text = getattr(message, "content", None)
+    if text is None and finish_reason == "length":
+      # A reasoning model that spent the whole cap on hidden reasoning: a truncated empty reply.
+      text = ""
     if not isinstance(text, str):
       if finish_reason not in (None, "stop"):  # e.g. content_filter, tool_calls: asking again will not help
         return Failure(f"no text in the answer (finish_reason {finish_reason!r})", "no_text", False)
