@@ -3,6 +3,7 @@ r"""Serves the simulated LLM pool over HTTP in the OpenAI wire format.
   python -m launch.sim_server --port 8000
   python -m launch.sim_server --port 0 --latency_s 0.5 --fault_rate_429 0.05
   SIM_KEY=secret python -m launch.sim_server --api_key_env SIM_KEY   # a wrong key gets 401
+  python -m launch.sim_server --strict_models GPT-5-nano,GPT-5-mini  # 400 to max_tokens / temperature != 1
 
 Point any OpenAI-compatible client at ``http://HOST:PORT/v1``. The server knows
 the problems of ``--task`` (a ``module:Class`` Task; default the arithmetic
@@ -51,6 +52,9 @@ _MODEL_FAULTS = flags.DEFINE_string("fault_models", "{}",
                                     'JSON object model -> fault kind applied to every request, e.g. {"X": "500"}.')
 _RETRY_AFTER = flags.DEFINE_float("retry_after_s", 0.05, "Retry-After of injected 429s.")
 _STALL = flags.DEFINE_float("stall_s", 30.0, "Seconds a stalled request hangs.")
+_STRICT_MODELS = flags.DEFINE_list(
+    "strict_models", [], "Models that answer max_tokens and temperature != 1 with HTTP 400 in OpenAI's words, as "
+    "OpenAI's GPT-5 family and o-series do (comma separated served names).")
 _PROBE_FAULTS = flags.DEFINE_bool(
     "fault_probes", False, "Preflight probes meet the rate and first-attempt faults too (not only --fault_models).")
 
@@ -79,10 +83,13 @@ def main(argv):
     api_key = os.environ.get(_API_KEY_ENV.value)
     if not api_key:
       raise app.UsageError(f"--api_key_env={_API_KEY_ENV.value} but that environment variable is not set")
-  server = SimServer(backend, latency_s=_LATENCY.value, latency_jitter_s=_JITTER.value,
-                     latency_scale=_SCALE.value, faults=faults, api_key=api_key)
-  print(f"sim_server: {len(problems)} problems of {task.name!r}, models {sorted(backend.known_models())}",
-        flush=True)
+  try:
+    server = SimServer(backend, latency_s=_LATENCY.value, latency_jitter_s=_JITTER.value,
+                       latency_scale=_SCALE.value, faults=faults, api_key=api_key, strict_models=_STRICT_MODELS.value)
+  except ValueError as e:
+    raise app.UsageError(f"--strict_models: {e}") from None
+  print(f"sim_server: {len(problems)} problems of {task.name!r}, models {sorted(backend.known_models())}"
+        + (f", strict {sorted(server.strict_models)}" if server.strict_models else ""), flush=True)
   try:
     import uvloop  # pylint: disable=g-import-not-at-top
     uvloop.install()

@@ -10,9 +10,18 @@ answers a wrong key with 401; an unknown model gets 404 (both in the OpenAI
 error format, with ``code`` "invalid_api_key" / "model_not_found"). It answers
 the preflight probe (``llm.preflight.PROBE_MESSAGES``) with "OK" for any model it
 serves; a probe meets only the per-model faults unless ``FaultConfig.probe_faults``.
-``GET /stats`` reports requests and the most requests ever in flight; ``POST
-/stats/reset`` zeroes them. ``ServerThread`` runs a server on its own event loop
-in a thread (tests); ``launch/sim_server.py`` is the command line.
+``GET /stats`` reports requests, the most requests ever in flight and each
+model's last request fields (``last_params``: the body without its messages);
+``POST /stats/reset`` zeroes them.
+
+``strict_models`` answer like OpenAI's GPT-5 family and o-series: HTTP 400 in
+OpenAI's error format to ``max_tokens`` ("Unsupported parameter", code
+"unsupported_parameter") and to a temperature other than 1 ("Unsupported value",
+code "unsupported_value"), probes included, so that per-model request options
+(``ModelSpec.max_tokens_param``, ``fixed_temperature``) are tested end to end.
+
+``ServerThread`` runs a server on its own event loop in a thread (tests);
+``launch/sim_server.py`` is the command line.
 
 The request's ``seed`` field, when present, is the simulator's sample index.
 """
@@ -27,7 +36,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from aiohttp import web
 
@@ -86,17 +95,36 @@ class ServerStats:
   in_flight: int = 0
   max_in_flight: int = 0
   faults: dict[str, int] = dataclasses.field(default_factory=dict)
-  rejected: int = 0  # 4xx answers (bad request, unknown model, bad key)
+  rejected: int = 0  # 4xx answers (bad request, unknown model, bad key, unsupported parameter)
   probes: int = 0  # preflight probes answered 200
+  unsupported: int = 0  # 400s of strict models to max_tokens or temperature != 1 (counted in rejected too)
+  last_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # model -> body sans messages
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
 def _error(status: int, message: str, kind: str, headers: Mapping[str, str] | None = None,
-           code: str | None = None) -> web.Response:
-  body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+           code: str | None = None, param: str | None = None) -> web.Response:
+  body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
   return web.json_response(body, status=status, headers=headers)
+
+
+def reasoning_model_refusal(body: Mapping[str, Any]) -> web.Response | None:
+  """OpenAI's HTTP 400 for a GPT-5-family / o-series request with ``max_tokens`` or temperature != 1; else None.
+
+  The wording, ``param`` and ``code`` are those of api.openai.com's answers.
+  """
+  if "max_tokens" in body:
+    return _error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                  "Use 'max_completion_tokens' instead.", "invalid_request_error", code="unsupported_parameter",
+                  param="max_tokens")
+  temperature = body.get("temperature")
+  if temperature is not None and temperature != 1:
+    return _error(400, f"Unsupported value: 'temperature' does not support {json.dumps(temperature)} with this "
+                  "model. Only the default (1) value is supported.", "invalid_request_error",
+                  code="unsupported_value", param="temperature")
+  return None
 
 
 class SimServer:
@@ -110,10 +138,21 @@ class SimServer:
     latency_scale: factor on simulated latencies when ``latency_s`` is None.
     faults: fault injection.
     api_key: when set, requests must carry ``Authorization: Bearer <api_key>``.
+    strict_models: served model names that refuse ``max_tokens`` and temperature
+      != 1 the way OpenAI's GPT-5 family does (HTTP 400, see ``reasoning_model_refusal``).
+
+  Raises:
+    ValueError: ``strict_models`` names a model the simulator does not serve.
   """
 
   def __init__(self, backend: SimulatedBackend, *, latency_s: float | None = 0.0, latency_jitter_s: float = 0.0,
-               latency_scale: float = 1.0, faults: FaultConfig = FaultConfig(), api_key: str | None = None):
+               latency_scale: float = 1.0, faults: FaultConfig = FaultConfig(), api_key: str | None = None,
+               strict_models: Collection[str] = ()):
+    unknown = sorted(set(strict_models) - set(backend.known_models()))
+    if unknown:
+      raise ValueError(f"strict_models names model(s) {unknown} the simulator does not serve; it serves "
+                       f"{sorted(backend.known_models())}")
+    self.strict_models = frozenset(strict_models)
     self.backend = backend
     self.latency_s = latency_s
     self.latency_jitter_s = latency_jitter_s
@@ -149,9 +188,10 @@ class SimServer:
   def reset_stats(self) -> None:
     """Zeroes the counters (requests still in flight stay counted as in flight)."""
     stats = self.stats
-    stats.requests = stats.completed = stats.rejected = stats.probes = 0
+    stats.requests = stats.completed = stats.rejected = stats.probes = stats.unsupported = 0
     stats.max_in_flight = stats.in_flight
     stats.faults = {}
+    stats.last_params = {}
     self._attempts.clear()
 
   def _pick_fault(self, model: str, fingerprint: bytes, probe: bool) -> str | None:
@@ -203,10 +243,18 @@ class SimServer:
     except (ValueError, KeyError, TypeError) as e:
       stats.rejected += 1
       return _error(400, f"bad request body: {e}", "invalid_request_error")
+    if isinstance(model, str):
+      stats.last_params[model] = {k: v for k, v in body.items() if k != "messages"}
     if model not in self.backend.known_models():
       stats.rejected += 1
       return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
                     "invalid_request_error", code="model_not_found")
+    if model in self.strict_models:
+      refusal = reasoning_model_refusal(body)
+      if refusal is not None:
+        stats.rejected += 1
+        stats.unsupported += 1
+        return refusal
     fingerprint = hashlib.blake2b(json.dumps([model, messages, sample_index], sort_keys=True).encode(),
                                   digest_size=16).digest()
     probe = messages == _PROBE
