@@ -1,36 +1,144 @@
-"""Graph scores per second: batched (vmapped, jitted) GCN scoring vs a per-graph loop.
+"""Graph scores per second: the GCN fast path against the per-pair formulation, a per-graph loop and the matmul rate.
 
-Prints one JSON line. Sizes default to the paper's: B=64 queries x K=200
-candidate DAGs x N=8 roles, query embedding size 1024. All figures come from one
-run: the batched scorer (jraph segment form and dense form), a reference that
-calls a jitted single-graph scorer in a Python loop, and a large f32 matmul that
-sets the FLOP roofline of this machine.
+Prints one JSON line; every figure comes from this one process (ratios, not
+absolute timings, compare across machines). At the main point (default B=64
+queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
+
+- scores/s of ``gcn.score_pool`` on the fast path (impl 'dense'), of the
+  original per-pair formulation ('dense_per_pair', what 'dense' computed before
+  the fast path) and of the jraph per-pair form ('segment'), timed in turns so
+  all see the same machine load; and of a Python loop over a jitted
+  single-pair scorer;
+- the f32 matmul rate measured here: an in-cache [3200, 64] x [64, 64] product
+  repeated inside one jitted loop, the same product as one call, and 2048^3;
+  the fraction of each that the fast path reaches (FLOPs it executes, and the
+  model's FLOPs counted in the per-pair formulation);
+- peak scratch memory of each compiled scorer (``memory_analysis``) and minor
+  page faults per call;
+- a grid of B in {1, 8, 64, 256} x K in {50, 200, 1000} for the fast path, and
+  the lowest point as a fraction of the best;
+- optionally (``--reference_python=<python with torch>``) the same model in
+  dense PyTorch with the same weights: its scores/s and largest score difference.
+
+All timings are medians over ``--repeats`` samples (each sample at least
+``--min_sample_s`` long, calls repeated to fill it), taken in turns.
 
     python bench/graph_scoring.py [--batch 64 --pool 200 --roles 8 --query_dim 1024]
+    python bench/graph_scoring.py --reference_python=/tmp/torchvenv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-
-from hieramas_jax import graphs
-from hieramas_jax.models import gcn
-
-import timing  # bench/timing.py (the script's own folder is on sys.path)
+_GRID_BATCHES = (1, 8, 64, 256)
+_GRID_POOLS = (50, 200, 1000)
 
 
-def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  mm = jax.jit(lambda x, y: x @ y)
-  t = timing.best_time(lambda: mm(a, b).block_until_ready(), repeats)
-  return 2 * size**3 / t
+def _calls_per_sample(fn, min_sample_s: float) -> int:
+  fn()  # warm-up (compilation)
+  start = time.perf_counter()
+  fn()
+  once = max(time.perf_counter() - start, 1e-7)
+  return max(1, int(min_sample_s / once) + 1)
+
+
+def median_times(fns: dict, repeats: int, min_sample_s: float) -> dict[str, float]:
+  """Median seconds per call of each blocking callable, sampled in turns (same load for all)."""
+  calls = {name: _calls_per_sample(fn, min_sample_s) for name, fn in fns.items()}
+  samples = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(calls[name]):
+        fn()
+      samples[name].append((time.perf_counter() - start) / calls[name])
+  return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def minor_faults_per_call(fn, calls: int = 20) -> float:
+  fn()
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(calls):
+    fn()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+# ---------------------------------------------------------------------------
+# The same model in dense PyTorch (runs under --reference_python; needs only numpy and torch)
+# ---------------------------------------------------------------------------
+
+
+def torch_worker(path: str) -> None:
+  """Scores the saved inputs with the saved weights in dense PyTorch; prints one JSON line, writes the scores."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  with np.load(path) as f:
+    data = {k: torch.from_numpy(f[k]) for k in f.files}
+  repeats, min_sample_s = int(data.pop("repeats")), float(data.pop("min_sample_s"))
+  q, adj = data.pop("query_emb"), data.pop("adjs")
+  w = data
+  layers = sorted({k.split("/")[1] for k in w if k.startswith("layers/")}, key=int)
+
+  def scores() -> torch.Tensor:
+    n = adj.shape[-1]
+    adj_hat = adj + torch.eye(n)
+    s = adj_hat.sum(-1).clamp(min=1).rsqrt()[:, :, None] * adj_hat * adj_hat.sum(-2).clamp(min=1).rsqrt()[:, None, :]
+    x = (w["role_embed"] @ w["role_in/kernel"])[None] + (q @ w["query_in/kernel"])[:, None]  # [B, N, H]
+    h = torch.relu(torch.einsum("kij,bih->bkjh", s, x) + w["in_bias"])  # [B, K, N, H]
+    for i in layers:
+      z = h @ w[f"layers/{i}/kernel"] + w[f"layers/{i}/bias"]
+      h = torch.relu(torch.einsum("kij,bkih->bkjh", s, z))
+    pooled = h.mean(-2)
+    hidden = torch.relu((pooled @ w["project/kernel"] + w["project/bias"]) @ w["head_hidden/kernel"]
+                        + w["head_hidden/bias"])
+    return (hidden @ w["head_out/kernel"] + w["head_out/bias"])[..., 0]
+
+  with torch.inference_mode():
+    out = scores()
+    seconds = median_times({"torch": scores}, repeats, min_sample_s)["torch"]
+  np.save(path + ".scores.npy", out.numpy())
+  print(json.dumps({"scores_per_s": q.shape[0] * adj.shape[0] / seconds, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__}))
+
+
+def run_torch_reference(python: str, params: dict, query_emb, adjs, repeats: int, min_sample_s: float):
+  """(figures, scores) of the dense PyTorch model in a subprocess under ``python``."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  flat = {}
+
+  def add(prefix: str, tree) -> None:  # nested pure dict -> "a/b/c" keys
+    if isinstance(tree, dict):
+      for key, value in tree.items():
+        add(f"{prefix}/{key}" if prefix else str(key), value)
+    else:
+      flat[prefix] = np.asarray(tree, np.float32)
+
+  add("", params)
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "inputs.npz")
+    np.savez(path, query_emb=np.asarray(query_emb, np.float32), adjs=np.asarray(adjs, np.float32),
+             repeats=repeats, min_sample_s=min_sample_s, **flat)
+    out = subprocess.run([python, os.path.abspath(__file__), "--reference_worker", path], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+      raise RuntimeError(f"the PyTorch reference under {python} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1]), np.load(path + ".scores.npy")
+
+
+# ---------------------------------------------------------------------------
+# The bench
+# ---------------------------------------------------------------------------
+
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,22 +148,61 @@ def main() -> None:
   parser.add_argument("--query_dim", type=int, default=1024)
   parser.add_argument("--hidden_dim", type=int, default=64)
   parser.add_argument("--num_layers", type=int, default=2)
-  parser.add_argument("--loop_pairs", type=int, default=2000,
+  parser.add_argument("--loop_pairs", type=int, default=1000,
                       help="(query, graph) pairs timed for the per-graph loop; its rate is per pair")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=7, help="timed samples per figure (medians are reported)")
+  parser.add_argument("--min_sample_s", type=float, default=0.05, help="calls are repeated to fill a sample")
+  parser.add_argument("--no_grid", action="store_true", help="skip the B x K grid")
+  parser.add_argument("--reference_python", default=None, help="interpreter with torch (and numpy)")
+  parser.add_argument("--reference_worker", metavar="NPZ", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.reference_worker:
+    torch_worker(args.reference_worker)
+    return
 
-  b, k, n = args.batch, args.pool, args.roles
-  model = gcn.GraphClassifier(n, args.query_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
-                              rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
-  q = jax.random.normal(jax.random.key(2), (b, args.query_dim), jnp.float32)
-  pool = jnp.asarray(graphs.dag_pool(0, n, k, (0.2, 0.8)), jnp.float32)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  rates = {}
-  for impl in gcn.IMPLEMENTATIONS:
-    t = timing.best_time(lambda: gcn.score_pool(graphdef, params, q, pool, impl=impl).block_until_ready(), args.repeats)
-    rates[impl] = b * k / t
+  from hieramas_jax import graphs  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.models import gcn  # pylint: disable=g-import-not-at-top
+
+  load_before = os.getloadavg()[0]
+  b, k, n, h = args.batch, args.pool, args.roles, args.hidden_dim
+  mlp, role_dim = 64, 32
+  model = gcn.GraphClassifier(n, args.query_dim, role_dim=role_dim, hidden_dim=h, num_layers=args.num_layers,
+                              mlp_dim=mlp, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)  # as the system and stage 2 pass them
+  max_pool = max(k, *_GRID_POOLS)
+  pool_all = jnp.asarray(graphs.dag_pool(0, n, max_pool, (0.2, 0.8)), jnp.float32)
+  queries_all = jax.random.normal(jax.random.key(2), (max(b, *_GRID_BATCHES), args.query_dim), jnp.float32)
+  q, pool = queries_all[:b], pool_all[:k]
+
+  def scorer(impl, q, pool):
+    return lambda: gcn.score_pool(graphdef, params, q, pool, impl=impl).block_until_ready()
+
+  # The matmul rate, in cache: [3200, 64] x [64, 64] repeated inside one jitted loop (an orthogonal matrix keeps
+  # the values finite); as one call; and 2048^3.
+  rows, inner = 3200, 100
+  x0 = jax.random.normal(jax.random.key(3), (rows, h), jnp.float32)
+  orth = jnp.linalg.qr(jax.random.normal(jax.random.key(4), (h, h), jnp.float32))[0]
+  looped = jax.jit(lambda x, w: jax.lax.fori_loop(0, inner, lambda _, y: y @ w, x))
+  single = jax.jit(lambda x, w: x @ w)
+  big = jax.random.normal(jax.random.key(5), (2048, 2048), jnp.float32)
+
+  impls = ("dense", "dense_per_pair", "segment")
+  times = median_times({
+      **{impl: scorer(impl, q, pool) for impl in impls},
+      "matmul_in_cache_loop": lambda: looped(x0, orth).block_until_ready(),
+      "matmul_in_cache_call": lambda: single(x0, orth).block_until_ready(),
+      "matmul_2048": lambda: single(big, big).block_until_ready(),
+  }, args.repeats, args.min_sample_s)
+  rates = {impl: b * k / times[impl] for impl in impls}
+  matmul = {"in_cache_loop": 2 * rows * h * h * inner / times["matmul_in_cache_loop"],
+            "in_cache_call": 2 * rows * h * h / times["matmul_in_cache_call"],
+            "2048": 2 * 2048**3 / times["matmul_2048"]}
 
   pairs = [(i % b, i // b % k) for i in range(min(args.loop_pairs, b * k))]
 
@@ -65,25 +212,75 @@ def main() -> None:
       out = gcn.score_single(graphdef, params, q[qi], pool[gi])
     out.block_until_ready()
 
-  loop_rate = len(pairs) / timing.best_time(loop, max(1, args.repeats // 2))
-  peak = matmul_flops_per_s()
-  flops = gcn.flops_per_score(n, args.hidden_dim, args.num_layers, 64, args.query_dim, 32, k)
-  best_impl = max(rates, key=rates.get)
-  print(json.dumps({
+  loop_rate = len(pairs) / median_times({"loop": loop}, max(3, args.repeats // 2), 0.0)["loop"]
+
+  scores = {impl: np.asarray(gcn.score_pool(graphdef, params, q, pool, impl=impl)) for impl in impls}
+  memory = {impl: gcn.score_pool.lower(graphdef, params, q, pool, impl=impl).compile().memory_analysis()
+            for impl in impls}
+  largest = gcn.score_pool.lower(graphdef, params, queries_all[:max(_GRID_BATCHES)], pool_all[:max(_GRID_POOLS)])
+  largest_temp = largest.compile().memory_analysis().temp_size_in_bytes
+  faults = {impl: minor_faults_per_call(scorer(impl, q, pool)) for impl in ("dense", "dense_per_pair")}
+
+  model_flops = gcn.flops_per_score(n, h, args.num_layers, mlp, args.query_dim, role_dim, k)
+  fast_flops = gcn.fast_path_flops_per_score(n, h, args.num_layers, mlp, args.query_dim, role_dim, b, k)
+  result = {
       "bench": "graph_scoring",
-      "device": str(jax.devices()[0].platform),
-      "batch": b, "pool": k, "roles": n, "query_dim": args.query_dim, "hidden_dim": args.hidden_dim,
-      "scores_per_s_segment": round(rates["segment"]),
-      "scores_per_s_dense": round(rates["dense"]),
+      "device": jax.devices()[0].platform, "cpu_cores": os.cpu_count(),
+      "batch": b, "pool": k, "roles": n, "query_dim": args.query_dim, "hidden_dim": h,
+      "num_layers": args.num_layers, "pairs_per_block": gcn.PAIRS_PER_BLOCK,
+      "blocks": gcn.block_layout(k, b)[0],
+      "scores_per_s_fast": round(rates["dense"]),
+      "scores_per_s_per_pair_dense": round(rates["dense_per_pair"]),
+      "scores_per_s_per_pair_segment": round(rates["segment"]),
       "scores_per_s_loop": round(loop_rate),
-      "speedup_segment_vs_loop": round(rates["segment"] / loop_rate, 1),
-      "speedup_dense_vs_loop": round(rates["dense"] / loop_rate, 1),
-      "flops_per_score": round(flops),
-      "matmul_flops_per_s": round(peak),
-      "roofline_fraction_segment": round(rates["segment"] * flops / peak, 4),
-      "roofline_fraction_dense": round(rates["dense"] * flops / peak, 4),
-      "fastest": best_impl,
-  }))
+      "speedup_fast_vs_per_pair_dense": round(rates["dense"] / rates["dense_per_pair"], 2),
+      "speedup_fast_vs_per_pair_segment": round(rates["dense"] / rates["segment"], 2),
+      "speedup_fast_vs_loop": round(rates["dense"] / loop_rate, 1),
+      "max_abs_diff_fast_vs_per_pair_dense": float(np.abs(scores["dense"] - scores["dense_per_pair"]).max()),
+      "max_abs_diff_fast_vs_segment": float(np.abs(scores["dense"] - scores["segment"]).max()),
+      "matmul_flops_per_s_in_cache_loop": round(matmul["in_cache_loop"]),
+      "matmul_flops_per_s_in_cache_one_call": round(matmul["in_cache_call"]),
+      "matmul_flops_per_s_2048": round(matmul["2048"]),
+      "flops_per_score_executed_fast": round(fast_flops),
+      "flops_per_score_model": round(model_flops),
+      # Fraction of the in-cache matmul rate: FLOPs the fast path executes (the headline), and model FLOPs.
+      "fraction_of_in_cache_matmul": round(rates["dense"] * fast_flops / matmul["in_cache_loop"], 3),
+      "fraction_of_in_cache_matmul_model_flops": round(rates["dense"] * model_flops / matmul["in_cache_loop"], 3),
+      "fraction_of_2048_matmul": round(rates["dense"] * fast_flops / matmul["2048"], 3),
+      "fraction_of_in_cache_matmul_per_pair_dense": round(
+          rates["dense_per_pair"] * model_flops / matmul["in_cache_loop"], 3),
+      "scratch_bytes_fast": memory["dense"].temp_size_in_bytes,
+      "scratch_bytes_per_pair_dense": memory["dense_per_pair"].temp_size_in_bytes,
+      "scratch_bytes_per_pair_segment": memory["segment"].temp_size_in_bytes,
+      f"scratch_bytes_fast_B{max(_GRID_BATCHES)}_K{max(_GRID_POOLS)}": largest_temp,
+      "minor_page_faults_per_call_fast": round(faults["dense"], 1),
+      "minor_page_faults_per_call_per_pair_dense": round(faults["dense_per_pair"], 1),
+  }
+
+  if not args.no_grid:
+    points = [(gb, gk) for gb in _GRID_BATCHES for gk in _GRID_POOLS]
+    grid_times = median_times({point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]])
+                               for point in points}, args.repeats, args.min_sample_s)
+    grid = {(gb, gk): gb * gk / grid_times[(gb, gk)] for gb, gk in points}
+    best = max(grid.values())
+    result["grid_scores_per_s_fast"] = {f"B{gb}_K{gk}": round(rate) for (gb, gk), rate in grid.items()}
+    result["grid_min_over_best"] = round(min(grid.values()) / best, 3)
+    # Points of at least one block's worth of pairs (smaller ones are bound by the fixed cost of a call).
+    result["grid_min_over_best_where_B_x_K_at_least_3200"] = round(
+        min(rate for (gb, gk), rate in grid.items() if gb * gk >= 3200) / best, 3)
+    result["grid_call_us_B1_K50"] = round(1e6 * grid_times[(1, 50)], 1)
+
+  if args.reference_python:
+    figures, torch_scores = run_torch_reference(args.reference_python, params, q, pool, args.repeats,
+                                                args.min_sample_s)
+    result["scores_per_s_torch_dense"] = round(figures["scores_per_s"])
+    result["torch_threads"] = figures["threads"]
+    result["speedup_fast_vs_torch_dense"] = round(rates["dense"] / figures["scores_per_s"], 2)
+    result["speedup_per_pair_dense_vs_torch_dense"] = round(rates["dense_per_pair"] / figures["scores_per_s"], 2)
+    result["max_abs_diff_fast_vs_torch"] = float(np.abs(scores["dense"] - torch_scores).max())
+  result["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+  print(json.dumps(result))
+
 
 if __name__ == "__main__":
   main()

@@ -35,10 +35,16 @@ def _random_dags(seed: int, shape: tuple[int, ...], num_roles: int) -> jnp.ndarr
       *shape, num_roles, num_roles), jnp.float32)
 
 
+def _scores(model, q, adjs, role_mask=None, impl="dense"):
+  """Jitted scores; a fresh jit each call, so a monkeypatched PAIRS_PER_BLOCK is traced, never a cached block."""
+  graphdef, params = nnx.split(model)
+  return jax.jit(lambda p, q, a, m: nnx.merge(graphdef, p)(q, a, m, impl=impl))(params, q, adjs, role_mask)
+
+
 def _assert_all_forms_agree(model, q, adjs, role_mask=None, atol=1e-5):
-  fast = model(q, adjs, role_mask, impl="dense")
-  np.testing.assert_allclose(fast, model(q, adjs, role_mask, impl="dense_per_pair"), atol=atol, rtol=0)
-  np.testing.assert_allclose(fast, model(q, adjs, role_mask, impl="segment"), atol=atol, rtol=0)
+  fast = _scores(model, q, adjs, role_mask)
+  np.testing.assert_allclose(fast, _scores(model, q, adjs, role_mask, "dense_per_pair"), atol=atol, rtol=0)
+  np.testing.assert_allclose(fast, _scores(model, q, adjs, role_mask, "segment"), atol=atol, rtol=0)
   return fast
 
 
@@ -124,8 +130,8 @@ def test_gradients_of_the_fast_path_equal_the_reference(monkeypatch):
   def loss(p, impl):
     return jnp.sum(jnp.tanh(nnx.merge(graphdef, p)(q, adjs, impl=impl)) * weights)
 
-  fast = jax.grad(loss)(params, "dense")
-  want = jax.grad(loss)(params, "dense_per_pair")
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  fast, want = grad(params, "dense"), grad(params, "dense_per_pair")
   for got, ref in zip(jax.tree.leaves(fast), jax.tree.leaves(want)):
     np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, float(jnp.abs(ref).max())), rtol=0)
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(fast)) > 0
@@ -149,16 +155,16 @@ def test_padded_roles_do_not_change_scores():
   pool = graphs.dag_pool(4, N, 4)
   padded = jnp.asarray(graphs.pad_adjacency(pool, N + 2), jnp.float32)
   mask = jnp.array([1.0] * N + [0.0, 0.0])
-  base = {impl: model(q, padded, mask, impl=impl) for impl in gcn.IMPLEMENTATIONS}
+  base = {impl: _scores(model, q, padded, mask, impl) for impl in gcn.IMPLEMENTATIONS}
   # Different padded-role embeddings must not matter.
   model.role_embed[...] = model.role_embed[...].at[N:].set(5.0)
   for impl in gcn.IMPLEMENTATIONS:
-    np.testing.assert_allclose(model(q, padded, mask, impl=impl), base[impl], atol=1e-6)
+    np.testing.assert_allclose(_scores(model, q, padded, mask, impl), base[impl], atol=1e-6)
 
 
 def test_scores_depend_on_graph_and_query(setup):
   model, q, pool = setup
-  s = np.asarray(model(q, pool))
+  s = np.asarray(_scores(model, q, pool))
   assert np.ptp(s, axis=1).min() > 0  # candidates differ
   assert np.ptp(s, axis=0).max() > 0  # queries differ
 

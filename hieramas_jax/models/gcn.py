@@ -4,9 +4,10 @@ Node features are a trainable role embedding concatenated with the query
 embedding. Message passing follows edge direction (``adj[i, j] = 1``: i -> j),
 with self-loops and symmetric degree normalisation:
 
-    H' = relu(S^T H W + b),   S = D_out^{-1/2} (A + I) D_in^{-1/2}
+    H' = relu(S^T (H W + b)),   S = D_out^{-1/2} (A + I) D_in^{-1/2}
 
-where D_out / D_in are the out- / in-degrees of A + I. After the GCN layers the
+where D_out / D_in are the out- / in-degrees of A + I (the first layer adds its
+bias after the aggregation). After the GCN layers the
 active roles are mean-pooled, projected, and an MLP gives one logit per graph.
 
 Three formulations share the parameters and compute the same function (tests
@@ -14,14 +15,17 @@ keep them within 1e-5):
 
 - ``dense`` (the default, and the one every caller uses): the pool is scored in
   blocks of about ``PAIRS_PER_BLOCK`` (query, graph) pairs under ``lax.map``, so
-  working memory stays small whatever B and K are. The normalised adjacency S is
-  computed once per graph (not per pair). The first layer is factored: its input
-  ``role_part[n] + query_part[b]`` is aggregated as ``S^T role_part`` (per graph)
-  plus ``colsum(S)[n] * query_part[b]``, so no per-pair product remains in it.
-  With one pool for all queries the activations are laid out [G, N, B, H], so a
-  hidden layer is one [G*N*B, H] x [H, H] matmul and its aggregation one batched
-  [N, N] x [N, B*H] product per graph; projection and the first head layer are
-  fused into one matmul (both are linear).
+  working memory stays a few MB whatever B and K are. The normalised adjacency S
+  is computed once per graph (once per pair only for per-query pools or masks).
+  The first layer is factored: its input ``role_part[n] + query_part[b]`` is
+  aggregated as ``S^T role_part`` (per graph) plus ``colsum(S)[n] * query_part[b]``,
+  so no per-pair product remains in it. With one pool for all queries a block is
+  laid out [G, N, B, H]: a hidden layer's transform is one [G*N*B, H] x [H, H]
+  matmul, and its aggregation is N x N multiply-adds over whole [G, B, H] role
+  slices that XLA fuses with the bias, relu and (last layer) the mean-pooling in
+  one pass (``_propagate``; its gradient is that of the batched-product form).
+  Projection and the first head layer are fused into one matmul (both linear).
+  Gradients flow through this path (stage 2 trains on it).
 - ``dense_per_pair``: the original dense formulation, one (query, graph) pair at
   a time under ``vmap`` (``score_graph``); the reference the fast path is tested
   and benchmarked against.
@@ -99,6 +103,56 @@ def block_layout(num_graphs: int, batch: int, pairs_per_block: int | None = None
   target = max(1, min(num_graphs, pairs_per_block // max(batch, 1)))
   blocks = -(-num_graphs // target)
   return blocks, -(-num_graphs // blocks)
+
+
+def _role_layout(s: jax.Array, z: jax.Array):
+  """(role axis of z, a function giving [...] arrays z's feature dims, one role's slice of z)."""
+  role_axis, feature_ndim = s.ndim - 2, z.ndim - s.ndim + 1
+  expand = lambda x: x.reshape(x.shape + (1,) * feature_ndim)
+  node = lambda x, i: jax.lax.index_in_dim(x, i, role_axis, keepdims=False)
+  return role_axis, expand, node
+
+
+def _propagate_einsum(s, col_sum, z, bias, weights):
+  """``_propagate`` as one batched product per graph (or pair): its gradient is the fast path's backward."""
+  role_axis, expand, _ = _role_layout(s, z)
+  lead = "abcdef"[:s.ndim - 2]
+  features = "uvwxyz"[:z.ndim - s.ndim + 1]
+  aggregated = jnp.einsum(f"{lead}ij,{lead}i{features}->{lead}j{features}", s, z)
+  rows = jax.nn.relu(aggregated + expand(col_sum) * bias)
+  return rows if weights is None else (rows * expand(weights)).sum(role_axis)
+
+
+@jax.custom_vjp
+def _propagate(s, col_sum, z, bias, weights):
+  """One GCN layer after its transform: relu(S^T z + colsum(S) bias), mean-pooled when ``weights`` is given.
+
+  s: [..., N, N] normalised adjacencies; z: [..., N, *F] transformed rows (the role
+  axis follows s's leading axes); col_sum: [..., N]; bias: [F[-1]]; weights: None,
+  or pooling weights [..., N] broadcastable against s's leading axes. Returns
+  [..., N, *F], or [..., *F] pooled. Written as N x N multiply-adds over whole role
+  slices, which XLA fuses with the relu and the pooling into one pass over z; the
+  backward is that of ``_propagate_einsum`` (the slice form's own gradient would
+  materialise N x N padded copies of z).
+  """
+  role_axis, expand, node = _role_layout(s, z)
+  n = s.shape[-1]
+  rows = [jax.nn.relu(sum(expand(s[..., i, j]) * node(z, i) for i in range(n)) + expand(col_sum[..., j]) * bias)
+          for j in range(n)]
+  if weights is None:
+    return jnp.stack(rows, axis=role_axis)
+  return sum(expand(weights[..., j]) * row for j, row in enumerate(rows))
+
+
+def _propagate_fwd(s, col_sum, z, bias, weights):
+  return _propagate(s, col_sum, z, bias, weights), (s, col_sum, z, bias, weights)
+
+
+def _propagate_bwd(residuals, cotangent):
+  return jax.vjp(_propagate_einsum, *residuals)[1](cotangent)
+
+
+_propagate.defvjp(_propagate_fwd, _propagate_bwd)
 
 
 class GraphClassifier(nnx.Module):
@@ -192,9 +246,7 @@ class GraphClassifier(nnx.Module):
 
     With one pool and one role mask for all queries a block's activations are
     [G, N, B, H] (a normalised adjacency per graph); otherwise [B, G, N, H] (one
-    per pair). Aggregations are written as N x N broadcast multiply-adds over
-    whole [G, B, H] role slices, so XLA fuses each with its bias, relu and (last
-    layer) the mean-pooling into one pass, instead of G tiny matrix products.
+    per pair).
     """
     batch, num_graphs, n = query_emb.shape[0], adjs.shape[-3], self.num_roles
     shared = adjs.ndim == 3 and role_mask.ndim == 1
@@ -207,41 +259,26 @@ class GraphClassifier(nnx.Module):
     head_bias = self.project.bias[...] @ self.head_hidden.kernel[...] + self.head_hidden.bias[...]
     out_kernel, out_bias = self.head_out.kernel[...][:, 0], self.head_out.bias[...][0]
     layers = [(layer.kernel[...], layer.bias[...]) for layer in self.layers]
-    if shared:  # a role slice is [G, B, H]
-      expand = lambda x: x[..., None, None]  # [G] -> [G, 1, 1]
-      query_term, weight = query_part, lambda j: pool_weights[j]
-    else:  # a role slice is [B, G, H]
-      expand = lambda x: x[..., None]  # [B, G] -> [B, G, 1]
-      query_term = query_part[:, None, :]  # [B, 1, H]
-      if pool_weights.ndim == 1:
-        weight = lambda j: pool_weights[j]
-      else:
-        weight = lambda j: pool_weights[:, j, None, None]
+    # Pooling weights over the role axis, broadcastable against a block's leading axes ([G] or [B, G]).
+    weights = pool_weights if pool_weights.ndim == 1 else pool_weights[:, None, :]
 
     def block(adj: jax.Array) -> jax.Array:  # [G, N, N] or [B, G, N, N] -> [G, B] logits
       mask = role_mask if shared or role_mask.ndim == 1 else role_mask[:, None, :]
       s = normalized_adjacency(adj, mask)
-      role_axis = s.ndim - 2
       col_sum = s.sum(axis=-2)  # [..., N]: what a constant input row aggregates to
-      role_term = sum(s[..., i, :, None] * role_part[i] for i in range(n))  # S^T role_part: [..., N, H]
-      node = lambda x, i: jax.lax.index_in_dim(x, i, role_axis, keepdims=False)
-
-      def gcn_layer(z, bias, j):  # relu(row j of S^T z + colsum(S)_j bias), z given per role
-        return jax.nn.relu(sum(expand(s[..., i, j]) * node(z, i) for i in range(n)) + expand(col_sum[..., j]) * bias)
-
+      role_term = jnp.einsum("...ij,ih->...jh", s, role_part)  # S^T role_part: [..., N, H]
       # Layer 1, factored: S^T (role_part + query_part) = S^T role_part + colsum(S) query_part.
       if shared:  # [G, N, B, H]
-        h = jax.nn.relu(role_term[:, :, None, :] + col_sum[:, :, None, None] * query_term + in_bias)
+        h = jax.nn.relu(role_term[:, :, None, :] + col_sum[:, :, None, None] * query_part + in_bias)
       else:  # [B, G, N, H]
-        h = jax.nn.relu(role_term + col_sum[..., None] * query_term[:, :, None, :] + in_bias)
+        h = jax.nn.relu(role_term + col_sum[..., None] * query_part[:, None, None, :] + in_bias)
       if not layers:
-        pooled = sum(weight(j) * node(h, j) for j in range(n))
+        role_axis, expand, node = _role_layout(s, h)
+        pooled = sum(expand(weights[..., j]) * node(h, j) for j in range(n))
       for index, (kernel, bias) in enumerate(layers):
-        z = h @ kernel  # one [G*N*B, H] x [H, H] matmul
-        if index < len(layers) - 1:
-          h = jnp.stack([gcn_layer(z, bias, j) for j in range(n)], axis=role_axis)
-        else:  # the last layer's aggregation, relu and mean-pooling in one pass
-          pooled = sum(weight(j) * gcn_layer(z, bias, j) for j in range(n))
+        last = index == len(layers) - 1  # the last layer's aggregation, relu and mean-pooling in one pass
+        h = _propagate(s, col_sum, h @ kernel, bias, weights if last else None)  # one [G*N*B, H] x [H, H] matmul
+      pooled = h if layers else pooled
       logits = jax.nn.relu(pooled @ head_kernel + head_bias) @ out_kernel + out_bias
       return logits if shared else logits.T
 
@@ -280,3 +317,16 @@ def flops_per_score(num_roles: int, hidden_dim: int, num_layers: int, mlp_dim: i
   per_graph += (num_layers - 1) * 2 * n * h * h  # hidden-layer transforms
   per_graph += 2 * h * h + 2 * h * mlp_dim + 2 * mlp_dim  # projection and head
   return per_graph + per_query / pool_size
+
+
+def fast_path_flops_per_score(num_roles: int, hidden_dim: int, num_layers: int, mlp_dim: int, query_dim: int,
+                              role_dim: int, batch: int, pool_size: int) -> float:
+  """Multiply-add FLOPs (x2) the fast path executes per score: per-graph and per-query work amortised."""
+  n, h = num_roles, hidden_dim
+  per_pair = 2 * n * h  # first layer: colsum(S) * query_part + S^T role_part
+  per_pair += (num_layers - 1) * (2 * n * h * h + 2 * n * n * h)  # hidden-layer transforms and aggregations
+  per_pair += 2 * n * h + 2 * h * mlp_dim + 2 * mlp_dim  # pooling, fused projection + head, output
+  per_graph = 2 * n * n * h  # S^T role_part
+  per_query = 2 * query_dim * h
+  per_call = 2 * n * role_dim * h + 2 * h * h * mlp_dim
+  return per_pair + per_graph / batch + per_query / pool_size + per_call / (batch * pool_size)
