@@ -6,8 +6,11 @@ A config file's ``get_config(arg)`` takes a comma-separated arg string:
   smoke     tiny sizes: a run that finishes in about a minute on 2 CPU cores
   files     the task's real benchmark files (../shared/data or HIERAMAS_DATA) instead of synthetic ones
   openai    real OpenAI-compatible endpoints from ``llm.models`` instead of the simulator
+  paper_gpt, paper_qwen
+            the paper's GPT or Qwen setting and its training recipe, as its code runs them
+            (hieramas_jax/presets.py; smoke still shrinks the sizes)
 
-e.g. ``--config=configs/math.py:smoke`` or ``--config=configs/math.py:files,openai``.
+e.g. ``--config=configs/math.py:smoke`` or ``--config=configs/math.py:files,openai,paper_gpt``.
 
 Fields are overridden on the command line as ``--config.section.field=value``;
 list fields take a Python/JSON list, a comma-separated list or one item
@@ -31,9 +34,10 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from hieramas_jax import presets
 from hieramas_jax.llm import base as llm_base
 
-KNOWN_ARGS = ("smoke", "files", "openai")
+KNOWN_ARGS = ("smoke", "files", "openai", "paper_gpt", "paper_qwen")
 
 
 class ConfigError(llm_base.ConfigError):
@@ -46,6 +50,8 @@ def parse_arg(arg: str | None) -> set[str]:
   if unknown:
     raise ConfigError(f"unknown config arg(s) {sorted(unknown)}; known: {', '.join(KNOWN_ARGS)} "
                       "(comma-separated, e.g. configs/math.py:smoke,files)")
+  if {"paper_gpt", "paper_qwen"} <= tokens:
+    raise ConfigError("config args paper_gpt and paper_qwen are two settings; name one of them")
   return tokens
 
 
@@ -71,8 +77,15 @@ class ListParser(flags.ArgumentParser):
 config_flags.register_flag_parser_for_type(list, ListParser())
 
 
-def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Defaults shared by every task; ``task`` is a name known to hieramas_jax.tasks."""
+def base_config(task: str, arg: str | None = None, setting: str | None = None) -> ml_collections.ConfigDict:
+  """Defaults shared by every task; ``task`` is a name known to hieramas_jax.tasks.
+
+  Args:
+    task: the task name.
+    arg: the config file's comma-separated arg (see the module doc).
+    setting: a preset of hieramas_jax.presets whose *setting* layer applies when
+      ``arg`` names no preset (configs/*.py pass 'paper_gpt'); None: none.
+  """
   tokens = parse_arg(arg)
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -230,18 +243,29 @@ def base_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 50
   c.checkpoint.max_to_keep = 3
 
+  preset = next((name for name in presets.PRESETS if name in tokens), None)
+  if preset is not None:
+    presets.apply(c, preset)
+  elif setting is not None:
+    presets.apply(c, setting, layers=("setting",))
   if "smoke" in tokens:
-    c.task.num_train, c.task.num_val, c.task.num_test = 24, 8, 8
-    c.selector.hidden_dim = 32
-    c.gcn.role_dim, c.gcn.hidden_dim, c.gcn.mlp_dim = 8, 16, 16
-    c.graphs.train_pool_size = 8
-    c.graphs.num_candidates = 8
-    c.stage1.steps, c.stage1.batch_size, c.stage1.eval_every = 6, 4, 3
-    c.stage1.group_size = 2
-    c.stage2.graphs_per_query, c.stage2.top_k, c.stage2.epochs = 4, 1, 3
-    c.stage2.samples_per_graph = 2
-    c.checkpoint.every_steps = 3
+    _shrink_for_smoke(c)
   return c
+
+
+# The smoke arg's sizes: each is a ceiling, so a preset's smaller values (stage 2's 5 DAGs x 1 run) stay.
+_SMOKE_SIZES = {"task.num_train": 24, "task.num_val": 8, "task.num_test": 8, "selector.hidden_dim": 32,
+                "gcn.role_dim": 8, "gcn.hidden_dim": 16, "gcn.mlp_dim": 16, "graphs.train_pool_size": 8,
+                "graphs.num_candidates": 8, "stage1.steps": 6, "stage1.batch_size": 4, "stage1.eval_every": 3,
+                "stage1.group_size": 2, "stage2.graphs_per_query": 4, "stage2.top_k": 1, "stage2.epochs": 3,
+                "stage2.samples_per_graph": 2, "checkpoint.every_steps": 3}
+
+
+def _shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
+  """Tiny sizes: a run that finishes in about a minute on 2 CPU cores."""
+  for field, ceiling in _SMOKE_SIZES.items():
+    section, key = field.split(".")
+    c[section][key] = min(c[section][key], ceiling)
 
 
 def _merge(defaults: dict, saved: dict) -> dict:
