@@ -25,6 +25,7 @@ from hieramas_jax.tasks import math_grading
 
 LETTERS = "ABCDEFGHIJ"
 
+
 def _combine(insights: str) -> str:
   return f"Combine the strongest {insights} into one analysis."
 
