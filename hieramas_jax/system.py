@@ -518,13 +518,24 @@ class HieraMAS:
     return self._pool.copy()
 
   # ---- the LLM selector -----------------------------------------------------
-  def set_inference_rules(self, *, max_skipped_roles: int | None = None, rotate_top_n: int | None = None) -> None:
-    """Changes ``config.inference`` for later plans (the checkpoint's values otherwise); None keeps a field.
+  def set_inference_rules(self, *, max_skipped_roles: int | None = None, rotate_top_n: int | None = None,
+                          candidate_density_range: tuple[float, float] | None = None) -> None:
+    """Changes the inference-time settings for later plans (the checkpoint's otherwise); None keeps a field.
 
     Args:
-      max_skipped_roles: the most roles dropped per query, -1 for no cap.
-      rotate_top_n: proposers rotate over this many top models, 0 for each its own argmax.
+      max_skipped_roles: ``config.inference``'s: the most roles dropped per query, -1 for no cap.
+      rotate_top_n: ``config.inference``'s: proposers rotate over this many top models, 0 for none.
+      candidate_density_range: ``config.graphs``' (low, high) density of the default candidate pool.
     """
+    if candidate_density_range is not None:
+      try:
+        lo, hi = environment.density_bounds(candidate_density_range, "graphs.candidate_density_range")
+        graphs.edge_count_range(len(self.roles), (lo, hi))
+      except (environment.ConfigError, ValueError) as e:
+        raise ValueError(str(e)) from None
+      if (lo, hi) != tuple(self.config.graphs.candidate_density_range):
+        self.config.graphs.candidate_density_range = (lo, hi)
+        self._pool = None  # drawn again from the new range
     if max_skipped_roles is not None:
       if isinstance(max_skipped_roles, bool) or int(max_skipped_roles) != max_skipped_roles or max_skipped_roles < -1:
         raise ValueError(f"max_skipped_roles={max_skipped_roles!r}; give the most roles inference may drop "

@@ -39,6 +39,8 @@ Methods (--methods, comma-separated; default all):
 (inference.max_skipped_roles: the most roles dropped per query, never every
 answer-giving role when capped; inference.rotate_top_n: proposers rotating over
 the top models of one seeded proposer row), the rules HieraMAS.plan applies.
+The --config's graphs.candidate_density_range gives the candidate DAGs the
+classifier scores and the random-DAG baselines' densities.
 """
 
 from __future__ import annotations
@@ -354,14 +356,21 @@ def paper_random_dag(seed: int, num_roles: int, density: tuple[float, float]) ->
 
 
 def _use_inference_rules(config: ml_collections.ConfigDict, system, log: Callable[[str], None]) -> None:
-  """Applies the --config's inference section to the loaded system, saying when it differs from the trained one."""
-  if "inference" not in config:
-    return
-  wanted = {"max_skipped_roles": int(config.inference.max_skipped_roles),
-            "rotate_top_n": int(config.inference.rotate_top_n)}
-  trained = {k: system.config.inference.get(k) for k in wanted}
+  """Applies the --config's inference-time settings to the loaded system, saying when they differ from the run's.
+
+  They are the ``inference`` section and ``graphs.candidate_density_range`` (the
+  candidate pool and the random-DAG baselines); nothing the checkpoints hold.
+  """
+  wanted, trained = {}, {}
+  if "inference" in config:
+    for key in ("max_skipped_roles", "rotate_top_n"):
+      wanted[key], trained[key] = int(config.inference[key]), system.config.inference.get(key)
+  if "candidate_density_range" in config.graphs:
+    key = "candidate_density_range"
+    wanted[key] = tuple(float(x) for x in config.graphs[key])
+    trained[key] = tuple(float(x) for x in system.config.graphs[key])
   if wanted != trained:
-    log(f"inference rules from --config {wanted} replace the trained run's {trained}")
+    log(f"inference settings from --config {wanted} replace the trained run's {trained}")
   system.set_inference_rules(**wanted)
 
 

@@ -178,6 +178,21 @@ def test_plan_follows_the_skip_cap_and_run_makes_those_calls(skipping):
     hm.set_inference_rules(max_skipped_roles=-1, rotate_top_n=0)
 
 
+def test_candidate_density_range_of_a_loaded_system_can_change(skipping):
+  hm = skipping["system"]
+  full_range = hm.candidate_pool()
+  try:
+    hm.set_inference_rules(candidate_density_range=(1.0, 1.0))
+    pool = hm.candidate_pool()
+    # 3 roles at density 1: the 6 complete DAGs (one per order), where the full range also has 2-edge ones.
+    assert len(pool) == 6 and (pool.sum(axis=(1, 2)) == 3).all() and (full_range.sum(axis=(1, 2)) == 2).any()
+    with pytest.raises(ValueError, match="graphs.candidate_density_range"):
+      hm.set_inference_rules(candidate_density_range=(0.9, 0.2))
+  finally:
+    hm.set_inference_rules(candidate_density_range=(0.0, 1.0))
+  np.testing.assert_array_equal(hm.candidate_pool(), full_range)
+
+
 def test_training_comparison_applies_the_same_rules_as_inference(skipping, tmp_path):
   config = ts.small_config()
   config.inference.max_skipped_roles, config.inference.rotate_top_n = 1, 2
