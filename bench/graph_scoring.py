@@ -221,6 +221,7 @@ def main() -> None:
   largest_temp = largest.compile().memory_analysis().temp_size_in_bytes
   faults = {impl: minor_faults_per_call(scorer(impl, q, pool)) for impl in ("dense", "dense_per_pair")}
 
+  in_cache = max(matmul["in_cache_loop"], matmul["in_cache_call"])
   model_flops = gcn.flops_per_score(n, h, args.num_layers, mlp, args.query_dim, role_dim, k)
   fast_flops = gcn.fast_path_flops_per_score(n, h, args.num_layers, mlp, args.query_dim, role_dim, b, k)
   result = {
@@ -243,12 +244,12 @@ def main() -> None:
       "matmul_flops_per_s_2048": round(matmul["2048"]),
       "flops_per_score_executed_fast": round(fast_flops),
       "flops_per_score_model": round(model_flops),
-      # Fraction of the in-cache matmul rate: FLOPs the fast path executes (the headline), and model FLOPs.
-      "fraction_of_in_cache_matmul": round(rates["dense"] * fast_flops / matmul["in_cache_loop"], 3),
-      "fraction_of_in_cache_matmul_model_flops": round(rates["dense"] * model_flops / matmul["in_cache_loop"], 3),
+      # Fractions of the in-cache matmul rate (the higher of its two measurements): FLOPs the fast path executes
+      # (the headline), and the model's FLOPs; then of 2048^3 and, for comparison, the per-pair formulation's.
+      "fraction_of_in_cache_matmul": round(rates["dense"] * fast_flops / in_cache, 3),
+      "fraction_of_in_cache_matmul_model_flops": round(rates["dense"] * model_flops / in_cache, 3),
       "fraction_of_2048_matmul": round(rates["dense"] * fast_flops / matmul["2048"], 3),
-      "fraction_of_in_cache_matmul_per_pair_dense": round(
-          rates["dense_per_pair"] * model_flops / matmul["in_cache_loop"], 3),
+      "fraction_of_in_cache_matmul_per_pair_dense": round(rates["dense_per_pair"] * model_flops / in_cache, 3),
       "scratch_bytes_fast": memory["dense"].temp_size_in_bytes,
       "scratch_bytes_per_pair_dense": memory["dense_per_pair"].temp_size_in_bytes,
       "scratch_bytes_per_pair_segment": memory["segment"].temp_size_in_bytes,
