@@ -172,6 +172,38 @@ NOT_EXPRESSED = (
 )
 
 
+# OpenRouter model ids of the pool (openrouter_chat.py OPENROUTER_MODELS in the paper's code).
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+OPENROUTER_IDS = {
+    "Qwen3-8B": "qwen/qwen3-8b",
+    "Qwen3-Next-80B-A3B": "qwen/qwen3-next-80b-a3b-instruct",
+    "Llama-3.1-8B": "meta-llama/llama-3.1-8b-instruct",
+    "DeepSeek-V3.2": "deepseek/deepseek-v3.2",
+    "Gemma-3-27B": "google/gemma-3-27b-it",
+    "GPT-5-nano": "openai/gpt-5-nano",
+    "GPT-5-mini": "openai/gpt-5-mini",
+    "GPT-4o-mini": "openai/gpt-4o-mini",
+}
+
+
+def openrouter_models(api_key_env: str = "OPENROUTER_API_KEY", paper_request: bool = True) -> list[dict[str, Any]]:
+  """``llm.models`` entries that serve the paper's pool through OpenRouter (prices stay the pool's).
+
+  Args:
+    api_key_env: the environment variable holding the OpenRouter key.
+    paper_request: send GPT-5 models what the paper's code sent every model
+      (``max_tokens`` and llm.temperature); False keeps the pool's OpenAI-style
+      request for them (``max_completion_tokens``, temperature 1).
+  """
+  entries = []
+  for name, served in OPENROUTER_IDS.items():
+    entry = dict(name=name, base_url=OPENROUTER_BASE_URL, api_key_env=api_key_env, served_name=served)
+    if paper_request and name.startswith("GPT-5"):
+      entry.update(max_tokens_param="max_tokens", fixed_temperature=None)
+    entries.append(entry)
+  return entries
+
+
 def task_column(task: str) -> int:
   """Index of ``task`` in ``TASKS`` (HumanEval+ takes HumanEval's); PresetError for other tasks."""
   name = _TASK_ALIASES.get(task, task)
