@@ -226,7 +226,8 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
   curve: list[float] = []
   original = stage1.validate
 
-  def record(env_, graphdef, params, pool):
+  def record(env_, graphdef, params, pool, where=""):
+    del where
     del pool
     actions = rollout.greedy_actions(env_, graphdef, params, "val", np.arange(len(env_.splits["val"])))
     synth = actions[:, solver, -1]
