@@ -2,6 +2,7 @@
 
   python tools/readme_results.py                                   # default, paper_gpt, paper_qwen x seeds 0,1,2
   python tools/readme_results.py --presets=paper_gpt --seeds=0 --no-write
+  python tools/readme_results.py --presets=default:0,paper_gpt,paper_qwen     # the default on seed 0 only
 
 For each (preset, seed) it runs, unless ``<root>/<preset>_s<seed>/eval/results.json`` exists,
 
@@ -166,9 +167,10 @@ def main() -> None:
   args = parser.parse_args()
   root = (ROOT / args.root).resolve()
   per_preset: dict[str, dict[int, dict]] = {}
-  for preset in [p for p in args.presets.split(",") if p]:
+  for token in [p for p in args.presets.split(",") if p]:
+    preset, _, own_seeds = token.partition(":")  # 'default:0' runs the default on seed 0 only
     per_preset[preset] = {}
-    for seed in [int(s) for s in args.seeds.split(",") if s]:
+    for seed in [int(s) for s in (own_seeds.replace("+", ",") or args.seeds).split(",") if s]:
       per_preset[preset][seed] = run_one(args.task, preset, seed, root / args.task / f"{preset}_s{seed}")
   text = block(args.task, per_preset)
   if args.no_write:
