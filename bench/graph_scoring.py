@@ -16,7 +16,12 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
 - peak scratch memory of each compiled scorer (``memory_analysis``) and minor
   page faults per call;
 - a grid of B in {1, 8, 64, 256} x K in {50, 200, 1000} for the fast path, and
-  the lowest point as a fraction of the best;
+  the lowest point as a fraction of the best: raw, with the per-call dispatch
+  floor (a jitted no-op taking the same arguments, timed in the same turns)
+  taken off every point's time, and with a whole B=1, K=1 call taken off (the
+  model's fixed per-call cost); the B=1, K=50 call of ``score_pool``
+  against the same call through a jit with the graphdef as a static argument
+  (what ``score_pool`` was before ``PoolScorer``: the graphdef hashed per call);
 - optionally (``--reference_python=<python with torch>``) the same model in
   dense PyTorch with the same weights: its scores/s and largest score difference.
 
@@ -215,9 +220,9 @@ def main() -> None:
   loop_rate = len(pairs) / median_times({"loop": loop}, max(3, args.repeats // 2), 0.0)["loop"]
 
   scores = {impl: np.asarray(gcn.score_pool(graphdef, params, q, pool, impl=impl)) for impl in impls}
-  memory = {impl: gcn.score_pool.lower(graphdef, params, q, pool, impl=impl).compile().memory_analysis()
+  memory = {impl: gcn.pool_scorer(graphdef, impl).lower(params, q, pool).compile().memory_analysis()
             for impl in impls}
-  largest = gcn.score_pool.lower(graphdef, params, queries_all[:max(_GRID_BATCHES)], pool_all[:max(_GRID_POOLS)])
+  largest = gcn.pool_scorer(graphdef).lower(params, queries_all[:max(_GRID_BATCHES)], pool_all[:max(_GRID_POOLS)])
   largest_temp = largest.compile().memory_analysis().temp_size_in_bytes
   faults = {impl: minor_faults_per_call(scorer(impl, q, pool)) for impl in ("dense", "dense_per_pair")}
 
@@ -260,16 +265,38 @@ def main() -> None:
 
   if not args.no_grid:
     points = [(gb, gk) for gb in _GRID_BATCHES for gk in _GRID_POOLS]
-    grid_times = median_times({point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]])
-                               for point in points}, args.repeats, args.min_sample_s)
+    small_q, small_pool = queries_all[:1], pool_all[:50]
+    # The per-call floor: jit dispatch of the same arguments (parameter dict, queries, pool) doing no work.
+    no_op = jax.jit(lambda params, q, adjs: q[0, 0])
+    # score_pool as it was: the graphdef a static jit argument, hashed in Python on every call.
+    static_graphdef = jax.jit(gcn._score_merged,  # pylint: disable=protected-access
+                              static_argnames=("graphdef", "impl"))
+    grid_times = median_times({
+        **{point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]]) for point in points},
+        "no_op": lambda: no_op(params, small_q, small_pool).block_until_ready(),
+        "one_pair": scorer("dense", small_q, pool_all[:1]),
+        "static_graphdef": lambda: static_graphdef(graphdef, params, small_q, small_pool, None,
+                                                   impl="dense").block_until_ready(),
+    }, args.repeats, args.min_sample_s)
+    floor, fixed = grid_times["no_op"], grid_times["one_pair"]
     grid = {(gb, gk): gb * gk / grid_times[(gb, gk)] for gb, gk in points}
+    less_floor = {(gb, gk): gb * gk / max(grid_times[(gb, gk)] - floor, 1e-9) for gb, gk in points}
+    less_fixed = {(gb, gk): gb * gk / max(grid_times[(gb, gk)] - fixed, 1e-9) for gb, gk in points}
     best = max(grid.values())
     result["grid_scores_per_s_fast"] = {f"B{gb}_K{gk}": round(rate) for (gb, gk), rate in grid.items()}
     result["grid_min_over_best"] = round(min(grid.values()) / best, 3)
+    result["grid_argmin"] = "B{}_K{}".format(*min(grid, key=grid.get))
+    # The same with the dispatch floor taken off every point's time (what the model's work alone achieves).
+    result["grid_min_over_best_less_dispatch_floor"] = round(min(less_floor.values()) / max(less_floor.values()), 3)
+    # And with a whole B=1, K=1 call taken off (dispatch plus every op's fixed cost: thread hand-offs, launches).
+    result["grid_min_over_best_less_one_pair_call"] = round(min(less_fixed.values()) / max(less_fixed.values()), 3)
     # Points of at least one block's worth of pairs (smaller ones are bound by the fixed cost of a call).
     result["grid_min_over_best_where_B_x_K_at_least_3200"] = round(
         min(rate for (gb, gk), rate in grid.items() if gb * gk >= 3200) / best, 3)
+    result["dispatch_floor_us"] = round(1e6 * floor, 1)
+    result["call_us_B1_K1"] = round(1e6 * fixed, 1)
     result["grid_call_us_B1_K50"] = round(1e6 * grid_times[(1, 50)], 1)
+    result["call_us_B1_K50_static_graphdef_jit"] = round(1e6 * grid_times["static_graphdef"], 1)
 
   if args.reference_python:
     figures, torch_scores = run_torch_reference(args.reference_python, params, q, pool, args.repeats,

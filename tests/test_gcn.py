@@ -186,24 +186,90 @@ def test_scratch_memory_stays_bounded_as_the_pool_grows():
   q = jnp.zeros((64, 64))
   temp = {}
   for k in (200, 2000):
-    compiled = gcn.score_pool.lower(graphdef, params, q, jnp.zeros((k, 8, 8))).compile()
+    compiled = gcn.pool_scorer(graphdef).lower(params, q, jnp.zeros((k, 8, 8))).compile()
     temp[k] = compiled.memory_analysis().temp_size_in_bytes
   block_bytes = gcn.PAIRS_PER_BLOCK * 8 * 64 * 4  # one [G, N, B, H] activation of a block
   assert temp[2000] < 4 * block_bytes, temp
   assert temp[2000] < 1.5 * temp[200], temp
 
 
-def test_no_retrace_on_new_values(setup):
+def test_no_retrace_on_new_values(setup, monkeypatch):
+  """score_pool traces once per shape through its cached PoolScorer, never for new values."""
+  model, q, pool = setup
+  graphdef, params = nnx.split(model)  # a graphdef object score_pool has not seen: a fresh PoolScorer
+  monkeypatch.setattr(gcn, "_score_merged", chex.assert_max_traces(gcn._score_merged, n=2))
+  gcn.score_pool(graphdef, params, q, pool)
+  new_pool = jnp.asarray(graphs.dag_pool(9, N, K), jnp.float32)
+  gcn.score_pool(graphdef, params, q * 3.0, new_pool)
+  per_query = jnp.broadcast_to(pool, (B, K, N, N))  # the second (and last) trace: per-query pools
+  gcn.score_pool(graphdef, params, q, per_query)
+  gcn.score_pool(graphdef, jax.tree.map(lambda x: x * 0.5, params), q + 1.0, per_query[:, ::-1])
+  assert gcn.pool_scorer(graphdef) is gcn.pool_scorer(graphdef)
+
+
+def test_score_pool_hashes_no_graphdef_per_call(setup, monkeypatch):
+  """The per-call cost cut: a graphdef is looked up by identity, never hashed (a static jit argument was)."""
   model, q, pool = setup
   graphdef, params = nnx.split(model)
-  counted = chex.assert_max_traces(gcn.score_pool.__wrapped__, n=2)
-  fn = jax.jit(counted, static_argnames=("graphdef", "impl"))
-  fn(graphdef, params, q, pool)
-  new_pool = jnp.asarray(graphs.dag_pool(9, N, K), jnp.float32)
-  fn(graphdef, params, q * 3.0, new_pool)
-  per_query = jnp.broadcast_to(pool, (B, K, N, N))  # the second (and last) trace: per-query pools
-  fn(graphdef, params, q, per_query)
-  fn(graphdef, jax.tree.map(lambda x: x * 0.5, params), q + 1.0, per_query[:, ::-1])
+  gcn.score_pool(graphdef, params, q, pool).block_until_ready()  # compiled and cached
+  hashes = []
+  graphdef_type = type(graphdef)
+  original_hash = graphdef_type.__hash__
+  monkeypatch.setattr(graphdef_type, "__hash__", lambda self: hashes.append(1) or original_hash(self))
+  for _ in range(3):
+    gcn.score_pool(graphdef, params, q, pool).block_until_ready()
+  assert not hashes
+  static = jax.jit(gcn._score_merged, static_argnames=("graphdef", "impl"))  # how score_pool was jitted before
+  static(graphdef, params, q, pool, None, impl="dense")
+  assert hashes  # the check above can fail: a static graphdef is hashed per call
+
+
+def test_pool_scorer_cache_is_bounded_and_keyed_by_identity(setup, monkeypatch):
+  model, q, pool = setup
+  monkeypatch.setattr(gcn, "_SCORERS", {})
+  graphdefs = [nnx.split(model)[0] for _ in range(gcn._MAX_SCORERS + 3)]
+  scorers = [gcn.pool_scorer(g) for g in graphdefs]
+  assert len(gcn._SCORERS) == gcn._MAX_SCORERS
+  assert gcn.pool_scorer(graphdefs[-1]) is scorers[-1]
+  assert gcn.pool_scorer(graphdefs[0]) is not scorers[0]  # evicted (oldest first), built again
+  assert gcn.pool_scorer(graphdefs[-1], "segment") is not scorers[-1]
+  with pytest.raises(ValueError, match="unknown GCN implementation 'sparse'"):
+    gcn.PoolScorer(graphdefs[0], "sparse")
+
+
+def test_training_impl_rule():
+  assert gcn.training_impl("dense", 32, 32, 3) == "dense_per_pair"  # MATH's stage 2: 3 roles, 32 x 32 pairs
+  assert gcn.training_impl("dense", 32, 32, 8) == "dense"  # MMLU-Redux's: 8 roles
+  assert gcn.training_impl("dense", 64, 64, 3) == "dense"  # past the pair bound
+  assert gcn.training_impl("segment", 32, 32, 3) == "segment"
+  with pytest.raises(ValueError, match="unknown GCN implementation"):
+    gcn.training_impl("sparse", 32, 32, 3)
+
+
+@pytest.mark.parametrize("num_roles", [3, 8])
+def test_training_path_loss_and_grads_equal_the_scoring_path(num_roles):
+  """Stage 2's gradient step (training_impl's form) gives the scoring path's loss and gradients within 1e-5."""
+  from hieramas_jax.train import learner  # pylint: disable=g-import-not-at-top
+  batch, per_query = 6, 9
+  model = gcn.GraphClassifier(num_roles, D, role_dim=8, hidden_dim=16, mlp_dim=16, rngs=nnx.Rngs(num_roles))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  rng = np.random.default_rng(num_roles)
+  cb = learner.ClassifierBatch(jax.random.normal(jax.random.key(13), (batch, D)),
+                               _random_dags(14, (batch, per_query), num_roles),
+                               jnp.asarray(rng.integers(0, 2, (batch, per_query)), jnp.float32),
+                               jnp.asarray(rng.random((batch, per_query)) > 0.2, jnp.float32),
+                               jnp.ones((num_roles,), jnp.float32))
+  step_impl = gcn.training_impl("dense", batch, per_query, num_roles)
+  assert step_impl == ("dense_per_pair" if num_roles <= 3 else "dense")
+  loss_and_grad = jax.jit(jax.value_and_grad(learner.classifier_loss), static_argnums=(1, 4))
+  trained = loss_and_grad(params, graphdef, cb, 2.5, step_impl)
+  scored = loss_and_grad(params, graphdef, cb, 2.5, "dense")
+  reference = loss_and_grad(params, graphdef, cb, 2.5, "dense_per_pair")
+  for got in (trained, scored):
+    for leaf, ref in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+      np.testing.assert_allclose(leaf, ref, atol=1e-5 * max(1.0, float(jnp.abs(ref).max())), rtol=0)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(trained[1])) > 0
 
 
 def test_wrong_inputs_are_errors(setup):

@@ -25,10 +25,13 @@ keep them within 1e-5):
   slices that XLA fuses with the bias, relu and (last layer) the mean-pooling in
   one pass (``_propagate``; its gradient is that of the batched-product form).
   Projection and the first head layer are fused into one matmul (both linear).
-  Gradients flow through this path (stage 2 trains on it).
+  Gradients flow through this path (stage 2 trains on it from 4 roles up).
+  ``score_pool`` runs it through a ``PoolScorer`` cached per graphdef (jitted
+  once; nothing hashed per call).
 - ``dense_per_pair``: the original dense formulation, one (query, graph) pair at
   a time under ``vmap`` (``score_graph``); the reference the fast path is tested
-  and benchmarked against.
+  and benchmarked against, and stage 2's gradient step where it measured faster
+  (``training_impl``: 3 roles or fewer, small batches).
 - ``segment``: the same per-pair form with jraph segment sums over a static
   all-pairs edge list weighted by the adjacency.
 """
@@ -296,16 +299,88 @@ class GraphClassifier(nnx.Module):
     return scores.reshape(blocks * per_block, batch)[:num_graphs].T
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "impl"))
-def score_pool(graphdef, params, query_emb, adjs, role_mask=None, impl: str = "dense"):
-  """Jitted pure scoring: logits [B, K] from split classifier state."""
+def _score_merged(graphdef, params, query_emb, adjs, role_mask, impl: str):
+  """Logits [B, K] of the classifier ``nnx.merge(graphdef, params)`` (traced once per PoolScorer and shape)."""
   return nnx.merge(graphdef, params)(query_emb, adjs, role_mask, impl=impl)
+
+
+class PoolScorer:
+  """``score_pool`` bound to one graphdef and implementation: jitted once, with nothing hashed per call.
+
+  ``jax.jit`` hashes its static arguments on every call, and a flax graphdef hashes
+  in Python (over 100 us, the better part of a B=1, K=50 call); closing over the
+  graphdef leaves jit's C++ dispatch of the array arguments only. Shapes are the
+  only trace key: new parameter or input values never recompile.
+  """
+
+  def __init__(self, graphdef, impl: str = "dense"):
+    if impl not in IMPLEMENTATIONS:
+      raise ValueError(f"unknown GCN implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+    self.graphdef = graphdef
+    self.impl = impl
+    self._jitted = jax.jit(lambda params, q, adjs, mask: _score_merged(graphdef, params, q, adjs, mask, impl))
+
+  def __call__(self, params, query_emb, adjs, role_mask=None) -> jax.Array:
+    """Logits [B, K] of query embeddings [B, D] against adjacencies [K, N, N] or [B, K, N, N]."""
+    return self._jitted(params, query_emb, adjs, role_mask)
+
+  def lower(self, params, query_emb, adjs, role_mask=None):
+    """The jitted scorer lowered for these shapes (``.compile().memory_analysis()`` and the like)."""
+    return self._jitted.lower(params, query_emb, adjs, role_mask)
+
+
+# PoolScorers of recently used graphdefs, keyed by identity (a graphdef cannot be weakly referenced; holding it
+# keeps its id from being reused while its entry lives). Bounded: a process builds few classifiers.
+_SCORERS: dict[tuple[int, str], PoolScorer] = {}
+_MAX_SCORERS = 32
+
+
+def pool_scorer(graphdef, impl: str = "dense") -> PoolScorer:
+  """The cached PoolScorer of ``graphdef`` (the same object on every call with the same graphdef object)."""
+  key = (id(graphdef), impl)
+  scorer = _SCORERS.get(key)
+  if scorer is None or scorer.graphdef is not graphdef:
+    scorer = PoolScorer(graphdef, impl)
+    _SCORERS.pop(key, None)
+    if len(_SCORERS) >= _MAX_SCORERS:
+      _SCORERS.pop(next(iter(_SCORERS)))  # the oldest
+    _SCORERS[key] = scorer
+  return scorer
+
+
+def score_pool(graphdef, params, query_emb, adjs, role_mask=None, impl: str = "dense") -> jax.Array:
+  """Jitted pure scoring: logits [B, K] from split classifier state (through ``pool_scorer(graphdef, impl)``)."""
+  return pool_scorer(graphdef, impl)(params, query_emb, adjs, role_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl"))
 def score_single(graphdef, params, query_emb, adj, role_mask=None, impl: str = "segment"):
   """Jitted scorer of one (query [D], graph [N, N]) pair; the per-graph reference."""
   return nnx.merge(graphdef, params)(query_emb[None], adj[None], role_mask, impl=impl)[0, 0]
+
+
+# Stage-2 gradient steps (per-query pools, B x G pairs) on the per-pair form where it measured faster
+# (bench/stage2_epoch.py and a step-only timing in turns, H=64, 2 cores): with 3 roles at 32 x 32 pairs
+# 1.1-1.5x faster than the fast path, a tie at 64 x 64; from 4 roles the fast path is faster (8 roles: 1.1-1.5x).
+PER_PAIR_GRADIENT_MAX_ROLES = 3
+PER_PAIR_GRADIENT_MAX_PAIRS = 2048
+
+
+def training_impl(impl: str, batch: int, graphs_per_query: int, num_roles: int) -> str:
+  """The form stage 2's gradient steps use for ``impl`` at their shapes ([batch, graphs_per_query] pairs).
+
+  'dense' (the fast path) becomes 'dense_per_pair' for gradient steps of at most
+  ``PER_PAIR_GRADIENT_MAX_ROLES`` roles and ``PER_PAIR_GRADIENT_MAX_PAIRS`` pairs,
+  where that form's backward measured faster (its tiny batched products beat the
+  fast path's factored first layer, whose role-embedding gradient is a product
+  with N rows). Both compute the same function with gradients equal within 1e-5
+  (tests/test_gcn.py); scoring and validation keep ``impl``. Other forms are
+  returned unchanged.
+  """
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown GCN implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+  small = num_roles <= PER_PAIR_GRADIENT_MAX_ROLES and batch * graphs_per_query <= PER_PAIR_GRADIENT_MAX_PAIRS
+  return "dense_per_pair" if impl == "dense" and small else impl
 
 
 def flops_per_score(num_roles: int, hidden_dim: int, num_layers: int, mlp_dim: int, query_dim: int,
