@@ -200,6 +200,8 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   batch = min(c.batch_size, q_count)
   role_mask = jnp.ones((env.num_roles,), jnp.float32)
   query_emb = env.query_emb["train"]
+  # The gradient step's form: the fastest parity-tested one at these shapes (validation keeps config.gcn.impl).
+  step_impl = gcn.training_impl(config.gcn.impl, batch, train.adjs.shape[1], env.num_roles)
   bar = tqdm.trange(start, c.epochs, desc="stage 2 (graph classifier)", disable=not progress, initial=start,
                     total=c.epochs)
   try:
@@ -212,7 +214,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
                                      jnp.asarray(train.labels[idx], jnp.float32),
                                      jnp.asarray(train.valid[idx], jnp.float32), role_mask)
         params, opt_state, m = learner.classifier_update(graphdef, tx, params, opt_state, cb, pos_weight,
-                                                         impl=config.gcn.impl)
+                                                         impl=step_impl)
         learner.check_finite(m, epoch, "stage 2")
         losses.append(float(m["loss"]))
       auc, counted = val_auc(env, graphdef, params, val)
