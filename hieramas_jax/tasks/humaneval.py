@@ -15,20 +15,18 @@ reference outputs are computed once per problem, in the sandbox too, and kept.
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 import math
 import pathlib
 import random
 import re
 import threading
-import zlib
 from typing import Any, Sequence
 
 from hieramas_jax import paths
 from hieramas_jax import sandbox
 from hieramas_jax.tasks import base
+from hieramas_jax.tasks import records
 
 # The paper's five HumanEval roles, in our words: three write a short analysis
 # (at most 50 words), two write the full function in a code block.
@@ -187,27 +185,12 @@ _RECORD_KEYS = ("task_id", "prompt", "entry_point", "test", "canonical_solution"
 
 def _read_jsonl_gz(path: pathlib.Path) -> list[dict[str, Any]]:
   """The records of a HumanEval-format .jsonl(.gz); ValueError naming the file and line of a bad one."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  records = []
-  line_number = 0
-  try:
-    with opener(path, "rb") as f:
-      for line_number, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line.decode("utf-8"))
-        except ValueError as e:  # UnicodeDecodeError included
-          raise ValueError(f"{path} line {line_number} is not valid JSON ({e}); fix or delete that line") from None
-        missing = [k for k in _RECORD_KEYS if not isinstance(record, dict) or k not in record]
-        if missing:
-          raise ValueError(f"{path} line {line_number} is not a HumanEval record (no {', '.join(missing)}); "
-                           "fix or delete that line")
-        records.append(record)
-  except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # not gzip, cut short, corrupt
-    raise ValueError(f"{path} cannot be read after line {line_number} ({type(e).__name__}: {e}); it is not a "
-                     "complete gzip/JSONL file: download it again") from None
-  return records
+
+  def not_a_record(record: Any) -> str | None:
+    missing = [k for k in _RECORD_KEYS if not isinstance(record, dict) or k not in record]
+    return f"a HumanEval record (no {', '.join(missing)})" if missing else None
+
+  return [record for _, record in records.jsonl_records(path, not_a_record)]
 
 
 def bundled_humaneval_path() -> pathlib.Path:

@@ -13,7 +13,6 @@ them; with ``source='hf'``: the 7500-problem MATH training set).
 
 from __future__ import annotations
 
-import json
 import pathlib
 import random
 import re
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping
 from hieramas_jax import paths
 from hieramas_jax.tasks import base
 from hieramas_jax.tasks import math_grading
+from hieramas_jax.tasks import records
 
 # The paper's three MATH roles and what each synthesizer checks, in our words.
 MATH_ROLES = (
@@ -123,18 +123,13 @@ def problem_from_record(record: Mapping[str, Any], uid: str) -> base.Problem:
 
 def _records_from_jsonl(path: pathlib.Path) -> Iterable[tuple[int, dict[str, Any]]]:
   """(0-based line index, record) of each non-blank line; ValueError naming the file and line of a bad one."""
-  with open(path, "rb") as f:
-    for line_number, line in enumerate(f):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line.decode("utf-8"))
-      except ValueError as e:  # UnicodeDecodeError included
-        raise ValueError(f"{path} line {line_number + 1} is not valid JSON ({e}); fix or delete that line") from None
-      if not isinstance(record, dict) or not isinstance(record.get("problem"), str):
-        raise ValueError(f"{path} line {line_number + 1} is not a MATH record (a JSON object with a 'problem' "
-                         "text); fix or delete that line")
-      yield line_number, record
+
+  def not_a_record(record: Any) -> str | None:
+    if isinstance(record, dict) and isinstance(record.get("problem"), str):
+      return None
+    return "a MATH record (a JSON object with a 'problem' text)"
+
+  return ((line_number - 1, record) for line_number, record in records.jsonl_records(path, not_a_record))
 
 
 def _uid(record: Mapping[str, Any], prefix: str, index: int) -> str:
