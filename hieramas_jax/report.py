@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -23,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from hieramas_jax.baselines import QueryOutcome
+from hieramas_jax.jsonio import strict_json
 from hieramas_jax.tasks.base import Problem, Task
 
 
@@ -354,11 +354,6 @@ def write_report(out: str | os.PathLike[str], rows: Sequence[MethodRow], views: 
   return paths
 
 
-def strict_json(value: Any, indent: int | None = 2) -> str:
-  """JSON text with NaN and infinities as null (numpy scalars and arrays included): every parser reads it."""
-  return json.dumps(_finite(value), indent=indent, default=_json_default, allow_nan=False)
-
-
 def _view_json(view: TopologyView) -> dict[str, Any]:
   data = dataclasses.asdict(view)
   data["adjacency"] = np.asarray(view.adjacency).astype(int).tolist()
@@ -367,22 +362,3 @@ def _view_json(view: TopologyView) -> dict[str, Any]:
   return data
 
 
-def _finite(value: Any) -> Any:
-  """NaN and infinities as None, so results.json is strict JSON."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _finite(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite(v) for v in value]
-  return value
-
-
-def _json_default(value: Any) -> Any:
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, (np.floating,)):
-    return _finite(float(value))
-  if isinstance(value, np.ndarray):
-    return _finite(value.tolist())
-  raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -15,7 +15,7 @@ import pathlib
 
 import ml_collections
 
-from hieramas_jax import report
+from hieramas_jax import jsonio
 from hieramas_jax.train import environment, evaluation, stage1, stage2
 from hieramas_jax.train import workdir as workdir_lib
 from hieramas_jax.train.metric_writer import MetricWriter
@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if backend is None:  # the caller's backend is the caller's to close
       env.close()
   summary["checkpoints"] = str(workdir / "checkpoints")
-  (workdir / "summary.json").write_text(report.strict_json(summary))
+  (workdir / "summary.json").write_text(jsonio.strict_json(summary))
   print("Held-out test split (mean per query without a failed call):")
   for name, row in summary["test"].items():
     print(f"  {name:30s} reward {_figure(row['reward'], '+.3f')}  accuracy {_figure(row['accuracy'], '.3f')}  "

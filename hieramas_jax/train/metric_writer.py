@@ -15,21 +15,7 @@ import pathlib
 import time
 from typing import Any, Mapping
 
-
-def strict_json_value(value: Any) -> Any:
-  """``value`` with NaN / infinities as None and numbers (numpy and jax scalars too) as Python floats or ints."""
-  if isinstance(value, Mapping):
-    return {str(k): strict_json_value(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [strict_json_value(v) for v in value]
-  if isinstance(value, (bool, int, str)) or value is None:
-    return value
-  if hasattr(value, "tolist"):  # numpy / jax arrays and scalars
-    return strict_json_value(value.tolist())
-  if hasattr(value, "__float__"):
-    value = float(value)
-    return value if math.isfinite(value) else None
-  return str(value)
+from hieramas_jax.jsonio import strict_json_value
 
 
 def _number_or_value(value: Any) -> Any:
