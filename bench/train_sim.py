@@ -2,12 +2,23 @@
 
 Prints one JSON line. For each simulator seed it trains both stages with the
 default MATH config (synthetic problems, simulated pool) and, on held-out test
-queries, computes with the oracle (expected values, no sampling noise):
+queries, computes with the simulator's exact oracle (expected values, no sampling
+noise) in two action spaces:
 
-- ``best``: the oracle's best assignment on its best DAG of the candidate pool;
-- ``random``: a uniformly random assignment (models or skip) on a random DAG;
-- ``trained``: the selector's argmax assignment on the classifier's chosen DAG;
-- ``gap_closed`` = (trained - random) / (best - random), on mean rewards;
+- ``free``: any assignment (a model or skip at every position), the selector's
+  plain argmax, as training samples it;
+- ``inference``: the plans HieraMAS runs (``config.inference``: the skip cap and
+  proposer rotation), the selector's argmax with those rules applied.
+
+In each: ``best``, the oracle search's best plan (assignment and DAG of the
+candidate pool, under the space's rules; ``llm/oracle_search.py``, a local search
+whose misses show as ``queries_trained_above_best``); ``random``, random plans on
+random DAGs; ``trained`` and ``initial``, the trained and the untrained selector
+(the initialisation training started from) on the classifier's chosen DAG;
+``gap_closed`` = (trained - random) / (best - random) on mean rewards, and
+``gap_closed_initial`` the same for the untrained selector (what training adds
+is the difference). Also:
+
 - the stage-2 classifier's mean per-query ROC-AUC on held-out queries: on the
   validation split that picked its epoch (``val_auc``), on the test split against
   labels made exactly as training makes them (``test_auc_sampled_labels``: G DAGs
@@ -15,9 +26,8 @@ queries, computes with the oracle (expected values, no sampling noise):
   the oracle's noise-free best ``ORACLE_TOP_K`` candidates by expected reward
   (``test_auc_vs_oracle_labels``); what ranking by the exact expected reward
   scores against the same sampled test labels (``truth_auc_sampled_labels``: the
-  labels' own noise, not a ceiling, since a classifier may also learn what the
-  labels' sampling favours); and the expected reward of the trained assignment on
-  the chosen DAG against the same assignment on a random DAG;
+  labels' own noise, not a ceiling); null where no classifier was trained
+  (``stage2_skipped`` says why);
 - stage-1 episodes (queries executed and graded) per second.
 
 Then a credit-assignment scenario: one role's model choice matters for its own
@@ -30,7 +40,7 @@ synthesizer picks that are the right model) and writes a PNG.
                               [--set stage1.run_skip_credit=role --set selector.skip_head=shared ...]
     python bench/train_sim.py --seeds ''     # the credit-assignment scenario alone (about a minute)
 
-About 2.5 minutes per seed on 2 CPU cores (stage 2's runs dominate).
+About 15 minutes per seed on 2 CPU cores (stage 1's 1800 steps and stage 2's runs dominate).
 """
 
 from __future__ import annotations
@@ -41,13 +51,14 @@ import json
 import pathlib
 import shutil
 import time
+from typing import Any
 
 import numpy as np
 
 from hieramas_jax import config as base_config
-from hieramas_jax import encoders
+from hieramas_jax import encoders, jsonio
 from hieramas_jax.llm import cache as llm_cache
-from hieramas_jax.llm import sim
+from hieramas_jax.llm import oracle_search, sim
 from hieramas_jax.models import selector as sel
 from hieramas_jax.train import environment, evaluation, metrics, rollout, stage1, stage2
 from hieramas_jax.train.metric_writer import MetricWriter
@@ -68,50 +79,99 @@ def expected_reward(env, oracle, problem, actions_row, adj) -> float:
                          question=problem.question).expected_reward
 
 
-def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32,
-                   seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
-  """Mean oracle figures, and the expected reward [test queries, K] of the trained assignment on every pool DAG."""
+def inference_rules(env) -> oracle_search.PlanRules:
+  """The plans HieraMAS may run at inference (config.inference), as the oracle's search rules."""
+  rules = env.config.inference
+  return oracle_search.PlanRules(max_skipped_roles=int(rules.max_skipped_roles),
+                                 answer_roles=tuple(bool(a) for a in env.gives_answer),
+                                 proposers_may_skip=int(rules.rotate_top_n) <= 0)
+
+
+def random_inference_actions(env, problems, count: int, seed: int) -> np.ndarray:
+  """[len(problems), count, R, P+1] random plans under the inference rules (the rules applied to random logits)."""
+  mask = np.asarray(rollout.selection_mask(env, 1).valid)[0]
+  logits = np.random.default_rng(seed).normal(size=(len(problems) * count, *mask.shape))
+  repeated = [p for p in problems for _ in range(count)]
+  return rollout.inference_actions(env, logits, repeated).reshape(len(problems), count, *mask.shape[:-1])
+
+
+def space_figures(env, oracle, pool, *, trained, initial, chosen, rand_actions, rand_dags,
+                  rules: oracle_search.PlanRules) -> dict[str, float]:
+  """Oracle figures of one action space: the trained and the initial selector on the chosen DAGs, random plans on
+  random DAGs, and the search's best plan of the pool per query type (under ``rules``)."""
   problems = env.splits["test"]
-  n = len(problems)
-  learned = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", np.arange(n))
-  chosen, scores = evaluation.choose_graphs(env, s2.graphdef, s2.params, "test", pool)
-  rng = np.random.default_rng(seed)
-  random_dag_idx = rng.integers(0, len(pool), n)
-  rand_actions = evaluation.random_actions(env, n * n_random, seed + 1).reshape(n, n_random, *learned.shape[1:])
-  rand_dags = rng.integers(0, len(pool), (n, n_random))
-  best_by_type: dict[tuple[str, int], float] = {}
-  rows = {"trained": [], "trained_assignment_random_dag": [], "random": [], "best": []}
-  oracle_aucs = []
-  pool_expected = np.zeros((n, len(pool)))
+  best_by_type: dict[tuple[str, int], tuple[list, np.ndarray]] = {}
+  rows: dict[str, list[float]] = {"trained": [], "initial": [], "random": [], "best": []}
   for i, p in enumerate(problems):
     key = (p.subject, p.level)
-    if key not in best_by_type:
-      _, _, best, _ = oracle.best_dag(p.subject, p.level, list(pool), env.decision_model,
+    if key not in best_by_type:  # searched once per query type, sized by its first query
+      found = oracle_search.best_plan(oracle, p.subject, p.level, list(pool), env.decision_model,
                                       proposers=env.config.selector.num_proposers, models=env.model_names,
-                                      restarts=3)
-      best_by_type[key] = best.expected_reward
+                                      restarts=6, rules=rules, question=p.question)
+      best_by_type[key] = (found.assignment, pool[found.dag_index])
     ev = lambda actions, adj: expected_reward(env, oracle, p, actions, adj)  # noqa: E731
-    rows["best"].append(best_by_type[key])
-    rows["trained"].append(ev(learned[i], pool[chosen[i]]))
-    rows["trained_assignment_random_dag"].append(ev(learned[i], pool[random_dag_idx[i]]))
-    rows["random"].append(float(np.mean([ev(rand_actions[i, j], pool[rand_dags[i, j]]) for j in range(n_random)])))
-    # The classifier's ranking of the whole pool against the oracle's (noise-free) top-k by expected reward.
-    expected = pool_expected[i] = [ev(learned[i], g) for g in pool]
-    kth = np.sort(expected)[::-1][min(ORACLE_TOP_K, len(pool)) - 1]
-    oracle_aucs.append(metrics.roc_auc(scores[i], expected >= kth - 1e-12))
+    best_assignment, best_adj = best_by_type[key]
+    rows["best"].append(oracle.evaluate(p.subject, p.level, best_assignment, best_adj, env.decision_model,
+                                        question=p.question).expected_reward)
+    rows["trained"].append(ev(trained[i], pool[chosen[i]]))
+    rows["initial"].append(ev(initial[i], pool[chosen[i]]))
+    rows["random"].append(float(np.mean([ev(a, pool[d]) for a, d in zip(rand_actions[i], rand_dags[i])])))
   means = {k: float(np.mean(v)) for k, v in rows.items()}
+  # The search is local: a trained plan above its "best" would show it missing the optimum.
+  means["queries_trained_above_best"] = int(np.sum(np.array(rows["trained"]) > np.array(rows["best"]) + 1e-9))
+  means["calls_trained"] = float(np.mean([(a != len(env.model_names)).sum() + 1 for a in trained]))
   gap = means["best"] - means["random"]
   means["gap"] = gap
   means["gap_closed"] = (means["trained"] - means["random"]) / gap if gap > 0 else float("nan")
-  means["test_auc_vs_oracle_labels"] = float(np.nanmean(oracle_aucs))
-  return means, pool_expected
+  means["gap_closed_initial"] = (means["initial"] - means["random"]) / gap if gap > 0 else float("nan")
+  return means
+
+
+def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32,
+                   seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+  """Oracle figures of both action spaces, the classifier's ranking against the oracle's, and the expected reward
+  [test queries, K] of the trained (free) assignment on every pool DAG."""
+  problems = env.splits["test"]
+  n = len(problems)
+  index = np.arange(n)
+  init_graphdef, init_params = stage1.build_selector(env)  # the initialisation training started from
+  rng = np.random.default_rng(seed)
+  if s2.params is None:  # no classifier was trained: inference draws a seeded random candidate per query
+    chosen, scores = np.random.default_rng([seed, 7]).integers(0, len(pool), n), np.full((n, len(pool)), np.nan)
+  else:
+    chosen, scores = evaluation.choose_graphs(env, s2.graphdef, s2.params, "test", pool)
+  rand_dags = rng.integers(0, len(pool), (n, n_random))
+  learned = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", index)
+  rand_free = evaluation.random_actions(env, n * n_random, seed + 1).reshape(n, n_random, *learned.shape[1:])
+  figures: dict[str, Any] = {
+      "free": space_figures(env, oracle, pool, trained=learned, chosen=chosen, rand_actions=rand_free,
+                            rand_dags=rand_dags, rules=oracle_search.PlanRules(),
+                            initial=rollout.greedy_actions(env, init_graphdef, init_params, "test", index)),
+      "inference": space_figures(
+          env, oracle, pool, trained=rollout.inference_greedy_actions(env, s1.graphdef, s1.params, "test", index),
+          initial=rollout.inference_greedy_actions(env, init_graphdef, init_params, "test", index), chosen=chosen,
+          rand_actions=random_inference_actions(env, problems, n_random, seed + 2), rand_dags=rand_dags,
+          rules=inference_rules(env)),
+  }
+  # The classifier's ranking of the whole pool against the oracle's (noise-free) top-k by expected reward.
+  pool_expected = np.array([[expected_reward(env, oracle, p, learned[i], g) for g in pool]
+                            for i, p in enumerate(problems)])
+  oracle_aucs = []
+  for i in range(n):
+    kth = np.sort(pool_expected[i])[::-1][min(ORACLE_TOP_K, len(pool)) - 1]
+    oracle_aucs.append(metrics.roc_auc(scores[i], pool_expected[i] >= kth - 1e-12) if s2.params is not None
+                       else np.nan)
+  figures["test_auc_vs_oracle_labels"] = float(np.nanmean(oracle_aucs)) if np.isfinite(oracle_aucs).any() else np.nan
+  figures["trained_assignment_random_dag"] = float(np.mean(
+      [expected_reward(env, oracle, p, learned[i], pool[rand_dags[i, 0]]) for i, p in enumerate(problems)]))
+  return figures, pool_expected
 
 
 def sampled_label_figures(env, s1, s2, pool, pool_expected: np.ndarray) -> dict[str, float]:
   """The classifier and the exact truth (``pool_expected`` of ``oracle_figures``) against test labels made
   exactly as training makes them."""
   test = stage2.collect(env, s1.graphdef, s1.params, "test", pool)
-  scores = stage2.val_auc(env, s2.graphdef, s2.params, test, split="test")[0]
+  scores = stage2.val_auc(env, s2.graphdef, s2.params, test, split="test")[0] if s2.params is not None else np.nan
   index = {g.astype(np.int8).tobytes(): k for k, g in enumerate(pool)}
   picks = np.array([[index[g.tobytes()] for g in row] for row in test.adjs])  # the pool DAG of each (query, graph)
   expected = np.take_along_axis(pool_expected, picks, axis=1)
@@ -173,9 +233,15 @@ def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_p
   figures, pool_expected = oracle_figures(env, oracle, s1, s2, pool, seed=seed)
   figures.update(sampled_label_figures(env, s1, s2, pool, pool_expected))
   env.close()
-  figures.update(seed=seed, val_auc=s2.best_val_auc,
+  figures.update(seed=seed, val_auc=s2.best_val_auc, stage2_skipped=s2.skipped,
                  episodes_per_s=c.stage1.steps * c.stage1.batch_size / s1_time, stage1_s=s1_time)
-  return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
+  return _rounded(figures)
+
+
+def _rounded(value):
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  return round(value, 4) if isinstance(value, float) else value
 
 
 # ---------------------------------------------------------------------------
@@ -292,15 +358,20 @@ def main() -> None:
     fig.savefig(png, dpi=120)
   except ImportError:
     png = None
-  mean = lambda k: round(float(np.mean([s[k] for s in seeds])), 4) if seeds else None  # noqa: E731
-  print(json.dumps({
+  def mean(key: str, space: str | None = None):
+    values = [(s[space] if space else s)[key] for s in seeds]
+    return round(float(np.mean(values)), 4) if seeds else None
+
+  print(jsonio.strict_json({
       "bench": "train_sim",
       "seeds": seeds,
-      "mean_gap": mean("gap"), "mean_gap_closed": mean("gap_closed"), "mean_val_auc": mean("val_auc"),
+      **{f"mean_{space}_{k}": mean(k, space) for space in ("free", "inference")
+         for k in ("gap", "gap_closed", "gap_closed_initial", "trained", "best", "random")},
+      "mean_val_auc": mean("val_auc"),
       "mean_test_auc_sampled_labels": mean("test_auc_sampled_labels"),
       "mean_test_auc_vs_oracle_labels": mean("test_auc_vs_oracle_labels"),
       "mean_truth_auc_sampled_labels": mean("truth_auc_sampled_labels"),
-      "mean_trained": mean("trained"), "mean_trained_assignment_random_dag": mean("trained_assignment_random_dag"),
+      "mean_trained_assignment_random_dag": mean("trained_assignment_random_dag"),
       "episodes_per_s": mean("episodes_per_s"),
       "credit_curve_every_steps": every,
       "credit_alpha_0.5": [round(v, 3) for v in multi],
@@ -308,7 +379,7 @@ def main() -> None:
       "credit_steps_to_0.9_alpha_0.5": steps_to_reach(multi, every),
       "credit_steps_to_0.9_alpha_0": steps_to_reach(system_only, every),
       "credit_plot": str(png) if png else None,
-  }))
+  }, indent=None))
 
 
 if __name__ == "__main__":

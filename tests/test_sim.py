@@ -11,6 +11,7 @@ import pytest
 
 from hieramas_jax import executor
 from hieramas_jax.executor import Plan
+from hieramas_jax.llm import oracle_search
 from hieramas_jax.llm.base import UnknownModelError
 from hieramas_jax.llm.sim import (Oracle, ProblemRegistry, SimModel, SimulatedBackend, SimWorld, SkillTable,
                                   default_world, reward_of)
@@ -286,3 +287,39 @@ def test_role_effects_follow_the_speaking_role_and_the_oracle_agrees():
   fed = oracle.evaluate(p.subject, p.level, assignment, [[0, 1], [0, 0]], "GPT-4o-mini")
   alone = oracle.evaluate(p.subject, p.level, assignment, [[0, 0], [0, 0]], "GPT-4o-mini")
   assert fed.role_solve_rates[1] > alone.role_solve_rates[1] + 0.2
+
+
+@pytest.mark.parametrize("c_s", [100.0, 3000.0])  # 3000: every plan but the cheapest sits on the reward's floor
+def test_joint_plan_search_matches_brute_force_over_dags_and_assignments(c_s):
+  world = default_world(seed=4).with_models(["Llama-3.1-8B", "GPT-4o-mini", "DeepSeek-V3.2"])
+  oracle = Oracle(world, TASK, ROLES[:2], c_s=c_s, c_f=100)
+  dags = [[[0, 1], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [1, 0]], [[0, 1], [0, 0]]]  # the last repeats the first
+  options = [None, *world.models]
+  best = max(
+      (oracle.evaluate("algebra", 4, [[a, b], [c, d]], dag, "GPT-4o-mini").expected_reward, k)
+      for k, dag in enumerate(dags[:3])
+      for a, b, c, d in itertools.product(options, repeat=4))
+  found = oracle_search.best_plan(oracle, "algebra", 4, dags, "GPT-4o-mini", proposers=1, restarts=4)
+  # A local search: at c_s=3000 it ends on the mirror image of the optimum (roles and edge swapped), 1.6e-5 below.
+  assert found.result.expected_reward == pytest.approx(best[0], abs=1e-4)
+  assert found.dag_index in (0, 1, 2)  # a repeated DAG is reported by its first occurrence
+  assert found.result == oracle.evaluate("algebra", 4, found.assignment, dags[found.dag_index], "GPT-4o-mini")
+  assert found.evaluations < 3 * len(options) ** 4  # fewer evaluations than the brute force
+
+
+def test_plan_search_keeps_to_the_inference_rules():
+  world = default_world(seed=4).with_models(["Llama-3.1-8B", "GPT-4o-mini", "DeepSeek-V3.2"])
+  oracle = Oracle(world, TASK, ROLES[:2], c_s=3000, c_f=100)
+  dags = [[[0, 1], [0, 0]], [[0, 0], [0, 0]]]
+  rules = oracle_search.PlanRules(max_skipped_roles=0, answer_roles=(True, True), proposers_may_skip=False)
+  models = list(world.models)
+  best = max(oracle.evaluate("algebra", 4, [[a, b], [c, d]], dag, "GPT-4o-mini").expected_reward
+             for dag in dags for a, b, c, d in itertools.product(models, repeat=4))
+  found = oracle_search.best_plan(oracle, "algebra", 4, dags, "GPT-4o-mini", proposers=1, rules=rules)
+  assert all(m is not None for row in found.assignment for m in row)
+  assert found.result.expected_reward == pytest.approx(best, abs=1e-4)
+  free = oracle_search.best_plan(oracle, "algebra", 4, dags, "GPT-4o-mini", proposers=1)
+  assert free.result.expected_reward > found.result.expected_reward  # here skipping calls pays
+  assert not rules.allows([[None, None], ["GPT-4o-mini", "GPT-4o-mini"]])
+  assert oracle_search.PlanRules(1, (True, False)).allows([["GPT-4o-mini", "GPT-4o-mini"], [None, None]])
+  assert not oracle_search.PlanRules(1, (True, False)).allows([[None, None], ["GPT-4o-mini", "GPT-4o-mini"]])

@@ -52,6 +52,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from hieramas_jax.llm import oracle_search
 from hieramas_jax.llm.base import Message, Response, UnknownModelError, Usage, error_response
 from hieramas_jax.llm.pool import PAPER_POOL, ModelSpec
 from hieramas_jax.llm.tokens import CHARS_PER_TOKEN, count_message_tokens
@@ -1141,48 +1142,11 @@ class Oracle:
                       proposers: int = 2, models: Sequence[str] | None = None, restarts: int = 6,
                       max_sweeps: int = 20, seed: int = 0, objective: str = "expected_reward",
                       **evaluate_kwargs: Any) -> tuple[list[list[str | None]], OracleResult]:
-    """Coordinate ascent over positions (each: a model or skip), from several starts.
-
-    Returns the best assignment [R][proposers+1] found and its result. The first
-    start puts the strongest model everywhere, the others are random; a sweep
-    tries every option at every position and keeps improvements until none is left.
-    Local search: not guaranteed optimal, but exact evaluation makes each step sound.
-    """
-    models = list(self.world.models) if models is None else list(models)
-    n = len(self.roles)
-    options: list[str | None] = [None, *models]
-    rng = random.Random(seed)
-
-    def score(a: list[list[str | None]]) -> tuple[float, OracleResult]:
-      res = self.evaluate(subject, level, a, adjacency, decision_model, **evaluate_kwargs)
-      return getattr(res, objective), res
-
-    strongest = max(models, key=lambda m: self.world.skill.logit(m, subject, level))
-    best: tuple[float, list[list[str | None]], OracleResult] | None = None
-    for start in range(max(1, restarts)):
-      if start == 0:
-        current = [[strongest] * (proposers + 1) for _ in range(n)]
-      else:
-        current = [[rng.choice(options) for _ in range(proposers)] + [rng.choice(models)] for _ in range(n)]
-      value, result = score(current)
-      for _ in range(max_sweeps):
-        improved = False
-        for r in range(n):
-          for pos in range(proposers + 1):
-            for option in options:
-              if option == current[r][pos]:
-                continue
-              trial = [list(row) for row in current]
-              trial[r][pos] = option
-              v, res = score(trial)
-              if v > value + 1e-12:
-                current, value, result, improved = trial, v, res, True
-        if not improved:
-          break
-      if best is None or value > best[0]:
-        best = (value, current, result)
-    assert best is not None
-    return best[1], best[2]
+    """The best assignment [R][proposers+1] found on one DAG, and its result (``oracle_search.best_plan``)."""
+    found = oracle_search.best_plan(self, subject, level, [adjacency], decision_model, proposers=proposers,
+                                    models=models, restarts=restarts, max_sweeps=max_sweeps, seed=seed,
+                                    objective=objective, **evaluate_kwargs)
+    return found.assignment, found.result
 
   def best_dag(self, subject: str, level: int, dags: Sequence[Any], decision_model: str,
                **search_kwargs: Any) -> tuple[int, list[list[str | None]], OracleResult, list[OracleResult]]:

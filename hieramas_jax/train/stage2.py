@@ -7,8 +7,10 @@ the DAGs are ranked by system reward, with stage 2's own c_s
 BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
 kept. Labels are stored in the workdir, so a resumed run does not re-execute;
 a collection with too many failed queries raises ``rollout.FailedCallsError``
-and stores nothing. Training data without a single positive label (no solved
-run) cannot teach a classifier: stage 2 then says so, trains and saves none, and
+and stores nothing. Only queries with both a positive and a negative DAG are
+trained on (the others rank nothing). Training data without a single positive
+label (no solved run), or without a query that has both, cannot teach a
+classifier: stage 2 then says so, trains and saves none, and
 inference draws the documented seeded random DAG per query (``untrained_reason``
 tells loaders why, also for workdirs written before this check).
 """
@@ -117,14 +119,31 @@ def load_graph_data(path: pathlib.Path) -> GraphData:
     return GraphData(**{k: f[k] for k in (field.name for field in dataclasses.fields(GraphData))})
 
 
+def contrast_weights(data: GraphData) -> np.ndarray:
+  """[Q, G] 1.0 for the valid pairs of queries with both a positive and a negative valid DAG, else 0.0.
+
+  A query whose DAGs are all positive (every one solved and tied on the reward's
+  floor) or all negative ranks nothing: training on it only shifts every score.
+  """
+  valid = data.valid.astype(bool)
+  pos = data.labels.astype(bool) & valid
+  neg = ~data.labels.astype(bool) & valid
+  both = pos.any(axis=1) & neg.any(axis=1)
+  return (valid & both[:, None]).astype(np.float32)
+
+
 def no_positives_reason(data: GraphData, path: pathlib.Path | str) -> str:
-  """Why ``data`` cannot train a classifier ('' when it can): no (query, DAG) pair is labelled positive."""
+  """Why ``data`` cannot train a classifier ('' when it can): no positive label, or no query whose labels rank."""
   n_pos = int((data.labels.astype(bool) & data.valid.astype(bool)).sum())
-  if n_pos:
-    return ""
-  return (f"stage 2 found no positive label in {path} ({int(data.valid.sum())} of {data.valid.size} (query, DAG) "
-          "pairs ran without a failed call, none solved in at least half of its runs), so no graph classifier was "
-          "trained")
+  if not n_pos:
+    return (f"stage 2 found no positive label in {path} ({int(data.valid.sum())} of {data.valid.size} (query, DAG) "
+            "pairs ran without a failed call, none solved in at least half of its runs), so no graph classifier "
+            "was trained")
+  if not contrast_weights(data).any():
+    return (f"stage 2 found no query in {path} with both a positive and a negative DAG (every query's DAGs were "
+            "all solved and tied, or all failed), so the labels rank nothing and no graph classifier was trained; "
+            "raise stage2.graphs_per_query or lower stage2.top_k so that labels separate DAGs")
+  return ""
 
 
 def untrained_reason(workdir: pathlib.Path | str) -> str:
@@ -172,15 +191,18 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   pool = data_pool(env)
   train = _load_or_collect(env, data_dir / "train.npz", sel_graphdef, sel_params, "train", pool)
   val = _load_or_collect(env, data_dir / "val.npz", sel_graphdef, sel_params, "val", pool)
-  n_pos = int((train.labels * train.valid).sum())
-  n_neg = int(((1 - train.labels) * train.valid).sum())
+  weights = contrast_weights(train)  # queries without both classes teach no ranking
+  n_pos = int((train.labels * weights).sum())
+  n_neg = int(((1 - train.labels) * weights).sum())
   pos_weight = n_neg / max(n_pos, 1)
-  writer.write("stage2", 0, {"train_positives": n_pos, "train_negatives": n_neg, "pos_weight": pos_weight})
+  writer.write("stage2", 0, {"train_positives": n_pos, "train_negatives": n_neg, "pos_weight": pos_weight,
+                             "train_queries_ranked": int(weights.any(axis=1).sum()),
+                             "train_queries": int(weights.shape[0])})
   skipped = no_positives_reason(train, data_dir / "train.npz")
   if skipped:
     # Fresh parameters would score DAGs at random while claiming to be a classifier: train and save none.
-    print(f"stage 2: {skipped}; inference draws a seeded random DAG per query. Check the stage-1 selector "
-          "and the endpoints (every run failing to solve), or delete stage2_data/ after fixing them")
+    print(f"stage 2: {skipped}; inference draws a seeded random DAG per query. Delete stage2_data/ after fixing "
+          "the cause (for no positive label: the stage-1 selector or the endpoints)")
     return Stage2Result(None, None, float("nan"), [], skipped)
 
   graphdef, params = build_classifier(env)
@@ -212,7 +234,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
         idx = order[i:i + batch]
         cb = learner.ClassifierBatch(jnp.asarray(query_emb[idx]), jnp.asarray(train.adjs[idx], jnp.float32),
                                      jnp.asarray(train.labels[idx], jnp.float32),
-                                     jnp.asarray(train.valid[idx], jnp.float32), role_mask)
+                                     jnp.asarray(weights[idx]), role_mask)
         params, opt_state, m = learner.classifier_update(graphdef, tx, params, opt_state, cb, pos_weight,
                                                          impl=step_impl)
         learner.check_finite(m, epoch, "stage 2")
