@@ -43,7 +43,7 @@ def _task_and_problems(name: str):
     return task, list(MMLU_PROBLEMS)
   if name == "humaneval":
     return task, task.load(limit=3)
-  return task, task.load("test", n=3)
+  return task, task.load("test", n=8)  # enough for wrong answers to be quoted too
 
 
 def _user(messages) -> str:

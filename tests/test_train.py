@@ -21,6 +21,9 @@ def tiny_config(**overrides):
   c = base_config.base_config("math", "smoke")
   c.encoder.kind = "hashing"
   c.llm.cache = True
+  # The paper's MATH rule: no role dropped at inference. Without it the tiny selector drops every role, every DAG
+  # gives the same plan, and stage 2 (rightly) trains no classifier.
+  c.inference.max_skipped_roles = 0
   for key, value in overrides.items():
     node = c
     *path, last = key.split(".")

@@ -29,13 +29,10 @@ MATH_ROLES = (
         "Mathematical Analyst",
         "You model the problem before computing: give every unknown and every given quantity a letter, write the "
         "relations between them step by step, then substitute the given values into that model and compute.",
-        gives_answer=False,
         synthesis_checklist=(
             "Check that each analysis models the problem correctly with its variables.",
             "Verify the substitution of the values and each computation.",
-            "Where the analyses differ, decide which model of the problem is right."),
-        analysis_instruction=("Write out your model and the substitution for the team; you need not end with a "
-                              "final-result line.")),
+            "Where the analyses differ, decide which model of the problem is right.")),
     base.RoleSpec(
         "Math Solver",
         "You solve the problem step by step, using your teammates' hints where they help, and show every step "

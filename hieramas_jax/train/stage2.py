@@ -1,7 +1,7 @@
 """Stage 2: train the graph classifier on ranked random DAGs under the frozen selector.
 
-For every training and validation query, the frozen (argmax) selector's
-assignment runs on G random DAGs (density in ``graphs.stage2_density_range``);
+For every training and validation query, the frozen selector's assignment (its
+argmax under the inference rules, as HieraMAS will run it) runs on G random DAGs (density in ``graphs.stage2_density_range``);
 the DAGs are ranked by system reward, with stage 2's own c_s
 (``stage2.reward_cost_solved``), and the top-k solved ones are labelled positive. The GCN is trained with class-weighted
 BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
@@ -89,7 +89,8 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
   c = env.config.stage2
   problems = env.splits[split]
   q_count, g = len(problems), min(c.graphs_per_query, len(pool))
-  actions = rollout.greedy_actions(env, sel_graphdef, sel_params, split, np.arange(q_count))
+  # The plans inference runs (argmax under config.inference's skip cap and rotation): the DAGs are ranked for them.
+  actions = rollout.inference_greedy_actions(env, sel_graphdef, sel_params, split, np.arange(q_count))
   rng = np.random.default_rng([env.config.seed, 4, {"train": 0, "val": 1, "test": 2}[split]])
   picks = np.stack([rng.choice(len(pool), size=g, replace=False) for _ in range(q_count)])
   adjs = pool[picks]  # [Q, G, N, N]
