@@ -40,6 +40,7 @@ from typing import Any, Coroutine, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from hieramas_jax import graphs
 from hieramas_jax.llm.base import Backend, Response, check_models
 from hieramas_jax.tasks.base import Problem, RoleSpec, Task
 
@@ -168,32 +169,15 @@ class _Checked:
 
 
 def check_adjacency(adjacency: Any, n: int) -> np.ndarray:
-  """The adjacency as an int array after checking it is [n, n], 0/1 and acyclic."""
+  """The adjacency as a 0/1 int array after checking it is [n, n], 0/1 and acyclic (``graphs.validate_adjacency``)."""
   try:
     adj = np.asarray(adjacency)
   except Exception as e:  # pylint: disable=broad-except
     raise PlanError(f"adjacency cannot be read as an array: {e}") from e
-  if adj.shape != (n, n):
-    raise PlanError(f"adjacency has shape {adj.shape}; expected ({n}, {n}) for {n} roles")
-  if adj.size and not np.isin(adj, (0, 1)).all():
-    raise PlanError(f"adjacency must hold only 0 and 1; got values {sorted(set(np.unique(adj).tolist()))}")
-  adj = adj.astype(np.int64)
-  if n and np.trace(adj):
-    raise PlanError(f"adjacency has self-loops at roles {np.flatnonzero(np.diag(adj)).tolist()}")
-  # Kahn's algorithm: anything left with in-edges sits on a cycle.
-  indeg = adj.sum(axis=0)
-  ready = [j for j in range(n) if indeg[j] == 0]
-  seen = 0
-  while ready:
-    i = ready.pop()
-    seen += 1
-    for j in np.flatnonzero(adj[i]):
-      indeg[j] -= 1
-      if indeg[j] == 0:
-        ready.append(int(j))
-  if seen != n:
-    raise PlanError(f"adjacency has a cycle through roles {np.flatnonzero(indeg > 0).tolist()}; it must be a DAG")
-  return adj
+  try:
+    return graphs.validate_adjacency(adj, num_nodes=n)
+  except graphs.InvalidGraphError as e:
+    raise PlanError(str(e)) from None
 
 
 def check_plan(plan: Plan) -> _Checked:
@@ -213,22 +197,13 @@ def check_plan(plan: Plan) -> _Checked:
     adj = check_adjacency(plan.adjacency, n)
   except PlanError as e:
     raise PlanError(f"query {plan.problem.uid!r}: {e}") from None
-  live = [row[-1] is not None for row in rows]
-  preds = []
-  for j in range(n):
-    preds.append(tuple(int(i) for i in np.flatnonzero(adj[:, j]) if live[i]) if live[j] else ())
-  order = []
-  indeg = {j: len(preds[j]) for j in range(n) if live[j]}
-  ready = sorted(j for j, d in indeg.items() if d == 0)
-  while ready:
-    i = ready.pop(0)
-    order.append(i)
-    for j in indeg:
-      if i in preds[j]:
-        indeg[j] -= 1
-        if indeg[j] == 0:
-          ready.append(j)
-  return _Checked(tuple(plan.roles), tuple(rows), tuple(preds), tuple(order))
+  live = [j for j, row in enumerate(rows) if row[-1] is not None]
+  preds: list[tuple[int, ...]] = [()] * n
+  for j in live:
+    preds[j] = tuple(live[int(k)] for k in np.flatnonzero(adj[live, j]))  # live predecessors, ascending
+  # Dropped roles are left out of the graph: a role whose only predecessors are dropped starts first.
+  order = tuple(live[k] for k in graphs.topological_order(adj[np.ix_(live, live)]))
+  return _Checked(tuple(plan.roles), tuple(rows), tuple(preds), order)
 
 
 class _Trace:

@@ -47,7 +47,7 @@ def validate_adjacency(adj, num_nodes: int | None = None) -> np.ndarray:
   if bad.any():
     i, j = np.argwhere(bad)[0]
     raise InvalidGraphError(
-        f"adjacency entries must be 0 or 1, found {a[i, j]!r} at [{i}, {j}]")
+        f"adjacency entries must be 0 or 1, found {a[i, j].item()!r} at [{i}, {j}]")
   a = a.astype(np.int8)
   diag = np.flatnonzero(np.diagonal(a))
   if diag.size:
@@ -125,6 +125,7 @@ def topological_layers(adj) -> list[list[int]]:
 
 
 def topological_order(adj) -> list[int]:
+  """The roles layer by layer (``topological_layers`` flattened): the order every layer runs and lists roles in."""
   return [v for layer in topological_layers(adj) for v in layer]
 
 

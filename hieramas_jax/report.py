@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from hieramas_jax import graphs
 from hieramas_jax.baselines import QueryOutcome
 from hieramas_jax.jsonio import strict_json
 from hieramas_jax.tasks.base import Problem, Task
@@ -242,25 +243,10 @@ class TopologyView:
   solved: bool | None = None
 
 
-def _layers(adj: np.ndarray) -> list[list[int]]:
-  n = adj.shape[0]
-  indeg = adj.sum(axis=0).astype(int)
-  remaining, layers = set(range(n)), []
-  while remaining:
-    layer = sorted(v for v in remaining if indeg[v] == 0)
-    if not layer:  # not a DAG; place the rest together rather than loop forever
-      layer = sorted(remaining)
-    layers.append(layer)
-    for v in layer:
-      remaining.discard(v)
-      indeg -= adj[v]
-  return layers
-
-
 def _draw_topology(ax, view: TopologyView) -> None:
   adj = np.asarray(view.adjacency).astype(int)
   n = len(view.roles)
-  layers = _layers(adj)
+  layers = graphs.topological_layers(adj)  # columns of the picture; raises InvalidGraphError on a cycle
   pos: dict[int, tuple[float, float]] = {}
   for x, layer in enumerate(layers):
     for k, r in enumerate(layer):
@@ -337,7 +323,16 @@ def plot_topologies(views: Sequence[TopologyView], path: str | os.PathLike[str],
 def write_report(out: str | os.PathLike[str], rows: Sequence[MethodRow], views: Sequence[TopologyView], *,
                  highlight: Sequence[str] = ("hieramas",), extra: dict[str, Any] | None = None,
                  title: str = "Accuracy against cost") -> dict[str, str]:
-  """Marks the Pareto front and writes table.md, table.csv, results.json, pareto.png, topologies.png."""
+  """Marks the Pareto front and writes table.md, table.csv, results.json, pareto.png, topologies.png.
+
+  Raises graphs.InvalidGraphError, naming the view, before writing anything when a
+  view's adjacency is not a DAG over its roles.
+  """
+  for k, view in enumerate(views):  # before any file is written: a bad graph would fail the picture last
+    try:
+      graphs.validate_adjacency(view.adjacency, len(view.roles))
+    except graphs.InvalidGraphError as e:
+      raise graphs.InvalidGraphError(f"topology view {k}: {e}") from None
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   mark_front(rows)

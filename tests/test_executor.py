@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from hieramas_jax import executor
+from hieramas_jax import executor, graphs
 from hieramas_jax.executor import Plan, PlanError
 from hieramas_jax.llm.base import Response, UnknownModelError, Usage, error_response
 from hieramas_jax.llm.sim import SimulatedBackend, default_world
@@ -116,18 +116,41 @@ def test_failed_calls_are_error_records_not_answers():
 
 
 @pytest.mark.parametrize("adjacency, message", [
-    ([[0, 1], [0, 0]], "shape"),
-    ([[0, 2, 0], [0, 0, 0], [0, 0, 0]], "only 0 and 1"),
-    ([[0, 1, 0], [0, 0, 1], [1, 0, 0]], "cycle"),
-    ([[1, 0, 0], [0, 0, 0], [0, 0, 0]], "self-loops"),
+    ([[0, 1], [0, 0]], r"wrong shape \(2, 2\): expected \[3, 3\] for 3 roles"),
+    ([[0, 1], [0, 0, 1], [0]], "cannot be read as an array"),
+    ([[0, 2, 0], [0, 0, 0], [0, 0, 0]], r"must be 0 or 1, found 2 at \[0, 1\]"),
+    ([[0, 0.5, 0], [0, 0, 0], [0, 0, 0]], r"must be 0 or 1, found 0.5 at \[0, 1\]"),
+    ([[0, 1, 0], [0, 0, 1], [1, 0, 0]], "cycle: 0 -> 1 -> 2 -> 0"),
+    ([[0, 0, 0], [0, 0, 1], [0, 1, 0]], "cycle: 1 -> 2 -> 1"),
+    ([[0, 0, 0], [0, 1, 0], [0, 0, 0]], r"self-loop at role 1 \(adj\[1, 1\] = 1\)"),
 ])
 def test_bad_adjacency_is_rejected_before_any_call(adjacency, message):
   backend = ScriptedBackend()
   plans = [Plan(PROBLEMS[0], ROLES, [["a", "a"]] * 3, CHAIN, "a"),
            Plan(PROBLEMS[1], ROLES, [["a", "a"]] * 3, adjacency, "a")]
-  with pytest.raises(PlanError, match=message):
+  with pytest.raises(PlanError, match=message) as raised:
     executor.execute(plans, backend, TASK)
+  assert str(raised.value).startswith(f"query {PROBLEMS[1].uid!r}: ")  # which plan is bad
   assert not backend.requests
+
+
+def test_live_roles_run_in_the_dag_modules_order_without_dropped_roles():
+  # Four roles: 0 -> 3, 1 -> 2, and role 0 feeds role 1 only through dropped role 4.
+  roles = (*ROLES, dataclasses.replace(ROLES[0], name="Checker"), dataclasses.replace(ROLES[1], name="Dropped"))
+  adjacency = np.zeros((5, 5), np.int8)
+  adjacency[0, 3] = adjacency[1, 2] = adjacency[0, 4] = adjacency[4, 1] = 1
+  assignment = [["a"], ["a"], ["a"], ["a"], ["a", None]]
+  checked = executor.check_plan(Plan(PROBLEMS[0], roles, assignment, adjacency, "a"))
+  live = [0, 1, 2, 3]
+  # The dropped role's successor starts with the sources; the order is graphs' (layers, sorted) over live roles.
+  assert checked.order == (0, 1, 2, 3)
+  assert list(checked.order) == [live[k] for k in graphs.topological_order(adjacency[np.ix_(live, live)])]
+  assert checked.predecessors == ((), (), (1,), (0,), ())
+  backend = ScriptedBackend()
+  (result,) = executor.execute([Plan(PROBLEMS[0], roles, assignment, adjacency, "a")], backend, TASK)
+  decision_prompt = _user_text(backend.requests[-1])
+  shown = [decision_prompt.index(f"[{roles[r].name}]") for r in checked.order]
+  assert shown == sorted(shown) and "[Dropped]" not in decision_prompt and not result.failed
 
 
 def test_bad_assignment_and_unknown_model_are_rejected_before_any_call():

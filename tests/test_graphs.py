@@ -1,4 +1,4 @@
-"""Graph generation, validation, layers and jraph conversion."""
+"""Graph generation, validation, layers and jraph conversion; the report draws with the same layers."""
 
 import numpy as np
 import pytest
@@ -58,8 +58,8 @@ def test_impossible_requests_raise_clear_errors():
 @pytest.mark.parametrize("adj,message", [
     (np.zeros((3, 4)), "square"),
     (np.zeros((2, 3, 3)), "square"),
-    (np.array([[0, 2], [0, 0]]), "0 or 1"),
-    (np.array([[0, 0.5], [0, 0]]), "0 or 1"),
+    (np.array([[0, 2], [0, 0]]), r"0 or 1, found 2 at \[0, 1\]$"),  # the value as written, not np.int64(2)
+    (np.array([[0, 0], [0.5, 0]]), r"0 or 1, found 0.5 at \[1, 0\]$"),
     (np.array([[1, 0], [0, 0]]), "self-loop at role 0"),
     (np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]]), "cycle: 0 -> 1 -> 2 -> 0"),
 ])
@@ -88,6 +88,15 @@ def test_named_topologies():
     graphs.validate_adjacency(graphs.named_topology(name, 5))
   with pytest.raises(ValueError, match="unknown topology"):
     graphs.named_topology("ring", 5)
+
+
+def test_order_and_layers_refuse_cycles_and_handle_no_roles():
+  with pytest.raises(graphs.InvalidGraphError, match="cycle: 1 -> 2 -> 1"):
+    graphs.topological_layers([[0, 0, 0], [0, 0, 1], [0, 1, 0]])
+  assert graphs.topological_layers(np.zeros((0, 0), np.int8)) == []
+  assert graphs.topological_order(np.zeros((0, 0), np.int8)) == []
+  # Layers, each sorted: 0 -> 3 and 1 -> 2 give [0, 1] then [2, 3].
+  assert graphs.topological_order([[0, 0, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]) == [0, 1, 2, 3]
 
 
 def test_topological_layers_respect_edges():
@@ -123,3 +132,12 @@ def test_allow_fewer_returns_every_distinct_graph_found():
   pool = graphs.dag_pool(0, 2, 5, allow_fewer=True)
   assert pool.shape == (2, 2, 2)
   assert {g.tobytes() for g in pool} == {graphs.chain(2).tobytes(), graphs.chain(2, order=[1, 0]).tobytes()}
+
+
+def test_report_refuses_a_view_that_is_not_a_dag_before_writing_anything(tmp_path):
+  from hieramas_jax import report  # pylint: disable=g-import-not-at-top
+  view = report.TopologyView(question="q", roles=["A", "B", "C"], assignment=[["m"], ["m"], ["m"]],
+                             adjacency=np.array([[0, 1, 0], [0, 0, 1], [0, 1, 0]]), decision_model="d")
+  with pytest.raises(graphs.InvalidGraphError, match="topology view 0: adjacency has a cycle: 1 -> 2 -> 1"):
+    report.write_report(tmp_path / "out", [], [view])
+  assert not (tmp_path / "out").exists()
