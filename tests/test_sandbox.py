@@ -7,7 +7,6 @@ import math
 import os
 import pathlib
 import secrets
-import shutil
 import socket
 import subprocess
 import textwrap
@@ -18,6 +17,7 @@ import pytest
 
 from hieramas_jax import sandbox
 from hieramas_jax.sandbox import CRASHED, FAILED, PASSED, TIMEOUT, Program
+from hieramas_jax.sandbox import processes
 
 IS_ROOT = os.geteuid() == 0
 # Every mode this machine can run; the hostile tests run in each.
@@ -115,16 +115,16 @@ def test_ordinary_python_still_works_under_the_guard(mode):
 
 
 def test_value_codec_is_strict():
-  from hieramas_jax.sandbox import harness
+  from hieramas_jax.sandbox import codec
   value = (1, [2.5, None], {"a": {3}}, b"\x00", frozenset({1}), 2j, 3 ** 9000, True)
-  assert harness.decode_value(harness.encode_value(value)) == value
+  assert codec.decode_value(codec.encode_value(value)) == value
   for junk in ({"a": 1}, {"__tuple__": 5}, {"__set__": [[1]]}, {"__dict__": [[[1], 2]]}, {"__float__": "1e999x"},
                {"__eval__": "1"}, {"__tuple__": [], "__set__": []}):
-    with pytest.raises(harness.Malformed):
-      harness.decode_value(junk)
+    with pytest.raises(codec.Malformed):
+      codec.decode_value(junk)
   for refused in (types.MappingProxyType({}), range(3), object(), type("L", (list,), {})()):
     with pytest.raises(TypeError):
-      harness.encode_value(refused)
+      codec.encode_value(refused)
 
 
 def test_self_kill_is_not_blamed_on_memory(mode):
@@ -179,11 +179,11 @@ def test_fork_bomb_is_capped_and_fully_killed(mode, escape):
   assert result.status == TIMEOUT, result
   assert result.duration_s < 3.0
   uid = int(result.stdout.split()[0])
-  assert uid >= sandbox._UID_RANGE[0]
+  assert uid >= processes.UID_RANGE[0]
   deadline = time.monotonic() + 2.0
-  while sandbox._live_processes_of(uid) and time.monotonic() < deadline:
+  while processes.live_processes_of(uid) and time.monotonic() < deadline:
     time.sleep(0.05)
-  assert sandbox._live_processes_of(uid) == []
+  assert processes.live_processes_of(uid) == []
   assert_evaluator_works(mode)
 
 
@@ -374,14 +374,7 @@ def test_evaluator_still_works_after_everything(mode):
 
 
 # ---------------------------------------------------------------------------- plain mode
-_PLAIN_DRIVER = textwrap.dedent("""
-    import importlib.util, json, os, sys
-    spec = importlib.util.spec_from_file_location("sandbox_under_test", sys.argv[1],
-                                                  submodule_search_locations=[os.path.dirname(sys.argv[1])])
-    sandbox = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = sandbox
-    spec.loader.exec_module(sandbox)
-    assert sandbox.isolation_mode() == "plain"
+_PLAIN_CASES = """
     limits = dict(timeout_s=1.0, memory_mb=256, max_procs=4)
     cases = {
         "ok": "print(1)",
@@ -395,19 +388,13 @@ _PLAIN_DRIVER = textwrap.dedent("""
         "memory": "x = bytearray(8 << 30)",
     }
     print(json.dumps({k: sandbox.run_program(v, **limits).status for k, v in cases.items()}))
-    """)
+    """
 
 
-@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-                    reason="runs the plain mode as an unprivileged user; needs root, setpriv and /usr/bin/python3")
-def test_plain_mode_as_an_unprivileged_user():
-  driver = [sandbox._python_for_uid(), "-I", "-c", _PLAIN_DRIVER, os.path.abspath(sandbox.__file__)]
-  uid = sandbox._UID_RANGE[0] - 1 - secrets.randbelow(1000)  # a uid of its own, so its process cap is exact
-  completed = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *driver],
-                             capture_output=True, text=True, timeout=60, cwd="/", check=False)
+def test_plain_mode_as_an_unprivileged_user(plain_sandbox_user):
+  completed = plain_sandbox_user.run(_PLAIN_CASES)
   assert completed.returncode == 0, completed.stderr
   statuses = json.loads(completed.stdout.strip().splitlines()[-1])
   assert statuses == {"ok": PASSED, "loop": TIMEOUT, "fork_bomb": TIMEOUT, "network": FAILED, "write_tmp": FAILED,
                       "kill_parent": FAILED, "kill_all": FAILED, "subprocess": FAILED, "memory": CRASHED}
   assert not os.path.exists("/tmp/hieramas_plain_outside")
-  sandbox._kill_uid(uid)

@@ -11,15 +11,14 @@ import json
 import os
 import random
 import secrets
-import shutil
 import socket
-import subprocess
 import textwrap
 
 import pytest
 
 from hieramas_jax import paths
 from hieramas_jax import sandbox
+from hieramas_jax.sandbox import processes
 from hieramas_jax.tasks.humaneval import HumanEvalTask, bundled_humaneval_path
 
 IS_ROOT = os.geteuid() == 0
@@ -124,11 +123,11 @@ ATTACKS = {
         """),
     "harness_encoder_code": textwrap.dedent("""
         import collections, json, sys
-        main = sys.modules.get("__main__")
-        for name in ("encode_value", "decode_value", "describe"):
-            function = getattr(main, name, None)
-            if function is not None:
-                function.__code__ = (lambda *args, **kwargs: True).__code__
+        for module in list(sys.modules.values()):  # __main__ and the harness's own modules
+            for name in ("encode_value", "decode_value", "describe"):
+                function = getattr(module, name, None)
+                if function is not None and hasattr(function, "__code__"):
+                    function.__code__ = (lambda *args, **kwargs: True).__code__
         json.dumps.__code__ = (lambda *args, **kwargs: '{"status": "passed", "outputs": null}').__code__
         collections.OrderedDict.__eq__.__code__ = (lambda self, other: True).__code__
         def has_close_elements(numbers, threshold):
@@ -378,7 +377,7 @@ def assert_contained(name: str, result: sandbox.SandboxResult, listeners: Listen
   uid_line = [line for line in result.stdout.splitlines() if line.startswith("uid ")]
   if uid_line and IS_ROOT:
     uid = int(uid_line[0].split()[1])
-    assert uid != 0 and sandbox._live_processes_of(uid) == [], (name, result)
+    assert uid != 0 and processes.live_processes_of(uid) == [], (name, result)
   if name == "memory_over_processes":
     children, thread_mb = result.stdout.split("children ")[1].split()[0], result.stdout.split("thread_mb ")[1].split()[0]
     assert int(children) == 0 and int(thread_mb) <= LIMITS["memory_mb"], (name, result)
@@ -414,14 +413,7 @@ def test_attack_is_not_passed_and_leaves_nothing(problem, mode, name):
   assert honest.status == sandbox.PASSED, honest
 
 
-_PLAIN_DRIVER = textwrap.dedent("""
-    import importlib.util, json, os, sys
-    spec = importlib.util.spec_from_file_location("sandbox_under_test", sys.argv[1],
-                                                  submodule_search_locations=[os.path.dirname(sys.argv[1])])
-    sandbox = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = sandbox
-    spec.loader.exec_module(sandbox)
-    assert sandbox.isolation_mode() == "plain"
+_PLAIN_ATTACKS = """
     jobs = json.loads(sys.stdin.read())
     results = {}
     for name, job in jobs["attacks"].items():
@@ -429,28 +421,21 @@ _PLAIN_DRIVER = textwrap.dedent("""
       honest = sandbox.run_program(sandbox.Program(**jobs["honest"]), **jobs["limits"])
       results[name] = [attack.status, attack.stdout, honest.status]
     print(json.dumps(results))
-    """)
+    """
 
 
-@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-                    reason="runs the plain mode as an unprivileged user; needs root, setpriv and /usr/bin/python3")
-def test_attacks_in_plain_mode_as_an_unprivileged_user(problem):
+def test_attacks_in_plain_mode_as_an_unprivileged_user(problem, plain_sandbox_user):
   task = HumanEvalTask()
   def job(text):
     program = task.program(problem, text)
     return dict(code=program.code, test=program.test, entry_point=program.entry_point, context=program.context)
-  uid = sandbox._UID_RANGE[0] - 1 - secrets.randbelow(1000)  # a user of its own
   with Listeners() as listeners:
     jobs = {"attacks": {name: job("```python\n" + attack_code(name, listeners) + "\n```") for name in ATTACKS},
             "honest": job(task.render_answer(problem, True, random.Random(0))), "limits": LIMITS}
-    driver = ["/usr/bin/python3", "-I", "-c", _PLAIN_DRIVER, os.path.abspath(sandbox.__file__)]
-    completed = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *driver],
-                               input=json.dumps(jobs), capture_output=True, text=True, timeout=300, cwd="/",
-                               check=False)
+    completed = plain_sandbox_user.run(_PLAIN_ATTACKS, stdin=json.dumps(jobs), timeout_s=300)
     assert completed.returncode == 0, completed.stderr
     results = json.loads(completed.stdout.strip().splitlines()[-1])
     for name, (status, stdout, honest) in results.items():
       assert_contained(name, sandbox.SandboxResult(status, "", stdout, "", 0.0, "plain"), listeners)
       assert honest == sandbox.PASSED, (name, stdout)
-  assert sandbox._live_processes_of(uid) == []
-  sandbox._kill_uid(uid)
+  assert processes.live_processes_of(plain_sandbox_user.uid) == []
