@@ -1,8 +1,7 @@
 """Cost-aware rewards and multi-level credit assignment (pure functions of arrays).
 
-Reward of one graded output with cost c (USD), as published:
-
-    solved: max(exp(-c_s * c), 0.5)        failed: max(-exp(c_f * c), -2.5)
+The reward of one graded output is the paper's cost-aware formula of
+``reward_formula`` (the one the simulator's oracle uses too).
 
 Multi-level credit for role r of query b:
 
@@ -22,17 +21,18 @@ import chex
 import jax
 import jax.numpy as jnp
 
-SOLVED_FLOOR = 0.5
-FAILED_FLOOR = -2.5
+from hieramas_jax import reward_formula
+from hieramas_jax.reward_formula import DEFAULT_C_F, DEFAULT_C_S
 
 
-def output_reward(solved: jax.Array, cost: jax.Array, c_s: float = 300.0, c_f: float = 300.0) -> jax.Array:
-  """Reward of graded outputs (any shape) given their cost in USD."""
+def output_reward(solved: jax.Array, cost: jax.Array, c_s: float = DEFAULT_C_S,
+                  c_f: float = DEFAULT_C_F) -> jax.Array:
+  """Reward of graded outputs (any shape) given their cost in USD (``reward_formula.cost_aware_reward``)."""
   chex.assert_equal_shape([solved, cost])
   cost = jnp.asarray(cost, jnp.float32)
-  good = jnp.maximum(jnp.exp(-c_s * cost), SOLVED_FLOOR)
-  bad = jnp.maximum(-jnp.exp(c_f * cost), FAILED_FLOOR)
-  return jnp.where(jnp.asarray(solved, bool), good, bad)
+  # Any nonzero entry counts as solved; as 0.0/1.0 the formula's blend is exactly one branch.
+  solved = jnp.asarray(solved, bool).astype(jnp.float32)
+  return reward_formula.cost_aware_reward(solved, cost, c_s, c_f, xp=jnp)
 
 
 def multilevel_reward(
@@ -43,8 +43,8 @@ def multilevel_reward(
     gives_answer: jax.Array,
     role_ran: jax.Array,
     alpha: float,
-    c_s: float = 300.0,
-    c_f: float = 300.0,
+    c_s: float = DEFAULT_C_S,
+    c_f: float = DEFAULT_C_F,
 ) -> jax.Array:
   """Per-role credit [B, R].
 

@@ -77,3 +77,25 @@ def test_run_skip_advantages_count_skipped_rows_against_the_same_query():
                              [[1.0, 0.5], [-1.0, 0.5], [0.2, 2.0], [0.0, 0.0]])
   with pytest.raises(ValueError, match="'loo' or 'none'"):
     rewards.run_skip_advantages(decision, valid, "ema")
+
+
+@pytest.mark.parametrize("c_s, c_f", [(300.0, 300.0), (100.0, 50.0), (1.0, 300.0)])
+def test_training_and_oracle_rewards_agree_on_a_grid(c_s, c_f):
+  from hieramas_jax import reward_formula
+  from hieramas_jax.llm import sim
+  costs = np.concatenate([[0.0], np.geomspace(1e-6, 1e4, 60)])  # up to far past both floors (no overflow)
+  solved = np.repeat([False, True], costs.size)
+  cost = np.tile(costs, 2)
+  training = jax.jit(rewards.output_reward, static_argnums=(2, 3))(jnp.asarray(solved), jnp.asarray(cost), c_s, c_f)
+  oracle = np.array([sim.reward_of(s, c, c_s, c_f) for s, c in zip(solved, cost)])
+  np.testing.assert_allclose(training, oracle, rtol=2e-6, atol=1e-7)
+  # Both floors are reached at high cost, and nothing else lies outside them.
+  assert oracle[costs.size - 1] == -2.5 and oracle[-1] == 0.5
+  assert np.all((oracle >= 0.5) | (oracle <= -1.0)) and oracle.min() == -2.5
+  with np.errstate(over="raise", invalid="raise"):
+    on_numpy = reward_formula.cost_aware_reward(solved.astype(float), cost, c_s, c_f, xp=np)
+  np.testing.assert_allclose(on_numpy, oracle, rtol=1e-12)
+  # A solve probability gives the expected reward.
+  for c in (0.0, 0.002, 0.05):
+    want = 0.3 * sim.reward_of(True, c, c_s, c_f) + 0.7 * sim.reward_of(False, c, c_s, c_f)
+    assert sim.reward_of(0.3, c, c_s, c_f) == pytest.approx(want, rel=1e-12)
