@@ -11,7 +11,7 @@ noise) in two action spaces:
   proposer rotation), the selector's argmax with those rules applied.
 
 In each: ``best``, the oracle search's best plan (assignment and DAG of the
-candidate pool, under the space's rules; ``llm/oracle_search.py``, a local search
+candidate pool, under the space's rules; ``llm/sim/search.py``, a local search
 whose misses show as ``queries_trained_above_best``); ``random``, random plans on
 random DAGs; ``trained`` and ``initial``, the trained and the untrained selector
 (the initialisation training started from) on the classifier's chosen DAG;
@@ -58,7 +58,8 @@ import numpy as np
 from hieramas_jax import config as base_config
 from hieramas_jax import encoders, jsonio
 from hieramas_jax.llm import cache as llm_cache
-from hieramas_jax.llm import oracle_search, sim
+from hieramas_jax.llm import sim
+from hieramas_jax.llm.sim import search as oracle_search
 from hieramas_jax.models import selector as sel
 from hieramas_jax.train import environment, evaluation, metrics, rollout, stage1, stage2
 from hieramas_jax.train.metric_writer import MetricWriter

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from hieramas_jax import executor
+from hieramas_jax import executor, graphs
 from hieramas_jax.executor import Plan
-from hieramas_jax.llm import oracle_search
+from hieramas_jax.graphs import InvalidGraphError
+from hieramas_jax.llm.sim import search as oracle_search
 from hieramas_jax.llm.base import UnknownModelError
 from hieramas_jax.llm.sim import (Oracle, ProblemRegistry, SimModel, SimulatedBackend, SimWorld, SkillTable,
                                   default_world, reward_of)
@@ -180,6 +181,20 @@ def test_oracle_matches_the_text_simulator():
   assert oracle.role_solve_rates[2] is None
   assert cost == pytest.approx(oracle.expected_cost, rel=0.02)
   assert oracle.expected_reward == pytest.approx(reward_of(oracle.solve_rate, oracle.expected_cost))
+
+
+def test_oracle_validates_the_dag_and_reads_only_running_predecessors():
+  oracle = Oracle(default_world(seed=2), TASK, ROLES)
+  assignment = [["Qwen3-8B", "GPT-4o-mini"], [None, None], [None, "GPT-5-nano"]]  # the Inspector is skipped
+  with pytest.raises(InvalidGraphError, match="cycle: 0 -> 1 -> 2 -> 0"):
+    oracle.evaluate("addition", 2, assignment, [[0, 1, 0], [0, 0, 1], [1, 0, 0]], "GPT-4o-mini")
+  with pytest.raises(InvalidGraphError, match=r"expected \[3, 3\] for 3 roles"):
+    oracle.evaluate("addition", 2, assignment, [[0, 1], [0, 0]], "GPT-4o-mini")
+  # A skipped role passes nothing on: the chain through it is the empty graph for the roles that run.
+  through_skipped = oracle.evaluate("addition", 2, assignment, graphs.chain(3), "GPT-4o-mini")
+  assert through_skipped == oracle.evaluate("addition", 2, assignment, graphs.empty(3), "GPT-4o-mini")
+  assert through_skipped != oracle.evaluate("addition", 2, assignment, [[0, 0, 1], [0, 0, 0], [0, 0, 0]],
+                                            "GPT-4o-mini")
 
 
 def test_reward_formula():

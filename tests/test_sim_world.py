@@ -86,10 +86,10 @@ def test_self_consistency_gain_of_a_mid_model_is_moderate():
 def test_majority_vote_formula_on_small_cases():
   # Two samples, right with p, one shared wrong value with 1 - p: right wins 2-0, ties 1-1 half the time.
   p = 0.7
-  assert sim._majority_right([p, 1 - p, 0.0], 2) == pytest.approx(p * p + 2 * p * (1 - p) / 2)
+  assert sim.oracle._majority_right([p, 1 - p, 0.0], 2) == pytest.approx(p * p + 2 * p * (1 - p) / 2)
   # Three samples, wrong answers all one's own: right wins with >= 1 vote unless alone in a 3-way tie.
   expected = p**3 + 3 * p**2 * (1 - p) + 3 * p * (1 - p)**2 / 3
-  assert sim._majority_right([p, 0.0, 1 - p], 3) == pytest.approx(expected)
+  assert sim.oracle._majority_right([p, 0.0, 1 - p], 3) == pytest.approx(expected)
 
 
 def test_wrong_answers_are_shared_distractors():
@@ -157,12 +157,12 @@ def test_oracle_matches_the_text_simulator_in_the_anchored_world():
 
 
 def test_self_consistency_matches_the_sampled_baseline():
-  """baselines.run_self_consistency through the simulator vs the oracle's exact vote, per problem."""
+  """baselines self_consistency through the simulator vs the oracle's exact vote, per problem."""
   problems = SYNTHETIC.load("train", n=1000)
   world = sim.anchored_world("synthetic", problems=problems, seed=1)
   backend = sim.SimulatedBackend(world, SYNTHETIC, problems)
   oracle = sim.Oracle(world, SYNTHETIC, SYNTHETIC.roles)
-  outcomes = baselines.run_self_consistency(problems, backend, SYNTHETIC, "Llama-3.1-8B", samples=5)
+  outcomes = baselines.run("self_consistency", problems, backend, SYNTHETIC, model="Llama-3.1-8B", samples=5)
   sampled = np.mean([SYNTHETIC.grade(p, o.final_text) for p, o in zip(problems, outcomes)])
   exact = np.mean([oracle.self_consistency(p.subject, p.level, "Llama-3.1-8B", uid=p.uid) for p in problems])
   assert abs(sampled - exact) < 4 * math.sqrt(exact * (1 - exact) / len(problems)), (sampled, exact)
@@ -191,5 +191,5 @@ def test_environment_builds_the_configured_world(tmp_path):
   backend = environment.make_backend(config, specs, SYNTHETIC, problems, tmp_path)
   simulator = getattr(backend, "backend", backend)  # under the response cache when one is configured
   assert isinstance(simulator, sim.SimulatedBackend) and simulator.world.answers is not None
-  assert sim.mixture_single_call(simulator.world, "GPT-4o-mini", sim._mix_of(problems)) == pytest.approx(0.702,
+  assert sim.mixture_single_call(simulator.world, "GPT-4o-mini", sim.world._mix_of(problems)) == pytest.approx(0.702,
                                                                                                          abs=1e-4)

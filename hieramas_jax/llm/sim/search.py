@@ -1,6 +1,6 @@
 """The oracle's search for the best plan (assignment and DAG) of a query type.
 
-Coordinate ascent on exact evaluations (``sim.Oracle.evaluate``): a plan is a DAG
+Coordinate ascent on exact evaluations (``oracle.Oracle.evaluate``): a plan is a DAG
 (one coordinate over the distinct candidate DAGs) and one option per position
 (a model or skip, per role: proposers then the synthesizer). A sweep tries every
 option at every coordinate and keeps improvements until none is left.
@@ -107,7 +107,7 @@ def best_plan(oracle, subject: str, level: int, dags: Sequence[Any], decision_mo
   """Joint coordinate ascent over (DAG, assignment) for one query type; see the module docstring.
 
   Args:
-    oracle: a ``sim.Oracle``.
+    oracle: an ``oracle.Oracle``.
     dags: candidate DAGs [R, R] (duplicates are searched once; the index returned is the first occurrence).
     proposers: proposer positions per role (each may be skipped).
     models: the options of each position besides skip (default: the world's models).
