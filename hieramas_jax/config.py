@@ -119,7 +119,7 @@ def base_config(task: str, arg: str | None = None, setting: str | None = None) -
   c.llm.sim_seed = 0
   c.llm.sim_latency_s = 0.0
   c.llm.sim_world = "invented"  # or "anchored": skills from published scores, shared wrong answers (llm/sim_facts.py)
-  # Role effects of the simulated world: role name -> (solo logit, gain scale); see llm/sim.py RoleEffect.
+  # Role effects of the simulated world: role name -> (solo logit, gain scale); see llm/sim/world.py RoleEffect.
   c.llm.sim_role_effects = {}
 
   # Encoder of query, role and profile texts.
