@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hieramas_jax import checkpointing, config as base_config, encoders, graphs, system
+from hieramas_jax import config as base_config, encoders, graphs, policy, system
 from hieramas_jax.llm import cache as llm_cache
 from hieramas_jax.llm.base import error_response
 from hieramas_jax.models import gcn
 from hieramas_jax.models import selector as sel
 from hieramas_jax.tasks.base import Problem
-from hieramas_jax.train import builders, environment, evaluation, learner, rollout, stage2
+from hieramas_jax.train import builders, environment, evaluation, rollout, stage2
 
 TEXT_QUERIES = ("What is 17 + 25?", "A square has side 3. What is its area?")
 
@@ -45,24 +45,15 @@ def fresh_models(config):
 
 
 def save_trained(workdir, config, selector_params, classifier_params=None) -> None:
-  """Writes stage-1 (and stage-2) checkpoints as launch.train does (same state trees and metadata)."""
-  workdir = pathlib.Path(workdir)
-  roles = [r.name for r in environment.load_task(config).roles]
-  encoder_id = encoders.HashingEncoder().encoder_id
-  tx = learner.make_optimizer(config.stage1.learning_rate, config.stage1.weight_decay, config.stage1.grad_clip)
-  state = builders.selector_state_tree(selector_params, tx.init(selector_params), np.zeros(len(roles), np.float32),
-                                       selector_params, 0.25)
-  with checkpointing.Checkpointer(workdir / "checkpoints" / "stage1") as ck:
-    ck.save(config.stage1.steps, state,
-            {"stage": 1, "step": config.stage1.steps, "config": config.to_dict(), "history": [],
-             "encoder_id": encoder_id, "model_names": [s.name for s in environment.pool_specs(config)],
-             "roles": roles}, force=True)
-  if classifier_params is not None:
-    state = builders.classifier_state_tree(classifier_params, tx.init(classifier_params), classifier_params, 0.75)
-    with checkpointing.Checkpointer(workdir / "checkpoints" / "stage2") as ck:
-      ck.save(config.stage2.epochs, state,
-              {"stage": 2, "step": config.stage2.epochs, "config": config.to_dict(), "history": [],
-               "encoder_id": encoder_id, "roles": roles}, force=True)
+  """Writes a workdir's checkpoints through the policy's schema (what launch.train writes), at the last step."""
+  encoder = encoders.HashingEncoder()
+  task = environment.load_task(config)
+  spec = policy.PolicySpec.from_config(config, task.roles, environment.pool_specs(config), encoder.encoder_id,
+                                       encoder.dim)
+  (sel_gd, _), (cls_gd, _) = fresh_models(config)
+  classifier = (cls_gd, classifier_params) if classifier_params is not None else None
+  trained = policy.HieraMASPolicy(spec, (sel_gd, selector_params), encoder.encode(list(spec.option_texts)), classifier)
+  trained.save(workdir, config=config, step=config.stage1.steps)
 
 
 def test_problems(config, count: int = 6) -> list[Problem]:
@@ -115,7 +106,7 @@ def test_from_workdir_decides_as_the_training_code(trained):
   # The training environment of the same config: same option embeddings, pool, assignments and graphs.
   env = environment.build_environment(config, trained["workdir"])
   try:
-    np.testing.assert_array_equal(hm.environment.option_emb, env.option_emb)
+    np.testing.assert_array_equal(np.asarray(hm.policy.option_emb), env.option_emb)
     pool = stage2.candidate_pool(env)
     np.testing.assert_array_equal(hm.candidate_pool(), pool)
     problems = env.splits["test"]
@@ -250,7 +241,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
       return jax.device_put(x, NamedSharding(mesh, spec))
     sel_p, cls_p = jax.tree_util.tree_map(place, sel_p), jax.tree_util.tree_map(place, cls_p)
     widest = max(len(x.sharding.device_set) for x in jax.tree_util.tree_leaves((sel_p, cls_p)))
-    hm = system.HieraMAS(config, (sel_gd, sel_p), (cls_gd, cls_p), workdir={workdir!r})
+    hm = system.HieraMAS.from_parts(config, (sel_gd, sel_p), (cls_gd, cls_p), workdir={workdir!r})
     queries = T.test_problems(config) + list(T.TEXT_QUERIES)
     planned = hm.plan(queries)
     emb, shared, per_query = T.scoring_inputs(hm.encoder.dim, len(hm.roles))
@@ -298,7 +289,7 @@ def test_score_graphs_identical_on_1_and_8_devices(eight_device_run):
 def test_checkpoint_saved_on_8_devices_plans_the_same_on_1(eight_device_run):
   hm = system.HieraMAS.from_workdir(eight_device_run["workdir"])
   try:
-    for leaf in jax.tree_util.tree_leaves(hm._sel_params):  # pylint: disable=protected-access
+    for leaf in jax.tree_util.tree_leaves(hm.policy.selector[1]):
       assert len(leaf.sharding.device_set) == 1
     queries = test_problems(hm.config) + list(TEXT_QUERIES)
     assert plan_record(hm.plan(queries)) == eight_device_run["record"]["plans"]
@@ -435,7 +426,9 @@ def test_run_on_the_simulator_gives_answers_costs_and_traces(trained, tmp_path):
     # The calls are the plan's: every live role's positions and the decision node.
     live = [row for row in r.plan.assignment if row[-1] is not None]
     assert r.calls == sum(1 for row in live for m in row if m is not None) + 1
-    assert 0.0 <= r.latency_s <= max(c.end for c in r.result.calls)
+    latencies = [c.latency for c in r.result.calls]
+    assert max(latencies) <= r.latency_s <= sum(latencies) and r.wall_s >= 0.0
+    assert r.latency_s == pytest.approx(system.critical_path_s(r.result.calls, r.plan.adjacency))
     assert {c["query_uid"] for c in lines} >= {r.problem.uid}
   assert any(r.correct for r in results[:len(problems)])
   for r in results[len(problems):]:  # plain texts: answered, nothing to grade against

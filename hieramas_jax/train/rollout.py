@@ -12,15 +12,15 @@ query) raises :class:`FailedCallsError` before anything learns from it or saves 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hieramas_jax import executor, rewards
+from hieramas_jax import executor, policy, rewards
 from hieramas_jax.executor import FailedCallsError, check_failures  # re-exported: training raises them
+from hieramas_jax.inference_rules import apply_inference_rules, query_key, rotation_rows  # re-exported
 from hieramas_jax.models import selector as sel
 from hieramas_jax.tasks.base import Problem
 from hieramas_jax.train.environment import Environment
@@ -123,106 +123,18 @@ def greedy_actions(env: Environment, graphdef, params, split: str, index: np.nda
 
 
 # ---------------------------------------------------------------------------
-# Inference rules on the selector's argmax (config.inference)
+# Inference rules on the selector's argmax (config.inference; defined in hieramas_jax.inference_rules)
 # ---------------------------------------------------------------------------
 
-_ROTATION_STREAM = 6  # keeps the proposer-row draws apart from the other seeded streams
-
-
-def query_key(uid: str) -> int:
-  """A stable integer of a query's uid (the same in every process and batch)."""
-  return int(hashlib.sha1(uid.encode("utf-8")).hexdigest()[:12], 16)
-
-
-def rotation_rows(seed: int, problems: Sequence[Problem], num_roles: int, num_proposers: int) -> np.ndarray:
-  """The proposer row [B, R] whose ranking each role's proposers rotate over, seeded per query (uid), never global."""
-  if num_proposers < 1:
-    return np.zeros((len(problems), num_roles), np.int64)
-  return np.array([np.random.default_rng([int(seed), _ROTATION_STREAM, query_key(p.uid)]).integers(
-      0, num_proposers, num_roles) for p in problems], np.int64).reshape(len(problems), num_roles)
-
-
-def apply_inference_rules(logits: np.ndarray, valid: np.ndarray, gives_answer: np.ndarray, *,
-                          max_skipped_roles: int = -1, rotate_top_n: int = 0,
-                          rotation_row: np.ndarray | None = None) -> np.ndarray:
-  """The paper's inference choices [B, R, P+1] from selector logits [B, R, P+1, M+1] (option M is ``skip``).
-
-  Every position starts at its argmax over the valid options. Then:
-
-  * Skip cap (``max_skipped_roles`` >= 0): of the roles whose synthesizer argmax
-    is ``skip``, at most that many are dropped, those with the highest p(skip)
-    (softmax over the synthesizer's valid options) first, and never every
-    answer-giving role (the answer role among them with the lowest p(skip) is
-    kept). A kept role's synthesizer takes its best non-skip model (it stays
-    dropped only when every model is excluded). -1: today's rule, every such role
-    is dropped, possibly all (the decision node then answers alone).
-  * Proposer rotation (``rotate_top_n`` = N > 0): in every role that runs, the
-    proposers take the top-N allowed models of one proposer row's logits
-    (``rotation_row`` [B, R], seeded per query), proposer i getting top[i mod N]
-    (fewer when fewer models are allowed). As in the paper's code the ranking
-    leaves ``skip`` out: with rotation on every proposer of a running role runs,
-    even one whose own argmax was ``skip``. The synthesizer keeps its choice.
-
-  Pure numpy on the host; ``gives_answer`` is [R] bool.
-  """
-  logits = np.asarray(logits, np.float64)
-  valid = np.asarray(valid, bool)
-  b, r, positions, options = logits.shape
-  skip, synth = options - 1, positions - 1
-  masked = np.where(valid, logits, -np.inf)
-  actions = masked.argmax(-1)
-  if max_skipped_roles >= 0 and b and r:
-    synth_logits = masked[:, :, synth, :]  # [B, R, M+1]
-    top = synth_logits.max(-1, keepdims=True)
-    weights = np.exp(synth_logits - top)
-    p_skip = weights[..., skip] / weights.sum(-1)
-    best_model = synth_logits[..., :skip].argmax(-1)
-    has_model = np.isfinite(synth_logits[..., :skip]).any(-1)
-    answer_roles = np.asarray(gives_answer, bool)
-    for q in range(b):
-      wants_skip = np.flatnonzero(actions[q, :, synth] == skip)
-      ranked = wants_skip[np.argsort(-p_skip[q, wants_skip], kind="stable")]
-      dropped = list(ranked[:max_skipped_roles])
-      # A role that cannot run (every model excluded) is dropped whatever the cap says.
-      dropped += [int(j) for j in ranked[max_skipped_roles:] if not has_model[q, j]]
-      if answer_roles.any() and all(j in dropped for j in np.flatnonzero(answer_roles)):
-        keep = [j for j in dropped if answer_roles[j] and has_model[q, j]]
-        if keep:
-          dropped.remove(min(keep, key=lambda j: p_skip[q, j]))
-      for j in wants_skip:
-        if j not in dropped:
-          actions[q, j, synth] = best_model[q, j]
-  if rotate_top_n > 0 and synth > 0:
-    rows = np.zeros((b, r), np.int64) if rotation_row is None else np.asarray(rotation_row, np.int64)
-    if rows.shape != (b, r) or (rows < 0).any() or (rows >= synth).any():
-      raise ValueError(f"rotation_row has shape {rows.shape} or values outside [0, {synth}); expected [{b}, {r}] "
-                       "proposer indices (rotation_rows gives them)")
-    for q in range(b):
-      for j in range(r):
-        if actions[q, j, synth] == skip:
-          continue  # a dropped role makes no calls
-        row = masked[q, j, rows[q, j], :skip]
-        allowed = np.flatnonzero(np.isfinite(row))
-        if allowed.size == 0:
-          continue  # every model excluded: the proposers keep their (skip) argmax
-        ranked = allowed[np.argsort(-row[allowed], kind="stable")][:rotate_top_n]
-        actions[q, j, :synth] = ranked[np.arange(synth) % len(ranked)]
-  return actions
-
-
 def inference_actions(env: Environment, logits, problems: Sequence[Problem]) -> np.ndarray:
-  """The selector's choices [B, R, P+1] under ``config.inference`` (``apply_inference_rules``)."""
+  """The selector's choices [B, R, P+1] under ``config.inference`` (``policy.choose_actions``)."""
   c = env.config
   rules = c.get("inference")
-  cap = int(rules.max_skipped_roles) if rules is not None else -1
-  top_n = int(rules.rotate_top_n) if rules is not None else 0
-  valid = np.asarray(selection_mask(env, len(problems)).valid)
-  logits = np.asarray(logits)
-  if cap < 0 and top_n == 0:  # today's plain argmax, bit for bit the same as greedy selection
-    return np.asarray(sel.argmax(jnp.asarray(logits), jnp.asarray(valid)))
-  rows = rotation_rows(c.seed, problems, env.num_roles, int(c.selector.num_proposers)) if top_n else None
-  return apply_inference_rules(logits, valid, env.gives_answer, max_skipped_roles=cap, rotate_top_n=top_n,
-                               rotation_row=rows)
+  return policy.choose_actions(np.asarray(logits), np.asarray(selection_mask(env, len(problems)).valid),
+                               env.gives_answer, seed=c.seed, query_ids=[p.uid for p in problems],
+                               num_proposers=int(c.selector.num_proposers),
+                               max_skipped_roles=int(rules.max_skipped_roles) if rules is not None else -1,
+                               rotate_top_n=int(rules.rotate_top_n) if rules is not None else 0)
 
 
 def inference_greedy_actions(env: Environment, graphdef, params, split: str, index: np.ndarray) -> np.ndarray:

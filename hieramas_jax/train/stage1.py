@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hieramas_jax import checkpointing, graphs, rewards
+from hieramas_jax import checkpointing, graphs, policy, rewards
 from hieramas_jax.models import selector as sel
 from hieramas_jax.train import builders, learner, rollout
 from hieramas_jax.train.environment import Environment
@@ -106,9 +106,6 @@ def keeps_latest(history: list[dict[str, float]], reward: float, se: float, marg
   return bool(reward >= top["val_reward"] - margin * spread)
 
 
-_state_tree = builders.selector_state_tree
-
-
 def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter,
                    watcher: PreemptionWatcher | None = None, *, progress: bool = True) -> Stage1Result:
   """Runs (or resumes) stage 1 and returns the best selector."""
@@ -123,9 +120,10 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
   start = 0
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage1", max_to_keep=config.checkpoint.max_to_keep)
   history: list[dict[str, float]] = []
+  spec = policy.PolicySpec.from_environment(env)
   if ckpt.latest_step() is not None:
-    template = _state_tree(params, opt_state, baseline, best_params, best_val)
-    restored, meta = ckpt.restore(checkpointing.abstract_tree(template))
+    template = policy.selector_train_state(params, opt_state, baseline, best_params, best_val, env.option_emb)
+    restored, meta = policy.restore_train_state(ckpt, template)
     params, opt_state = restored["params"], restored["opt_state"]
     baseline = np.asarray(restored["baseline"])
     best_params, best_val = restored["best_params"], float(restored["best_val"])
@@ -137,10 +135,8 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
   def save(step: int) -> None:
     if step in ckpt.all_steps():  # periodic save of this step already happened
       return
-    ckpt.save(step, _state_tree(params, opt_state, baseline, best_params, best_val),
-              {"stage": 1, "step": step, "config": config.to_dict(), "history": history,
-               "encoder_id": env.encoder_id, "model_names": env.model_names,
-               "roles": [r.name for r in env.roles]}, force=True)
+    ckpt.save(step, policy.selector_train_state(params, opt_state, baseline, best_params, best_val, env.option_emb),
+              policy.checkpoint_metadata(spec, policy.STAGE1, step, config, history), force=True)
 
   train_problems = env.splits["train"]
   option_emb = jnp.asarray(env.option_emb)

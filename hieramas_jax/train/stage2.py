@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hieramas_jax import checkpointing, graphs
+from hieramas_jax import checkpointing, graphs, policy
 from hieramas_jax.models import gcn
 from hieramas_jax.train import builders, learner, metrics, rollout
 from hieramas_jax.train.environment import Environment
@@ -180,9 +180,6 @@ class Stage2Result:
   skipped: str = ""  # why no classifier was trained ('' when one was)
 
 
-_state_tree = builders.classifier_state_tree
-
-
 def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWriter, sel_graphdef, sel_params,
                      watcher: PreemptionWatcher | None = None, *, progress: bool = True) -> Stage2Result:
   """Runs (or resumes) stage 2 and returns the best classifier by validation ROC-AUC."""
@@ -213,7 +210,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   history: list[dict[str, float]] = []
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage2", max_to_keep=config.checkpoint.max_to_keep)
   if ckpt.latest_step() is not None:
-    restored, meta = ckpt.restore(checkpointing.abstract_tree(_state_tree(params, opt_state, best_params, 0.0)))
+    restored, meta = policy.restore_train_state(ckpt, policy.classifier_train_state(params, opt_state, best_params, 0.0))
     params, opt_state, best_params = restored["params"], restored["opt_state"], restored["best_params"]
     best_auc, start, history = float(restored["best_auc"]), int(meta["step"]), list(meta.get("history", []))
     print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
@@ -247,9 +244,9 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
       history.append({"epoch": done, "val_auc": auc})
       writer.write("stage2", done, {"loss": float(np.mean(losses)), "val_auc": auc, "val_queries_counted": counted})
       bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auc=f"{auc:.3f}")
-      ckpt.save(done, _state_tree(params, opt_state, best_params, best_auc),
-                {"stage": 2, "step": done, "config": config.to_dict(), "history": history,
-                 "encoder_id": env.encoder_id, "roles": [r.name for r in env.roles]}, force=True)
+      ckpt.save(done, policy.classifier_train_state(params, opt_state, best_params, best_auc),
+                policy.checkpoint_metadata(policy.PolicySpec.from_environment(env), policy.STAGE2, done, config,
+                                           history), force=True)
       if watcher is not None and watcher.stop_requested:
         raise StopRequested(f"stopped by signal after stage-2 epoch {done}; checkpoint saved in {ckpt.directory}")
   finally:
