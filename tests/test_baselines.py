@@ -56,13 +56,13 @@ def _chunks(text):
 
 
 @pytest.mark.parametrize("name,run,calls", [
-    ("single", lambda b: baselines.run_single(PROBLEMS, b, TASK, "a"), 1),
-    ("cot", lambda b: baselines.run_single(PROBLEMS, b, TASK, "a", chain_of_thought=True), 1),
-    ("self_consistency", lambda b: baselines.run_self_consistency(PROBLEMS, b, TASK, "a", samples=5), 5),
-    ("debate", lambda b: baselines.run_debate(PROBLEMS, b, TASK, "a", agents=3, rounds=3), 9),
-    ("mixture", lambda b: baselines.run_mixture(PROBLEMS, b, TASK, "a", proposers=4), 5),
-    ("mlpo", lambda b: baselines.run_mlpo(PROBLEMS, b, TASK, "a", peers=3, rounds=2), 8),
-    ("neuromas", lambda b: baselines.run_neuromas(PROBLEMS, b, TASK, "a", depth=3, width=2), 7),
+    ("single", lambda b: baselines.run("single", PROBLEMS, b, TASK, model="a"), 1),
+    ("cot", lambda b: baselines.run("cot", PROBLEMS, b, TASK, model="a"), 1),
+    ("self_consistency", lambda b: baselines.run("self_consistency", PROBLEMS, b, TASK, model="a", samples=5), 5),
+    ("debate", lambda b: baselines.run("debate", PROBLEMS, b, TASK, model="a", agents=3, rounds=3), 9),
+    ("mixture", lambda b: baselines.run("mixture", PROBLEMS, b, TASK, model="a", proposers=4), 5),
+    ("mlpo", lambda b: baselines.run("mlpo", PROBLEMS, b, TASK, leader_model="a", peers=3, rounds=2), 8),
+    ("neuromas", lambda b: baselines.run("neuromas", PROBLEMS, b, TASK, model="a", depth=3, width=2), 7),
 ])
 def test_call_counts_follow_the_shape_and_costs_add_up(name, run, calls):
   backend = RecordingBackend()
@@ -95,7 +95,7 @@ def test_majority_vote():
 def test_self_consistency_uses_distinct_samples_and_returns_the_majority():
   votes = {0: 12, 1: 5, 2: 12, 3: 5, 4: 12}  # sample index -> stated answer
   backend = RecordingBackend(answer=lambda m, msgs, s: votes[s])
-  (outcome,) = baselines.run_self_consistency(PROBLEMS[:1], backend, TASK, "a", samples=5)
+  (outcome,) = baselines.run("self_consistency", PROBLEMS[:1], backend, TASK, model="a", samples=5)
   assert sorted(r["sample_index"] for r in backend.requests) == [0, 1, 2, 3, 4]
   assert len({_user(r) for r in backend.requests}) == 1  # same prompt, distinct samples
   assert TASK.extract(outcome.final_text) == "12"
@@ -111,16 +111,17 @@ def test_self_consistency_survives_failed_samples_and_fails_only_when_all_fail()
       return await super().complete(model, messages, sample_index=sample_index, **params)
 
   backend = FailSome(answer=lambda m, msgs, s: 1 if s < 2 else 2)
-  (outcome,) = baselines.run_self_consistency(PROBLEMS[:1], backend, TASK, "a", samples=3)
+  (outcome,) = baselines.run("self_consistency", PROBLEMS[:1], backend, TASK, model="a", samples=3)
   assert TASK.extract(outcome.final_text) == "2" and len(outcome.errors) == 2
   assert outcome.failed  # the majority of the samples that answered: not the method's verdict, never graded
-  (dead,) = baselines.run_self_consistency(PROBLEMS[:1], RecordingBackend(fail={"bad"}), TASK, "bad", samples=3)
+  (dead,) = baselines.run("self_consistency", PROBLEMS[:1], RecordingBackend(fail={"bad"}), TASK, model="bad",
+                          samples=3)
   assert dead.failed and dead.final_text is None and len(dead.errors) == 3
 
 
 def test_debate_agents_see_the_others_previous_answers():
   backend = RecordingBackend(answer=lambda m, msgs, s: 100 + s)
-  (outcome,) = baselines.run_debate(PROBLEMS[:1], backend, TASK, ["a", "b", "c"], agents=3, rounds=2)
+  (outcome,) = baselines.run("debate", PROBLEMS[:1], backend, TASK, model=["a", "b", "c"], agents=3, rounds=2)
   round0 = [r for r in backend.requests if r["sample_index"] < 1000]
   round1 = [r for r in backend.requests if r["sample_index"] >= 1000]
   assert len(round0) == 3 and len(round1) == 3
@@ -142,14 +143,15 @@ def test_debate_agents_see_the_others_previous_answers():
 
 def test_mixture_mlpo_and_neuromas_pass_the_right_texts():
   backend = RecordingBackend()
-  (mix,) = baselines.run_mixture(PROBLEMS[:1], backend, TASK, "a", proposers=3, synthesizer_model="b")
+  (mix,) = baselines.run("mixture", PROBLEMS[:1], backend, TASK, model="a", proposers=3, synthesizer_model="b")
   synth = [r for r in backend.requests if r["model"] == "b"]
   assert len(synth) == 1 and [h for h, _ in _chunks(_user(synth[0]))] == ["Candidate 1", "Candidate 2",
                                                                          "Candidate 3"]
   assert TASK.extract(mix.final_text) == "3"  # the synthesizer's sample index is its position, 3
 
   backend = RecordingBackend()
-  (mlpo,) = baselines.run_mlpo(PROBLEMS[:1], backend, TASK, "b", "a", peers=2, rounds=3)
+  (mlpo,) = baselines.run("mlpo", PROBLEMS[:1], backend, TASK, leader_model="b", peer_models="a", peers=2,
+                          rounds=3)
   leaders = [r for r in backend.requests if r["model"] == "b"]
   peers = [r for r in backend.requests if r["model"] == "a"]
   assert len(leaders) == 3 and len(peers) == 6
@@ -163,7 +165,8 @@ def test_mixture_mlpo_and_neuromas_pass_the_right_texts():
   assert TASK.extract(mlpo.final_text) == "2002"
 
   backend = RecordingBackend()
-  (neuro,) = baselines.run_neuromas(PROBLEMS[:1], backend, TASK, "a", depth=2, width=3, aggregator_model="c")
+  (neuro,) = baselines.run("neuromas", PROBLEMS[:1], backend, TASK, model="a", depth=2, width=3,
+                           aggregator_model="c")
   layer2 = [r for r in backend.requests if 1000 <= r["sample_index"] < 2000]
   assert len(layer2) == 3
   for r in layer2:
@@ -175,30 +178,61 @@ def test_mixture_mlpo_and_neuromas_pass_the_right_texts():
 
 def test_latency_is_the_critical_path_of_reported_latencies():
   backend = RecordingBackend(latency={"a": 1.0, "b": 2.5, "c": 0.5})
-  (deb,) = baselines.run_debate(PROBLEMS[:1], backend, TASK, ["a", "b", "c"], agents=3, rounds=2)
+  (deb,) = baselines.run("debate", PROBLEMS[:1], backend, TASK, model=["a", "b", "c"], agents=3, rounds=2)
   assert deb.latency_s == pytest.approx(5.0)  # each round waits for the slowest agent
-  (mix,) = baselines.run_mixture(PROBLEMS[:1], backend, TASK, "a", proposers=2, synthesizer_model="c")
+  (mix,) = baselines.run("mixture", PROBLEMS[:1], backend, TASK, model="a", proposers=2, synthesizer_model="c")
   assert mix.latency_s == pytest.approx(1.5)
-  (mlpo,) = baselines.run_mlpo(PROBLEMS[:1], backend, TASK, "c", ["a", "b"], peers=2, rounds=2)
+  (mlpo,) = baselines.run("mlpo", PROBLEMS[:1], backend, TASK, leader_model="c", peer_models=["a", "b"], peers=2,
+                          rounds=2)
   assert mlpo.latency_s == pytest.approx(2 * (2.5 + 0.5))
-  (neuro,) = baselines.run_neuromas(PROBLEMS[:1], backend, TASK, ["a", "c"], depth=2, width=2,
+  (neuro,) = baselines.run("neuromas", PROBLEMS[:1], backend, TASK, model=["a", "c"], depth=2, width=2,
                                     aggregator_model="b")
   assert neuro.latency_s == pytest.approx(1.0 + 1.0 + 2.5)
 
 
 def test_failures_leave_queries_ungradable_not_wrong():
   backend = RecordingBackend(fail={"bad"})
-  (single,) = baselines.run_single(PROBLEMS[:1], backend, TASK, "bad")
+  (single,) = baselines.run("single", PROBLEMS[:1], backend, TASK, model="bad")
   assert single.failed and single.errors and single.num_calls == 1
-  (mix,) = baselines.run_mixture(PROBLEMS[:1], backend, TASK, "bad", proposers=2, synthesizer_model="a")
+  (mix,) = baselines.run("mixture", PROBLEMS[:1], backend, TASK, model="bad", proposers=2, synthesizer_model="a")
   # The synthesizer answers alone: a text, but not the method's answer, so an error record.
   assert mix.failed and mix.final_text is not None and len(mix.errors) == 2
-  (mlpo,) = baselines.run_mlpo(PROBLEMS[:1], backend, TASK, "bad", "a", peers=2, rounds=2)
+  (mlpo,) = baselines.run("mlpo", PROBLEMS[:1], backend, TASK, leader_model="bad", peer_models="a", peers=2,
+                          rounds=2)
   assert mlpo.failed  # the leader's last output is the answer, and it failed
   with pytest.raises(UnknownModelError, match="nope"):
-    baselines.run_single(PROBLEMS[:1], backend, TASK, "nope")
-  with pytest.raises(ValueError, match="agents=0"):
-    baselines.run_debate(PROBLEMS[:1], backend, TASK, "a", agents=0)
+    baselines.run("single", PROBLEMS[:1], backend, TASK, model="nope")
+  with pytest.raises(ValueError, match=r"agents=0 \(--debate_agents\); it must be >= 1"):
+    baselines.run("debate", PROBLEMS[:1], backend, TASK, model="a", agents=0)
+
+
+def test_run_takes_each_methods_typed_settings_and_nothing_else():
+  backend = RecordingBackend()
+  with pytest.raises(ValueError, match=r"no setting\(s\) \['samples'\]; its settings are \['model', 'agents'"):
+    baselines.run("debate", PROBLEMS[:1], backend, TASK, model="a", samples=3)
+  with pytest.raises(ValueError, match="chain_of_thought"):  # fixed by the cot entry
+    baselines.run("cot", PROBLEMS[:1], backend, TASK, model="a", chain_of_thought=False)
+  with pytest.raises(KeyError, match="unknown method 'gpt'"):
+    baselines.run("gpt", PROBLEMS[:1], backend, TASK)
+  with pytest.raises(ValueError, match="uses a trained HieraMAS"):
+    baselines.run("hieramas_no_classifier", PROBLEMS[:1], backend, TASK)
+  assert backend.requests == []
+  # Settings are frozen dataclasses; a method is one function of (context, settings).
+  settings = baselines.SelfConsistencySettings(model="a", samples=2)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    settings.samples = 3
+  ctx = baselines.MethodContext(problems=PROBLEMS[:2], backend=backend, task=TASK)
+  assert [o.num_calls for o in baselines.self_consistency(ctx, settings)] == [2, 2]
+
+
+def test_the_papers_full_graph_runs_without_training():
+  backend = RecordingBackend()
+  outcomes = baselines.run("full_graph", PROBLEMS[:2], backend, TASK, model="b", num_proposers=2)
+  roles = len(TASK.roles)
+  assert [o.num_calls for o in outcomes] == [roles + 1] * 2  # one call per role and the decision node
+  assert {r["model"] for r in backend.requests} == {"b"}
+  (one,) = baselines.run("random_graph", PROBLEMS[:1], backend, TASK, model="a", seed=3, density=(0.3, 0.7))
+  assert one.num_calls == roles + 1 and not one.failed
 
 
 def test_plan_critical_path_follows_the_dag():
@@ -245,9 +279,9 @@ def test_on_the_simulator_collaboration_beats_a_single_call():
   def accuracy(outcomes):
     return np.mean([o.final_text is not None and TASK.grade(p, o.final_text) for p, o in zip(problems, outcomes)])
 
-  single = accuracy(baselines.run_single(problems, sim, TASK, "GPT-4o-mini"))
-  voted = accuracy(baselines.run_self_consistency(problems, sim, TASK, "GPT-4o-mini", samples=5))
-  mixed = accuracy(baselines.run_mixture(problems, sim, TASK, "GPT-4o-mini", proposers=3))
+  single = accuracy(baselines.run("single", problems, sim, TASK, model="GPT-4o-mini"))
+  voted = accuracy(baselines.run("self_consistency", problems, sim, TASK, model="GPT-4o-mini", samples=5))
+  mixed = accuracy(baselines.run("mixture", problems, sim, TASK, model="GPT-4o-mini", proposers=3))
   assert voted > single + 0.1 and mixed > single + 0.05, (single, voted, mixed)
 
 
@@ -257,6 +291,6 @@ def test_calls_record_finish_reason_and_queries_count_truncated_replies():
       response = await super().complete(model, messages, sample_index=sample_index, **params)
       return dataclasses.replace(response, finish_reason="length" if sample_index == 1 else "stop")
 
-  (outcome,) = baselines.run_self_consistency(PROBLEMS[:1], Cutting(), TASK, "a", samples=3)
+  (outcome,) = baselines.run("self_consistency", PROBLEMS[:1], Cutting(), TASK, model="a", samples=3)
   assert sorted(c.finish_reason for c in outcome.calls) == ["length", "stop", "stop"]
   assert outcome.truncated == 1 and not outcome.failed

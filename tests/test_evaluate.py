@@ -1,4 +1,5 @@
-"""The report (table, front, files) and launch.evaluate end to end on a smoke-trained run."""
+"""The report (table, front, files), the evaluation's rows from the method registry, and launch.evaluate end to
+end on a smoke-trained run (including a toy method added through the registry)."""
 
 import dataclasses
 import json
@@ -10,17 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+from hieramas_jax import baselines, evaluation, report, train
 from hieramas_jax import config as base_config
-from hieramas_jax import report, train
 from hieramas_jax.baselines import QueryOutcome
 from hieramas_jax.executor import CallRecord
 from hieramas_jax.llm.sim_task import ArithmeticTask
+from hieramas_jax.train import environment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# launch/ is not an installed package: import it from the checkout.
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-from launch import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASK = ArithmeticTask()
 
@@ -105,11 +103,52 @@ def test_write_report_writes_every_file(tmp_path):
 
 
 def test_parse_methods():
-  assert evaluate.parse_methods("all") == list(evaluate.ALL_METHODS)
-  assert evaluate.parse_methods("") == list(evaluate.ALL_METHODS)
-  assert evaluate.parse_methods("hieramas, single") == ["single", "hieramas"]
-  with pytest.raises(evaluate.EvaluationError, match="unknown method"):
-    evaluate.parse_methods("single,gpt")
+  names = baselines.METHODS.names()
+  assert names[:2] == ["single", "cot"] and names[-1] == "single_each" and len(names) == 15
+  assert evaluation.parse_methods("all") == names and evaluation.parse_methods("") == names
+  assert evaluation.parse_methods("hieramas, single") == ["single", "hieramas"]
+  with pytest.raises(evaluation.EvaluationError, match="unknown method"):
+    evaluation.parse_methods("single,gpt")
+
+
+POOL = ["GPT-4o-mini", "Qwen3-8B", "Llama-3.1-8B"]
+
+
+def _plan(methods, has_classifier=True, **flag_values):
+  config = tiny_config()
+  flags = evaluation.resolve_flags(baselines.METHODS, flag_values, config)
+  return evaluation.plan_rows(baselines.METHODS, methods, flags, config, POOL, has_classifier)
+
+
+def test_rows_take_settings_from_flags_and_the_config():
+  config = tiny_config()
+  flags = evaluation.resolve_flags(baselines.METHODS, {"sc_samples": 7, "fixed_model": "Qwen3-8B"}, config)
+  # An empty model flag is the config's decision model; the others keep their defaults.
+  assert flags["baseline_model"] == config.llm.decision_model == "GPT-4o-mini"
+  assert (flags["fixed_model"], flags["sc_samples"], flags["debate_agents"]) == ("Qwen3-8B", 7, 3)
+  rows = {r.name: r for r in _plan(["single", "cot", "self_consistency", "random_graph", "hieramas"],
+                                   sc_samples=7, fixed_model="Qwen3-8B")}
+  assert rows["cot"].settings == baselines.SingleSettings(model="Qwen3-8B", chain_of_thought=True)
+  assert rows["self_consistency"].setup == "GPT-4o-mini, 7 samples, majority"
+  random_graph = rows["random_graph"].settings  # fed by config fields only
+  assert (random_graph.seed, random_graph.density) == (config.seed, tuple(config.graphs.candidate_density_range))
+  assert rows["hieramas"].setup == f"selector's models, classifier's best of {config.graphs.num_candidates} DAGs"
+  with pytest.raises(evaluation.EvaluationError, match="unknown method flag"):
+    _plan(["single"], sc_sample=3)
+  with pytest.raises(evaluation.EvaluationError, match=r"samples=0 \(--sc_samples\); it must be >= 1"):
+    _plan(["self_consistency"], sc_samples=0)
+  with pytest.raises(evaluation.EvaluationError, match="baseline_model='GPT-9' is not in the model pool"):
+    _plan(["single"], baseline_model="GPT-9")
+
+
+def test_single_each_skips_the_row_single_already_is_and_ablations_say_when_there_is_no_classifier():
+  names = [r.name for r in _plan(["single", "single_each"])]
+  assert names == ["single", "single[Qwen3-8B]", "single[Llama-3.1-8B]"]
+  assert [r.name for r in _plan(["single_each"])] == [f"single[{m}]" for m in POOL]
+  setups = {r.name: r.setup for r in _plan(["hieramas", "hieramas_no_selection", "selector_full_graph"], False)}
+  assert setups["hieramas"].endswith("[no classifier: seeded random DAG]")
+  assert setups["hieramas_no_selection"].endswith("[no classifier: seeded random DAG]")
+  assert not setups["selector_full_graph"].endswith("]")
 
 
 # ---------------------------------------------------------------------------
@@ -132,14 +171,14 @@ def trained(tmp_path_factory):
 
 def test_evaluate_runs_every_method_and_writes_the_report(trained, tmp_path):
   out = tmp_path / "eval"
-  results = evaluate.evaluate(tiny_config(), trained, out, log=lambda s: None)
+  results = evaluation.evaluate(tiny_config(), trained, out, log=lambda s: None)
   for name in ("table.md", "table.csv", "results.json", "pareto.png", "topologies.png"):
     assert (out / name).is_file(), name
   assert (out / "pareto.png").read_bytes()[:8] == PNG_MAGIC
   rows = {r["method"]: r for r in results["rows"]}
   pool = ["Qwen3-8B", "Qwen3-Next-80B-A3B", "Llama-3.1-8B", "DeepSeek-V3.2", "Gemma-3-27B", "GPT-5-nano",
           "GPT-5-mini"]  # the paper's pool without GPT-4o-mini, which 'single' already is
-  expected = [m for m in evaluate.ALL_METHODS if m != "single_each"] + [f"single[{m}]" for m in pool]
+  expected = [m for m in baselines.METHODS.names() if m != "single_each"] + [f"single[{m}]" for m in pool]
   assert sorted(rows) == sorted(expected)
   assert all(r["queries"] == 8 and r["failed"] == 0 for r in rows.values())
   # Calls per query follow each method's shape (defaults: 5 samples, 3x2 debate, 3+1 mixture,
@@ -165,7 +204,7 @@ def test_evaluate_runs_every_method_and_writes_the_report(trained, tmp_path):
   from hieramas_jax.system import HieraMAS
   system = HieraMAS.from_workdir(trained)
   try:
-    problems = [p for p in evaluate.environment.load_splits(tiny_config(), system.task)["test"]]
+    problems = [p for p in environment.load_splits(tiny_config(), system.task)["test"]]
     runs = system.run(problems)
     assert results["per_query"]["solved"]["hieramas"] == [r.correct for r in runs]
     assert rows["hieramas"]["cost_usd"] == pytest.approx(np.mean([r.cost_usd for r in runs]), rel=1e-9)
@@ -176,11 +215,11 @@ def test_evaluate_runs_every_method_and_writes_the_report(trained, tmp_path):
 
 
 def test_evaluate_rejects_unknown_models_and_splits(trained, tmp_path):
-  with pytest.raises(evaluate.EvaluationError, match="not in the model pool"):
-    evaluate.evaluate(tiny_config(), trained, tmp_path, methods="single",
-                      settings=evaluate.Settings(fixed_model="GPT-9"), log=lambda s: None)
-  with pytest.raises(evaluate.EvaluationError, match="--split"):
-    evaluate.evaluate(tiny_config(), trained, tmp_path, methods="single", split="dev", log=lambda s: None)
+  with pytest.raises(evaluation.EvaluationError, match="fixed_model='GPT-9' is not in the model pool"):
+    evaluation.evaluate(tiny_config(), trained, tmp_path, methods="single", flag_values={"fixed_model": "GPT-9"},
+                        log=lambda s: None)
+  with pytest.raises(evaluation.EvaluationError, match="--split"):
+    evaluation.evaluate(tiny_config(), trained, tmp_path, methods="single", split="dev", log=lambda s: None)
 
 
 def test_command_line(trained, tmp_path):
@@ -196,3 +235,73 @@ def test_command_line(trained, tmp_path):
   assert all(r["queries"] == 3 for r in results["rows"])
   assert results["rows"][1]["calls"] == 6 and "2 agents x 3 rounds" in results["rows"][1]["setup"]
   assert (out / "topologies.png").is_file() and (out / "pareto.png").is_file()
+
+
+# ---------------------------------------------------------------------------
+# Adding a baseline: a function and a registry entry, nothing else
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstOfSettings:
+  """``calls`` plain samples of ``model``; the first that answers is final."""
+
+  model: str = baselines.option("", flag="baseline_model", config="llm.decision_model",
+                                help_text=baselines.options.MODEL_HELP, pool_model=True)
+  calls: int = baselines.option(2, flag="first_of_calls", help_text="First-of: samples per query.")
+
+
+def first_of(ctx, settings):
+  """Place 1: the method (``calls`` calls per query)."""
+
+  async def one(q):
+    messages = baselines.plain_messages(ctx.task, q.problem)
+    answers = [await q.call(f"Sample {s + 1}", s, "sample", s, settings.model, messages, s, 0.0)
+               for s in range(settings.calls)]
+    return q.outcome(next((r.text for r, _ in answers if r.ok), None))
+
+  return ctx.run_queries([settings.model], one)
+
+
+def test_a_registered_toy_method_runs_through_the_evaluation_on_the_simulator(trained, tmp_path):
+  registry = baselines.METHODS.copy()
+  # Place 2: the registry entry.
+  registry.register(baselines.Method("first_of", first_of, FirstOfSettings, "first answer of --first_of_calls samples",
+                                     "{model}, first of {calls}"))
+  flag = {f.name: f for f in registry.flags()}["first_of_calls"]
+  assert (flag.default, flag.methods) == (2, ("first_of",)) and "first_of" in registry.help()
+  assert "first_of" in {f.name: f for f in registry.flags()}["baseline_model"].help
+  assert "first_of" not in baselines.METHODS  # the copy only
+  results = evaluation.evaluate(tiny_config(), trained, tmp_path, methods="single,first_of", limit=3,
+                                flag_values={"first_of_calls": 3}, registry=registry, topology_queries=0,
+                                log=lambda s: None)
+  rows = {r["method"]: r for r in results["rows"]}
+  assert list(rows) == ["single", "first_of"]
+  assert rows["first_of"]["calls"] == 3 and rows["first_of"]["setup"] == "GPT-4o-mini, first of 3"
+  assert rows["first_of"]["queries"] == 3 and rows["first_of"]["failed"] == 0
+  assert results["settings"]["first_of_calls"] == 3
+  # Its first sample is the single call (same prompt, model and sample): the same verdicts.
+  assert results["per_query"]["solved"]["first_of"] == results["per_query"]["solved"]["single"]
+
+
+def test_the_registry_refuses_clashing_entries():
+  registry = baselines.METHODS.copy()
+  entry = baselines.Method("first_of", first_of, FirstOfSettings, "d", "s")
+  registry.register(entry)
+  with pytest.raises(ValueError, match="registered already"):
+    registry.register(entry)
+
+  @dataclasses.dataclass(frozen=True)
+  class Clash:
+    calls: int = baselines.option(9, flag="sc_samples")
+
+  with pytest.raises(ValueError, match="--sc_samples .* disagrees"):
+    registry.register(baselines.Method("clash", first_of, Clash, "d", "s"))
+  assert "clash" not in registry
+
+  @dataclasses.dataclass
+  class Mutable:
+    calls: int = 1
+
+  with pytest.raises(TypeError, match="frozen dataclass"):
+    registry.register(baselines.Method("mutable", first_of, Mutable, "d", "s"))

@@ -27,7 +27,7 @@ import pytest
 
 from hieramas_jax import checkpointing
 from hieramas_jax import config as base_config
-from hieramas_jax import executor, train
+from hieramas_jax import evaluation, executor, train
 from hieramas_jax.llm import sim
 from hieramas_jax.llm.base import Response, Usage, error_response
 from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy
@@ -36,9 +36,6 @@ from hieramas_jax.system import HieraMAS
 from hieramas_jax.train import environment, rollout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-from launch import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _POOL = (("A", 0.1), ("B", 0.3), ("C", 0.05))
 
@@ -301,7 +298,7 @@ def _evaluate_over_http(workdir, out, faults, methods, *, max_retries=1, timeout
                            max_concurrency=16, timeout_s=timeout_s, seed_from_sample_index=True,
                            retry=RetryPolicy(max_retries=max_retries, base_delay_s=0.001, max_delay_s=0.01))
     try:
-      return evaluate.evaluate(config, workdir, out, methods=methods, backend=client, log=lambda s: None)
+      return evaluation.evaluate(config, workdir, out, methods=methods, backend=client, log=lambda s: None)
     finally:
       executor.close_backend(client)
 

@@ -2,8 +2,6 @@
 per-stage density ranges and stage 2's own c_s."""
 
 import asyncio
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -16,11 +14,6 @@ from hieramas_jax.tasks.base import Problem
 from hieramas_jax.train import builders, environment, rollout, stage2
 
 import test_system as ts  # pylint: disable=g-bad-import-order  (helpers of the inference tests)
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # launch/ is not an installed package: import it from the checkout
-  sys.path.insert(0, str(REPO))
-from launch import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _skip_dominated_logits(b=2, r=3, p=2, m=4, seed=0):
@@ -257,9 +250,9 @@ def test_paper_baselines_use_the_decision_model_in_every_role_without_proposers(
 
 
 def test_paper_random_graph_is_one_seeded_dag_in_the_candidate_density_range():
-  a = evaluate.paper_random_dag(1, 8, (0.3, 0.7))
-  np.testing.assert_array_equal(a, evaluate.paper_random_dag(1, 8, (0.3, 0.7)))
-  assert not np.array_equal(a, evaluate.paper_random_dag(2, 8, (0.3, 0.7)))
+  a = baselines.paper_random_dag(1, 8, (0.3, 0.7))
+  np.testing.assert_array_equal(a, baselines.paper_random_dag(1, 8, (0.3, 0.7)))
+  assert not np.array_equal(a, baselines.paper_random_dag(2, 8, (0.3, 0.7)))
   graphs.validate_adjacency(a, 8)
   lo, hi = graphs.edge_count_range(8, (0.3, 0.7))
   assert lo <= a.sum() <= hi
