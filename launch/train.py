@@ -6,7 +6,8 @@
 Re-running the same command resumes from the workdir's checkpoints. A run that
 cannot work (an endpoint that does not answer, a config error, a step whose LLM
 calls failed beyond llm.max_failed_fraction) prints one line on stderr naming
-the cause and the fix, and exits with status 1.
+the cause and the fix, and exits with status 1. SIGTERM or SIGINT saves a
+checkpoint after the current step, prints where, and exits with status 0.
 """
 
 import sys
@@ -17,9 +18,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from hieramas_jax import config as config_lib
-from hieramas_jax import train
+from hieramas_jax import executor
 from hieramas_jax.llm import base as llm_base
+from hieramas_jax.train import driver
 from hieramas_jax.train import environment
+from hieramas_jax.train.preemption import StopRequested
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics, caches and traces go.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:args]).",
@@ -27,7 +30,7 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file (co
 flags.mark_flags_as_required(["config"])
 
 # Failures a user fixes (endpoints, keys, config, a missing stage): one line, no traceback.
-EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, train.FailedCallsError, FileNotFoundError)
+EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, executor.FailedCallsError, FileNotFoundError)
 
 
 def one_line(error: BaseException) -> str:
@@ -42,10 +45,14 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    summary = driver.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  except StopRequested as stop:
+    print(str(stop))
+    sys.exit(0)  # a requested stop with its checkpoint saved is a clean exit; re-running resumes
   except EXPECTED_FAILURES as e:
     sys.stdout.flush()
     sys.exit(one_line(e))  # exit status 1, the message last on stderr
+  print("\n".join(driver.summary_lines(summary)))
 
 
 if __name__ == "__main__":

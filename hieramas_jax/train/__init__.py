@@ -1,83 +1,27 @@
-"""Training entry point used by launch/train.py: stage 1, stage 2, held-out comparison.
+"""Training: stage 1 (LLM selector), stage 2 (graph classifier), held-out comparison.
 
-A run that cannot work stops with an exception naming the cause and the fix:
-``llm.preflight.EndpointError`` (an endpoint of the pool does not answer, checked
-before any work), ``environment.ConfigError``, ``rollout.FailedCallsError``
-(too many failed queries in one step; nothing of that step is saved) and
-FileNotFoundError (stage 2 without stage 1). ``launch.train`` prints any of them
-as one line and exits with status 1.
+Host side (imports no JAX; ``tests/test_host_imports.py`` checks it): environment,
+metric_writer, metrics, preemption. JAX side: rollout, learner, builders, stage1,
+stage2, evaluation, workdir (orbax) and driver (``train_and_evaluate``, run by
+``launch.train``). ``train.train_and_evaluate`` loads the driver on first use, so
+importing a host-side module of this package does not import JAX.
 """
 
 from __future__ import annotations
 
-import math
-import pathlib
+import importlib
+from typing import Any
 
-import ml_collections
-
-from hieramas_jax import jsonio
-from hieramas_jax.train import environment, evaluation, stage1, stage2
-from hieramas_jax.train import workdir as workdir_lib
-from hieramas_jax.train.metric_writer import MetricWriter
-from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
-from hieramas_jax.train.rollout import FailedCallsError
+from hieramas_jax.executor import FailedCallsError
 
 __all__ = ["FailedCallsError", "train_and_evaluate"]
 
-
-def _figure(value: float, spec: str) -> str:
-  """A number for the console; 'n/a' where no query counted (NaN)."""
-  return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+# Attributes loaded on first access: name -> (module, attribute); these modules import JAX.
+_LAZY = {"train_and_evaluate": ("hieramas_jax.train.driver", "train_and_evaluate")}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       progress: bool = True, backend=None, encoder=None) -> dict:
-  """Runs the configured stages (resuming from ``workdir``) and compares on the test split.
-
-  Returns the summary that is also written to ``workdir/summary.json`` (strict
-  JSON: a figure no query counted for is null). A given ``backend`` stays open;
-  one built here is closed at the end, whatever happens.
-  """
-  workdir = pathlib.Path(workdir).absolute()
-  workdir_lib.prepare(config, workdir)  # writable, locked for this process, saved config agrees
-  env = environment.build_environment(config, workdir, backend=backend, encoder=encoder)
-  writer = MetricWriter(workdir)
-  summary: dict = {"workdir": str(workdir), "metrics": str(writer.path)}
-  try:
-    with PreemptionWatcher() as watcher:
-      if config.stages in ("both", "stage1"):
-        s1 = stage1.train_selector(env, workdir, writer, watcher, progress=progress)
-        sel_graphdef, sel_params = s1.graphdef, s1.params
-        summary["stage1"] = {"best_val_reward": s1.best_val_reward, "history": s1.history}
-      else:
-        sel_graphdef, sel_params = stage1.load_selector(env, workdir)
-      cls_graphdef = cls_params = None
-      if config.stages in ("both", "stage2"):
-        s2 = stage2.train_classifier(env, workdir, writer, sel_graphdef, sel_params, watcher, progress=progress)
-        cls_graphdef, cls_params = s2.graphdef, s2.params
-        summary["stage2"] = {"best_val_auc": s2.best_val_auc, "history": s2.history}
-        if s2.skipped:
-          summary["stage2"]["skipped"] = s2.skipped
-      pool = stage2.candidate_pool(env)
-      summary["test"] = evaluation.compare_on_split(env, sel_graphdef, sel_params, cls_graphdef, cls_params, pool)
-  except StopRequested as stop:
-    print(str(stop))
-    summary["stopped"] = str(stop)
-    raise SystemExit(0) from None
-  finally:
-    writer.close()
-    if backend is None:  # the caller's backend is the caller's to close
-      env.close()
-  summary["checkpoints"] = str(workdir / "checkpoints")
-  (workdir / "summary.json").write_text(jsonio.strict_json(summary))
-  print("Held-out test split (mean per query without a failed call):")
-  for name, row in summary["test"].items():
-    print(f"  {name:30s} reward {_figure(row['reward'], '+.3f')}  accuracy {_figure(row['accuracy'], '.3f')}  "
-          f"cost ${_figure(row['cost_usd'], '.5f')}  calls {_figure(row['calls'], '.1f')}  "
-          f"failed {row['failed']:.1%}  truncated {row['truncated']}")
-  if summary.get("stage2", {}).get("skipped"):
-    print(f"No graph classifier: {summary['stage2']['skipped']}")
-  print(f"Checkpoints: {summary['checkpoints']}")
-  print(f"Metrics:     {summary['metrics']}")
-  print(f"Summary:     {workdir / 'summary.json'}")
-  return summary
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
