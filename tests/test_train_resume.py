@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from hieramas_jax import checkpointing
+from hieramas_jax import checkpointing, policy
 from hieramas_jax import config as base_config
 from hieramas_jax.llm import cache as llm_cache
 from hieramas_jax.llm import sim
@@ -94,9 +94,9 @@ def _stage1_steps_done(workdir: pathlib.Path) -> int:
 def _final_params(c, workdir):
   graphdef, params = builders.build_selector(c, 256, 256)
   with checkpointing.Checkpointer(workdir / "checkpoints" / "stage1") as ck:
-    tx_state = builders._template_optimizer_state(params)  # pylint: disable=protected-access
-    template = builders.selector_state_tree(params, tx_state, np.zeros(3), params, 0.0)
-    restored, meta = ck.restore(checkpointing.abstract_tree(template))
+    template = policy.selector_train_state(params, policy.optimizer_template(params), np.zeros(3), params, 0.0,
+                                           np.zeros((4, 256), np.float32))
+    restored, meta = policy.restore_train_state(ck, template)
   return restored["params"], meta["step"]
 
 
