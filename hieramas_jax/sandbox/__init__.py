@@ -7,9 +7,10 @@ a signal, or no verdict at all). ``run_many`` runs many in parallel.
 
 Where the verdict comes from. The program runs in one sandboxed process (the
 *program* role of ``harness.py``); the problem's ``check(candidate)`` runs in
-another (the *driver*), with a proxy candidate that sends each call's arguments
-to the program and decodes its reply into plain values (exactly int, float,
-str, bool, None, list, tuple, dict, set, frozenset, bytes or complex). The
+another (the *driver*, ``driver.py``), with a proxy candidate that sends each
+call's arguments to the program and decodes its reply into plain values
+(exactly int, float, str, bool, None, list, tuple, dict, set, frozenset, bytes
+or complex). The
 program never holds the tests, the expected values, or any descriptor that
 leads to the host; the host reads a verdict only from the driver, which runs
 no program code. So whatever the program does to its own process (signal
