@@ -269,7 +269,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
       log(f"no graph classifier in {workdir}: "
           f"{' and '.join(m.name for m in registry if m.uses_classifier)} use random DAGs")
     # Every method samples with the generation parameters HieraMAS itself runs with (the trained config's).
-    params = system.environment.generation_params()
+    params = system.generation_params()
     ctx = baselines.MethodContext(problems=problems, backend=system.backend, task=system.task, params=params,
                                   trained=baselines.TrainedSystem(system, problems))
     rows, verdicts = run_rows(planned, ctx, float(config.llm.max_failed_fraction), split, log)
