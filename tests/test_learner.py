@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from hieramas_jax.models import selector as sel
@@ -86,3 +87,54 @@ def test_invalid_queries_and_unskippable_synthesizers_contribute_nothing():
   full = learner.SelectorBatch(qr, opts, valid, actions, adv, adv, weights)
   only0 = learner.SelectorBatch(qr, opts, valid, actions, adv.at[1:].set(99.0), adv.at[1:].set(99.0), weights)
   np.testing.assert_allclose(_loss(graphdef, params, full), _loss(graphdef, params, only0), rtol=1e-6)
+
+
+def _stage2_setup(num_roles=5, batch=4, per_query=6, seed=0):
+  from hieramas_jax.models import gcn  # pylint: disable=g-import-not-at-top
+  model = gcn.GraphClassifier(num_roles, D, role_dim=8, hidden_dim=16, mlp_dim=16, rngs=nnx.Rngs(seed))
+  graphdef, state = nnx.split(model)
+  rng = np.random.default_rng(seed)
+  batches = []
+  for _ in range(3):
+    adjs = np.triu(rng.integers(0, 2, (batch, per_query, num_roles, num_roles)), 1).astype(np.float32)
+    batches.append(learner.ClassifierBatch(jnp.asarray(rng.normal(size=(batch, D)), jnp.float32), jnp.asarray(adjs),
+                                           jnp.asarray(rng.integers(0, 2, (batch, per_query)), jnp.float32),
+                                           jnp.ones((batch, per_query), jnp.float32),
+                                           jnp.ones((num_roles,), jnp.float32)))
+  return graphdef, nnx.to_pure_dict(state), batches
+
+
+def test_stage2_epochs_trace_the_gradient_step_once_and_hash_no_graphdef(monkeypatch):
+  """Two stage-2 epochs of new values: one trace of the loss, the graphdef never hashed after it."""
+  import chex  # pylint: disable=g-import-not-at-top
+  graphdef, params, batches = _stage2_setup()
+  tx = learner.make_optimizer(1e-3, 1e-4, 1.0)
+  opt_state = tx.init(params)
+  monkeypatch.setattr(learner, "classifier_loss", chex.assert_max_traces(learner.classifier_loss, n=1))
+  params, opt_state, _ = learner.classifier_update(graphdef, tx, params, opt_state, batches[0], 1.5)  # the trace
+  hashes = []
+  graphdef_type = type(graphdef)
+  original_hash = graphdef_type.__hash__
+  monkeypatch.setattr(graphdef_type, "__hash__", lambda self: hashes.append(1) or original_hash(self))
+  losses = []
+  for epoch in range(2):
+    for cb in batches:
+      params, opt_state, metrics = learner.classifier_update(graphdef, tx, params, opt_state, cb, 1.5 + epoch)
+      losses.append(float(metrics["loss"]))
+  assert not hashes
+  assert learner.classifier_step(graphdef, tx) is learner.classifier_step(graphdef, tx)
+  assert np.isfinite(losses).all() and len(set(losses)) > 1  # the steps ran on the new values
+
+
+def test_cached_classifier_step_is_one_adamw_step_of_the_loss():
+  graphdef, params, batches = _stage2_setup(seed=1)
+  tx = learner.make_optimizer(1e-2, 1e-4, 1.0)
+  loss, grads = jax.value_and_grad(learner.classifier_loss)(params, graphdef, batches[0], 2.0, "dense")
+  updates, _ = tx.update(grads, tx.init(params), params)
+  want = optax.apply_updates(params, updates)
+  got, _, metrics = learner.classifier_update(graphdef, tx, jax.tree.map(jnp.copy, params), tx.init(params),
+                                              batches[0], 2.0)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert learner.classifier_step(graphdef, tx, "dense_per_pair") is not learner.classifier_step(graphdef, tx)

@@ -102,12 +102,41 @@ def classifier_loss(params, graphdef, batch: ClassifierBatch, pos_weight, impl: 
   return weighted_bce(logits, batch.labels, batch.weights, pos_weight)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "impl"), donate_argnames=("params", "opt_state"))
+# Jitted stage-2 steps of recently used (graphdef, optimizer, form), keyed by identity; each entry holds its
+# graphdef and optimizer so their ids are not reused while it lives. Bounded: a process builds few classifiers.
+_CLASSIFIER_STEPS: dict[tuple[int, int, str], tuple[Any, Any, Any]] = {}
+_MAX_CLASSIFIER_STEPS = 16
+
+
+def classifier_step(graphdef, tx: optax.GradientTransformation, impl: str = "dense"):
+  """The jitted stage-2 gradient step of ``graphdef`` / ``tx`` / ``impl``: (params, opt_state, batch, pos_weight).
+
+  Jitted once per graphdef, optimizer and form (the same function on every call
+  with the same objects), closing over them: a static jit argument is hashed on
+  every call, and a flax graphdef hashes in Python. Shapes are the only trace
+  key: new values never retrace. ``params`` and ``opt_state`` are donated.
+  """
+  key = (id(graphdef), id(tx), impl)
+  entry = _CLASSIFIER_STEPS.get(key)
+  if entry is None or entry[0] is not graphdef or entry[1] is not tx:
+
+    def step(params, opt_state, batch: ClassifierBatch, pos_weight):
+      loss, grads = jax.value_and_grad(classifier_loss)(params, graphdef, batch, pos_weight, impl)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    entry = (graphdef, tx, jax.jit(step, donate_argnums=(0, 1)))
+    _CLASSIFIER_STEPS.pop(key, None)
+    if len(_CLASSIFIER_STEPS) >= _MAX_CLASSIFIER_STEPS:
+      _CLASSIFIER_STEPS.pop(next(iter(_CLASSIFIER_STEPS)))  # the oldest
+    _CLASSIFIER_STEPS[key] = entry
+  return entry[2]
+
+
 def classifier_update(graphdef, tx: optax.GradientTransformation, params, opt_state, batch: ClassifierBatch,
                       pos_weight, impl: str = "dense"):
-  loss, grads = jax.value_and_grad(classifier_loss)(params, graphdef, batch, pos_weight, impl)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  """One stage-2 step through ``classifier_step(graphdef, tx, impl)``: (params, opt_state, metrics)."""
+  return classifier_step(graphdef, tx, impl)(params, opt_state, batch, pos_weight)
 
 
 def check_finite(metrics: dict[str, Any], step: int, stage: str) -> None:
