@@ -10,11 +10,12 @@ times in turns, medians over ``--repeats`` samples:
 - one epoch as ``stage2.train_classifier`` runs it: full batches through
   ``learner.classifier_update`` (the loss read back after every step), then
   the validation scores and their mean per-query ROC-AUC;
-  ``before``: the gradient step on the fast path (impl 'dense') and validation
-  through a jit taking the graphdef as a static argument (``score_pool`` before
-  ``gcn.PoolScorer``); ``dense`` and ``dense_per_pair``: the gradient step on
-  that form, validation through ``gcn.score_pool``; ``after``: the form
-  ``gcn.training_impl`` picks for these shapes (what stage 2 now runs);
+  ``before``: the gradient step on the fast path (impl 'dense') and validation,
+  each through a jit taking the graphdef as a static argument (hashed on every
+  call: ``classifier_update`` before ``learner.classifier_step``, ``score_pool``
+  before ``gcn.PoolScorer``); ``dense`` and ``dense_per_pair``: the cached
+  gradient step on that form, validation through ``gcn.score_pool``; ``after``:
+  the form ``gcn.training_impl`` picks for these shapes (what stage 2 now runs);
 - evaluation scoring (``evaluation.choose_graphs``: every test query against the
   K candidates) through the static-graphdef jit and through ``gcn.score_pool``.
 
@@ -24,6 +25,7 @@ times in turns, medians over ``--repeats`` samples:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -34,6 +36,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +49,14 @@ from hieramas_jax.train import learner, metrics, stage2  # pylint: disable=g-imp
 # score_pool as it was before PoolScorer: the graphdef a static jit argument, hashed in Python on every call.
 _STATIC_GRAPHDEF_SCORE = jax.jit(gcn._score_merged,  # pylint: disable=protected-access
                                  static_argnames=("graphdef", "impl"))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "impl"), donate_argnames=("params", "opt_state"))
+def _static_graphdef_step(graphdef, tx, params, opt_state, batch, pos_weight, impl: str):
+  """learner.classifier_update as it was before learner.classifier_step: graphdef and optimizer hashed per step."""
+  loss, grads = jax.value_and_grad(learner.classifier_loss)(params, graphdef, batch, pos_weight, impl)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def median_times(fns: dict, repeats: int) -> dict[str, float]:
@@ -97,7 +108,7 @@ def task_figures(task: str, query_dim: int, repeats: int, seed: int) -> dict:
   chosen = gcn.training_impl(g.impl, batch, c.graphs_per_query, num_roles)
   val_q_device, val_adjs_device = jnp.asarray(val_q), jnp.asarray(val_adjs)
 
-  def epoch_fn(train_impl: str, legacy_scoring: bool):
+  def epoch_fn(train_impl: str, legacy: bool):
     """One epoch as stage 2 runs it; its parameters and optimizer state carry over from call to call."""
     state_ = {"params": jax.tree.map(jnp.copy, init_params)}
     state_["opt_state"] = tx.init(state_["params"])
@@ -111,10 +122,11 @@ def task_figures(task: str, query_dim: int, repeats: int, seed: int) -> dict:
         idx = order[i:i + batch]
         cb = learner.ClassifierBatch(jnp.asarray(train_q[idx]), jnp.asarray(train_adjs[idx]),
                                      jnp.asarray(train_labels[idx]), jnp.asarray(train_valid[idx]), role_mask)
-        state_["params"], state_["opt_state"], m = learner.classifier_update(
+        update = _static_graphdef_step if legacy else learner.classifier_update
+        state_["params"], state_["opt_state"], m = update(
             graphdef, tx, state_["params"], state_["opt_state"], cb, pos_weight, impl=train_impl)
         losses.append(float(m["loss"]))
-      if legacy_scoring:
+      if legacy:
         scores = _STATIC_GRAPHDEF_SCORE(graphdef, state_["params"], val_q_device, val_adjs_device, None, impl=g.impl)
       else:
         scores = gcn.score_pool(graphdef, state_["params"], val_q_device, val_adjs_device, impl=g.impl)

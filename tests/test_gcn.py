@@ -197,11 +197,13 @@ def test_no_retrace_on_new_values(setup, monkeypatch):
   """score_pool traces once per shape through its cached PoolScorer, never for new values."""
   model, q, pool = setup
   graphdef, params = nnx.split(model)  # a graphdef object score_pool has not seen: a fresh PoolScorer
-  monkeypatch.setattr(gcn, "_score_merged", chex.assert_max_traces(gcn._score_merged, n=2))
+  for name in ("_score_merged", "_scoring_tensors", "prepare_shared_pool", "score_shared_pool"):
+    monkeypatch.setattr(gcn, name, chex.assert_max_traces(getattr(gcn, name), n=1))
   gcn.score_pool(graphdef, params, q, pool)
   new_pool = jnp.asarray(graphs.dag_pool(9, N, K), jnp.float32)
   gcn.score_pool(graphdef, params, q * 3.0, new_pool)
-  per_query = jnp.broadcast_to(pool, (B, K, N, N))  # the second (and last) trace: per-query pools
+  gcn.score_pool(graphdef, jax.tree.map(lambda x: x * 2.0, params), q, new_pool)  # new parameters
+  per_query = jnp.broadcast_to(pool, (B, K, N, N))  # per-query pools: the whole computation, traced once
   gcn.score_pool(graphdef, params, q, per_query)
   gcn.score_pool(graphdef, jax.tree.map(lambda x: x * 0.5, params), q + 1.0, per_query[:, ::-1])
   assert gcn.pool_scorer(graphdef) is gcn.pool_scorer(graphdef)
@@ -222,6 +224,52 @@ def test_score_pool_hashes_no_graphdef_per_call(setup, monkeypatch):
   static = jax.jit(gcn._score_merged, static_argnames=("graphdef", "impl"))  # how score_pool was jitted before
   static(graphdef, params, q, pool, None, impl="dense")
   assert hashes  # the check above can fail: a static graphdef is hashed per call
+
+
+def test_prepared_pools_are_cached_by_value_and_give_the_model_scores(setup):
+  """A shared pool is prepared once per (parameters, pool, mask); new values of any of them are prepared again."""
+  model, q, pool = setup
+  graphdef, params = nnx.split(model)
+  scorer = gcn.PoolScorer(graphdef)
+  prepared = []
+  original = scorer._prepare
+  scorer._prepare = lambda *args: prepared.append(1) or original(*args)
+  reference = lambda p, a, m=None: np.asarray(_scores(nnx.merge(graphdef, p), q, jnp.asarray(a, jnp.float32), m))
+  for _ in range(3):
+    np.testing.assert_allclose(scorer(params, q, pool), reference(params, pool), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(scorer(params, q[:1], pool), reference(params, pool)[:1], atol=1e-6, rtol=0)
+  assert len(prepared) == 1  # one pool, one block layout (B=1 and B=3 share it here)
+  mask = jnp.array([1, 1, 0, 1, 1.0])
+  masked = pool * mask[:, None] * mask[None, :]
+  np.testing.assert_allclose(scorer(params, q, masked, mask), reference(params, masked, mask), atol=1e-6, rtol=0)
+  halved = jax.tree.map(lambda x: x * 0.5, params)  # new parameter values: new tensors and pool terms
+  np.testing.assert_allclose(scorer(halved, q, pool), reference(halved, pool), atol=1e-6, rtol=0)
+  assert len(prepared) == 3
+  # A NumPy pool is keyed by content: changed in place, it is prepared again.
+  host_pool = np.array(pool)
+  np.testing.assert_allclose(scorer(params, q, host_pool), reference(params, host_pool), atol=1e-6, rtol=0)
+  host_pool[:, 0, :] = 0.0
+  np.testing.assert_allclose(scorer(params, q, host_pool), reference(params, host_pool), atol=1e-6, rtol=0)
+  assert len(prepared) == 5
+  # Bounded: the oldest prepared pools go.
+  for seed in range(gcn.PoolScorer.MAX_POOLS + 2):
+    scorer(params, q, _random_dags(seed, (K,), N))
+  assert len(scorer._pools) == gcn.PoolScorer.MAX_POOLS
+
+
+def test_pool_scorer_under_jit_and_with_numpy_parameters_computes_without_caching(setup):
+  """Tracers and NumPy parameter leaves cannot be keyed: the whole computation runs, with the same scores."""
+  model, q, pool = setup
+  graphdef, params = nnx.split(model)
+  scorer = gcn.PoolScorer(graphdef)
+  want = np.asarray(scorer(params, q, pool))
+  traced = jax.jit(lambda p, x, a: scorer(p, x, a))(params, q, pool)
+  np.testing.assert_allclose(traced, want, atol=1e-6, rtol=0)
+  host_params = jax.tree.map(np.asarray, nnx.to_pure_dict(params))
+  np.testing.assert_allclose(scorer(host_params, q, pool), want, atol=1e-6, rtol=0)
+  assert scorer.prepared_pool(host_params, pool, None, B) == (None, None)
+  with pytest.raises(ValueError, match="pad smaller graphs"):  # wrong shapes keep the model's errors
+    scorer(params, q, jnp.zeros((2, N - 1, N - 1)))
 
 
 def test_pool_scorer_cache_is_bounded_and_keyed_by_identity(setup, monkeypatch):

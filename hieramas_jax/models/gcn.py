@@ -27,7 +27,12 @@ keep them within 1e-5):
   Projection and the first head layer are fused into one matmul (both linear).
   Gradients flow through this path (stage 2 trains on it from 4 roles up).
   ``score_pool`` runs it through a ``PoolScorer`` cached per graphdef (jitted
-  once; nothing hashed per call).
+  once; nothing hashed per call). For one pool under one mask the path is three
+  functions composed: ``GraphClassifier.scoring_tensors`` (parameters only),
+  ``prepare_shared_pool`` (S, colsum(S), S^T role_part per graph) and
+  ``score_shared_pool`` (the per-query rest); ``PoolScorer`` caches the first two
+  (the same pool is scored for many queries), so a call runs one chain of about
+  ten ops.
 - ``dense_per_pair``: the original dense formulation, one (query, graph) pair at
   a time under ``vmap`` (``score_graph``); the reference the fast path is tested
   and benchmarked against, and stage 2's gradient step where it measured faster
@@ -44,6 +49,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 from flax import nnx
 
 from hieramas_jax import graphs
@@ -244,64 +250,145 @@ class GraphClassifier(nnx.Module):
     adj_axis = 0 if adjs.ndim == 4 else None
     return jax.vmap(over_pool, in_axes=(0, adj_axis, 0))(inputs, adjs, role_mask)
 
+  def scoring_tensors(self) -> dict:
+    """The parameter-derived tensors of the fast path (independent of queries and graphs; see ``score_shared_pool``)."""
+    head_hidden = self.head_hidden.kernel[...]
+    return {
+        "role_part": self.role_in(self.role_embed[...]),  # [N, H]
+        "query_kernel": self.query_in.kernel[...],  # [D, H]
+        "in_bias": self.in_bias[...],
+        "layers": [(layer.kernel[...], layer.bias[...]) for layer in self.layers],
+        # Projection and head_hidden are both linear: one [H, mlp] matmul.
+        "head_kernel": self.project.kernel[...] @ head_hidden,
+        "head_bias": self.project.bias[...] @ head_hidden + self.head_hidden.bias[...],
+        "out_kernel": self.head_out.kernel[...][:, 0],
+        "out_bias": self.head_out.bias[...][0],
+    }
+
   def _score_blocked(self, query_emb: jax.Array, adjs: jax.Array, role_mask: jax.Array) -> jax.Array:
     """The fast path of ``__call__`` (see the module docstring): logits [B, K].
 
     With one pool and one role mask for all queries a block's activations are
-    [G, N, B, H] (a normalised adjacency per graph); otherwise [B, G, N, H] (one
-    per pair).
+    [G, N, B, H] (a normalised adjacency per graph, ``prepare_shared_pool``);
+    otherwise [B, G, N, H] (one per pair).
     """
+    tensors = self.scoring_tensors()
     batch, num_graphs, n = query_emb.shape[0], adjs.shape[-3], self.num_roles
-    shared = adjs.ndim == 3 and role_mask.ndim == 1
-    role_part = self.role_in(self.role_embed[...])  # [N, H]
-    query_part = self.query_in(query_emb)  # [B, H]
-    in_bias = self.in_bias[...]
-    pool_weights = role_mask / jnp.maximum(role_mask.sum(-1, keepdims=True), 1.0)  # [N] or [B, N]
-    # Projection and head_hidden are both linear: one [H, mlp] matmul.
-    head_kernel = self.project.kernel[...] @ self.head_hidden.kernel[...]
-    head_bias = self.project.bias[...] @ self.head_hidden.kernel[...] + self.head_hidden.bias[...]
-    out_kernel, out_bias = self.head_out.kernel[...][:, 0], self.head_out.bias[...][0]
-    layers = [(layer.kernel[...], layer.bias[...]) for layer in self.layers]
-    # Pooling weights over the role axis, broadcastable against a block's leading axes ([G] or [B, G]).
-    weights = pool_weights if pool_weights.ndim == 1 else pool_weights[:, None, :]
+    if adjs.ndim == 3 and role_mask.ndim == 1:
+      layout = block_layout(num_graphs, batch)
+      return score_shared_pool(tensors, prepare_shared_pool(tensors, adjs, role_mask, layout), query_emb, num_graphs)
+    query_part = query_emb @ tensors["query_kernel"]  # [B, H]
+    # Pooling weights broadcastable against a block's leading axes [B, G].
+    weights = _pool_weights(role_mask)
+    weights = weights if weights.ndim == 1 else weights[:, None, :]
+    mask = role_mask if role_mask.ndim == 1 else role_mask[:, None, :]
 
-    def block(adj: jax.Array) -> jax.Array:  # [G, N, N] or [B, G, N, N] -> [G, B] logits
-      mask = role_mask if shared or role_mask.ndim == 1 else role_mask[:, None, :]
-      s = normalized_adjacency(adj, mask)
-      col_sum = s.sum(axis=-2)  # [..., N]: what a constant input row aggregates to
-      role_term = jnp.einsum("...ij,ih->...jh", s, role_part)  # S^T role_part: [..., N, H]
+    def block(adj: jax.Array) -> jax.Array:  # [B, G, N, N] -> [G, B] logits
+      s, col_sum, role_term = _graph_terms(tensors, adj, mask)
       # Layer 1, factored: S^T (role_part + query_part) = S^T role_part + colsum(S) query_part.
-      if shared:  # [G, N, B, H]
-        h = jax.nn.relu(role_term[:, :, None, :] + col_sum[:, :, None, None] * query_part + in_bias)
-      else:  # [B, G, N, H]
-        h = jax.nn.relu(role_term + col_sum[..., None] * query_part[:, None, None, :] + in_bias)
-      if not layers:
-        role_axis, expand, node = _role_layout(s, h)
-        pooled = sum(expand(weights[..., j]) * node(h, j) for j in range(n))
-      for index, (kernel, bias) in enumerate(layers):
-        last = index == len(layers) - 1  # the last layer's aggregation, relu and mean-pooling in one pass
-        h = _propagate(s, col_sum, h @ kernel, bias, weights if last else None)  # one [G*N*B, H] x [H, H] matmul
-      pooled = h if layers else pooled
-      logits = jax.nn.relu(pooled @ head_kernel + head_bias) @ out_kernel + out_bias
-      return logits if shared else logits.T
+      h = jax.nn.relu(role_term + col_sum[..., None] * query_part[:, None, None, :] + tensors["in_bias"])
+      return _layers_and_head(tensors, s, col_sum, h, weights).T
 
-    if not shared:
-      adjs = jnp.broadcast_to(adjs, (batch, num_graphs, n, n))
+    adjs = jnp.broadcast_to(adjs, (batch, num_graphs, n, n))
     blocks, per_block = block_layout(num_graphs, batch)
     pad = blocks * per_block - num_graphs  # padding: empty graphs, sliced off again
-    if shared:
-      stacked = jnp.pad(adjs, ((0, pad), (0, 0), (0, 0))).reshape(blocks, per_block, n, n)
-    else:
-      stacked = jnp.pad(adjs, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(batch, blocks, per_block, n, n)
-      stacked = jnp.moveaxis(stacked, 1, 0)
+    stacked = jnp.pad(adjs, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(batch, blocks, per_block, n, n)
+    stacked = jnp.moveaxis(stacked, 1, 0)
     # One block needs no loop (a while loop costs a few microseconds per call at small B x K).
     scores = block(stacked[0])[None] if blocks == 1 else jax.lax.map(block, stacked)  # [blocks, G, B]
     return scores.reshape(blocks * per_block, batch)[:num_graphs].T
 
 
+def _pool_weights(role_mask: jax.Array) -> jax.Array:
+  """Mean-pooling weights over the active roles: [N] or [B, N]."""
+  return role_mask / jnp.maximum(role_mask.sum(-1, keepdims=True), 1.0)
+
+
+def _graph_terms(tensors: dict, adj: jax.Array, mask: jax.Array):
+  """(S, colsum(S), S^T role_part) of adjacencies [..., N, N]: everything of layer 1 that needs no query."""
+  s = normalized_adjacency(adj, mask)
+  col_sum = s.sum(axis=-2)  # [..., N]: what a constant input row aggregates to
+  role_term = jnp.einsum("...ij,ih->...jh", s, tensors["role_part"])  # S^T role_part: [..., N, H]
+  return s, col_sum, role_term
+
+
+def _layers_and_head(tensors: dict, s: jax.Array, col_sum: jax.Array, h: jax.Array, weights: jax.Array):
+  """Hidden layers, mean-pooling and head after layer 1's activations h: logits over h's leading axes."""
+  layers = tensors["layers"]
+  if not layers:
+    role_axis, expand, node = _role_layout(s, h)
+    pooled = sum(expand(weights[..., j]) * node(h, j) for j in range(s.shape[-1]))
+  for index, (kernel, bias) in enumerate(layers):
+    last = index == len(layers) - 1  # the last layer's aggregation, relu and mean-pooling in one pass
+    h = _propagate(s, col_sum, h @ kernel, bias, weights if last else None)  # one [G*N*B, H] x [H, H] matmul
+  pooled = h if layers else pooled
+  return jax.nn.relu(pooled @ tensors["head_kernel"] + tensors["head_bias"]) @ tensors["out_kernel"] + \
+      tensors["out_bias"]
+
+
+def prepare_shared_pool(tensors: dict, adjs: jax.Array, role_mask: jax.Array, layout: tuple[int, int]) -> dict:
+  """The query-independent part of scoring one pool [K, N, N] under one role mask [N], in blocks.
+
+  ``layout`` is ``block_layout(K, B)``; ``tensors`` are ``GraphClassifier.scoring_tensors()``.
+  Returns the blocked normalised adjacencies ``s`` [blocks, G, N, N], their
+  column sums and layer 1's role term S^T role_part [blocks, G, N, H] (padding:
+  empty graphs). ``PoolScorer`` caches it per pool, mask and parameters.
+  """
+  blocks, per_block = layout
+  num_graphs, n = adjs.shape[0], adjs.shape[-1]
+  pad = blocks * per_block - num_graphs  # padding: empty graphs, sliced off again
+  stacked = jnp.pad(adjs, ((0, pad), (0, 0), (0, 0))).reshape(blocks, per_block, n, n)
+  s, col_sum, role_term = _graph_terms(tensors, stacked, role_mask)
+  return {"s": s, "col_sum": col_sum, "role_term": role_term, "weights": _pool_weights(role_mask)}
+
+
+def score_shared_pool(tensors: dict, pool: dict, query_emb: jax.Array, num_graphs: int) -> jax.Array:
+  """Logits [B, K] of queries [B, D] against a pool prepared by ``prepare_shared_pool`` (K = ``num_graphs``).
+
+  A block's activations are [G, N, B, H]: layer 1 is the per-graph role term
+  plus colsum(S) times the per-query term, with no product per (query, graph) pair.
+  """
+  batch = query_emb.shape[0]
+  query_part = query_emb @ tensors["query_kernel"]  # [B, H]
+  weights = pool["weights"]  # [N]: one mask for every block
+
+  def block(terms) -> jax.Array:  # per-graph terms of G graphs -> [G, B] logits
+    s, col_sum, role_term = terms
+    h = jax.nn.relu(role_term[:, :, None, :] + col_sum[:, :, None, None] * query_part + tensors["in_bias"])
+    return _layers_and_head(tensors, s, col_sum, h, weights)
+
+  terms = (pool["s"], pool["col_sum"], pool["role_term"])
+  blocks, per_block = pool["s"].shape[:2]
+  # One block needs no loop (a while loop costs a few microseconds per call at small B x K).
+  scores = block(jax.tree.map(lambda x: x[0], terms))[None] if blocks == 1 else jax.lax.map(block, terms)
+  return scores.reshape(blocks * per_block, batch)[:num_graphs].T
+
+
+def _scoring_tensors(graphdef, params) -> dict:
+  return nnx.merge(graphdef, params).scoring_tensors()
+
+
 def _score_merged(graphdef, params, query_emb, adjs, role_mask, impl: str):
   """Logits [B, K] of the classifier ``nnx.merge(graphdef, params)`` (traced once per PoolScorer and shape)."""
   return nnx.merge(graphdef, params)(query_emb, adjs, role_mask, impl=impl)
+
+
+def _input_key(x):
+  """A cache key standing for an input's value, or None if it cannot be keyed (a tracer or an unknown type).
+
+  Jax arrays are immutable: their identity stands for their value while the
+  cache entry holds them (so the id is not reused). NumPy arrays can change in
+  place: they are keyed by content.
+  """
+  if x is None:
+    return ("none",)
+  if isinstance(x, jax.core.Tracer):
+    return None
+  if isinstance(x, jax.Array):
+    return ("id", id(x))
+  if isinstance(x, np.ndarray):
+    return ("bytes", x.shape, x.dtype.str, x.tobytes())
+  return None
 
 
 class PoolScorer:
@@ -311,7 +398,19 @@ class PoolScorer:
   in Python (over 100 us, the better part of a B=1, K=50 call); closing over the
   graphdef leaves jit's C++ dispatch of the array arguments only. Shapes are the
   only trace key: new parameter or input values never recompile.
+
+  On the fast path with one pool and one role mask for all queries, the work that
+  does not depend on the queries is done once and cached: the parameter-derived
+  tensors (``GraphClassifier.scoring_tensors``, keyed by the parameter leaves) and
+  the pool's normalised adjacencies and layer-1 role term (``prepare_shared_pool``,
+  keyed by parameters, pool, mask and block layout; jax arrays by identity, NumPy
+  arrays by content). A call then runs only the per-query part
+  (``score_shared_pool``): a few large ops in one chain instead of about twenty
+  small ones, most of the fixed cost of a small call. The composed computation is
+  the one ``GraphClassifier.__call__`` traces, so scores agree with it (tests).
   """
+
+  MAX_POOLS = 8  # prepared pools kept per scorer (each O(K N H) floats)
 
   def __init__(self, graphdef, impl: str = "dense"):
     if impl not in IMPLEMENTATIONS:
@@ -319,13 +418,62 @@ class PoolScorer:
     self.graphdef = graphdef
     self.impl = impl
     self._jitted = jax.jit(lambda params, q, adjs, mask: _score_merged(graphdef, params, q, adjs, mask, impl))
+    self._tensors = jax.jit(lambda params: _scoring_tensors(graphdef, params))
+    self._prepare = jax.jit(prepare_shared_pool, static_argnums=3)
+    self._score = jax.jit(score_shared_pool, static_argnums=3)
+    self._tensors_entry = None  # (parameter leaves, their keys, tensors)
+    self._pools: dict[tuple, tuple] = {}  # key -> (inputs held so their ids stay theirs, prepared pool)
+
+  def _cached_tensors(self, params):
+    """(tensors, (leaves, their ids)) of ``params``, or (None, None) when a leaf cannot be keyed (see ``_input_key``)."""
+    leaves = jax.tree.leaves(params)
+    ids = tuple(map(id, leaves))
+    entry = self._tensors_entry
+    if entry is not None and entry[1] == ids:  # the same live objects (the entry holds them): the same values
+      return entry[2], entry
+    if not all(isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      return None, None  # NumPy leaves can change in place, tracers have no value: no caching
+    entry = self._tensors_entry = (leaves, ids, self._tensors(params))
+    return entry[2], entry
+
+  def prepared_pool(self, params, adjs, role_mask, batch: int):
+    """(tensors, prepared pool) for a shared pool [K, N, N] and mask [N] or None; (None, None) if not cacheable."""
+    tensors, params_entry = self._cached_tensors(params)
+    pool_key, mask_key = _input_key(adjs), _input_key(role_mask)
+    n = tensors["role_part"].shape[0] if tensors is not None else None
+    if tensors is None or pool_key is None or mask_key is None or adjs.shape[-2:] != (n, n) or (
+        role_mask is not None and role_mask.shape != (n,)):
+      return None, None  # not cacheable, or wrong shapes (the model's checks say what is wrong)
+    layout = block_layout(adjs.shape[0], batch)
+    key = (params_entry[1], pool_key, mask_key, layout)
+    entry = self._pools.get(key)
+    if entry is None:
+      mask = jnp.ones((n,), jnp.float32) if role_mask is None else jnp.asarray(role_mask, jnp.float32)
+      held = (params_entry[0], adjs, role_mask)  # keeps the keyed ids from being reused while the entry lives
+      entry = (held, self._prepare(tensors, jnp.asarray(adjs, jnp.float32), mask, layout))
+      if len(self._pools) >= self.MAX_POOLS:
+        self._pools.pop(next(iter(self._pools)))  # the oldest
+      self._pools[key] = entry
+    return tensors, entry
 
   def __call__(self, params, query_emb, adjs, role_mask=None) -> jax.Array:
     """Logits [B, K] of query embeddings [B, D] against adjacencies [K, N, N] or [B, K, N, N]."""
+    if self.impl == "dense" and getattr(adjs, "ndim", 0) == 3 and getattr(role_mask, "ndim", 1) == 1 and \
+        getattr(query_emb, "ndim", 0) == 2 and getattr(query_emb, "dtype", None) == jnp.float32:
+      tensors, entry = self.prepared_pool(params, adjs, role_mask, query_emb.shape[0])
+      if tensors is not None and query_emb.shape[1] == tensors["query_kernel"].shape[0]:
+        return self._score(tensors, entry[1], query_emb, adjs.shape[0])
     return self._jitted(params, query_emb, adjs, role_mask)
 
   def lower(self, params, query_emb, adjs, role_mask=None):
-    """The jitted scorer lowered for these shapes (``.compile().memory_analysis()`` and the like)."""
+    """What a call with these inputs runs, lowered (``.compile().memory_analysis()`` and the like).
+
+    The per-query executable of a cached shared pool, or the whole computation otherwise.
+    """
+    if self.impl == "dense" and adjs.ndim == 3 and (role_mask is None or role_mask.ndim == 1):
+      tensors, entry = self.prepared_pool(params, adjs, role_mask, query_emb.shape[0])
+      if tensors is not None:
+        return self._score.lower(tensors, entry[1], query_emb, adjs.shape[0])
     return self._jitted.lower(params, query_emb, adjs, role_mask)
 
 
