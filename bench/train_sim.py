@@ -131,7 +131,7 @@ def space_figures(env, oracle, pool, *, trained, initial, chosen, rand_actions, 
 def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32,
                    seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
   """Oracle figures of both action spaces, the classifier's ranking against the oracle's, and the expected reward
-  [test queries, K] of the trained (free) assignment on every pool DAG."""
+  [test queries, K] of the trained assignment HieraMAS runs (inference rules applied) on every pool DAG."""
   problems = env.splits["test"]
   n = len(problems)
   index = np.arange(n)
@@ -143,19 +143,21 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32,
     chosen, scores = evaluation.choose_graphs(env, s2.graphdef, s2.params, "test", pool)
   rand_dags = rng.integers(0, len(pool), (n, n_random))
   learned = rollout.greedy_actions(env, s1.graphdef, s1.params, "test", index)
+  # What HieraMAS runs (and stage 2 labels DAGs for): the argmax under the inference rules.
+  run = rollout.inference_greedy_actions(env, s1.graphdef, s1.params, "test", index)
   rand_free = evaluation.random_actions(env, n * n_random, seed + 1).reshape(n, n_random, *learned.shape[1:])
   figures: dict[str, Any] = {
       "free": space_figures(env, oracle, pool, trained=learned, chosen=chosen, rand_actions=rand_free,
                             rand_dags=rand_dags, rules=oracle_search.PlanRules(),
                             initial=rollout.greedy_actions(env, init_graphdef, init_params, "test", index)),
       "inference": space_figures(
-          env, oracle, pool, trained=rollout.inference_greedy_actions(env, s1.graphdef, s1.params, "test", index),
+          env, oracle, pool, trained=run,
           initial=rollout.inference_greedy_actions(env, init_graphdef, init_params, "test", index), chosen=chosen,
           rand_actions=random_inference_actions(env, problems, n_random, seed + 2), rand_dags=rand_dags,
           rules=inference_rules(env)),
   }
   # The classifier's ranking of the whole pool against the oracle's (noise-free) top-k by expected reward.
-  pool_expected = np.array([[expected_reward(env, oracle, p, learned[i], g) for g in pool]
+  pool_expected = np.array([[expected_reward(env, oracle, p, run[i], g) for g in pool]
                             for i, p in enumerate(problems)])
   oracle_aucs = []
   for i in range(n):
@@ -164,7 +166,7 @@ def oracle_figures(env, oracle, s1, s2, pool, *, n_random: int = 32,
                        else np.nan)
   figures["test_auc_vs_oracle_labels"] = float(np.nanmean(oracle_aucs)) if np.isfinite(oracle_aucs).any() else np.nan
   figures["trained_assignment_random_dag"] = float(np.mean(
-      [expected_reward(env, oracle, p, learned[i], pool[rand_dags[i, 0]]) for i, p in enumerate(problems)]))
+      [expected_reward(env, oracle, p, run[i], pool[rand_dags[i, 0]]) for i, p in enumerate(problems)]))
   return figures, pool_expected
 
 
