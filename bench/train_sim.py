@@ -40,7 +40,7 @@ synthesizer picks that are the right model) and writes a PNG.
                               [--set stage1.run_skip_credit=role --set selector.skip_head=shared ...]
     python bench/train_sim.py --seeds ''     # the credit-assignment scenario alone (about a minute)
 
-About 15 minutes per seed on 2 CPU cores (stage 1's 1800 steps and stage 2's runs dominate).
+About 10 minutes per seed on 2 CPU cores (stage 1's 1800 steps and stage 2's runs dominate).
 """
 
 from __future__ import annotations

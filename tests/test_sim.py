@@ -236,17 +236,6 @@ def test_oracle_finds_the_specialist_and_the_best_dag():
   assert per_dag[index].expected_reward >= max(r.expected_reward for r in per_dag)
 
 
-def test_in_process_speed():
-  problems = TASK.load("speed", n=400)
-  backend = SimulatedBackend(default_world(), TASK, problems)
-  plans = [Plan(p, ROLES, [["Qwen3-8B", "GPT-4o-mini", "GPT-5-nano"]] * 3, CHAIN, "GPT-5-mini") for p in problems]
-  executor.execute(plans[:20], backend, TASK)  # warm caches
-  t0 = time.perf_counter()
-  results = executor.execute(plans, backend, TASK)
-  rate = sum(len(r.calls) for r in results) / (time.perf_counter() - t0)
-  assert rate > 2000, f"{rate:.0f} calls/s"
-
-
 def test_realtime_mode_sleeps_the_simulated_latency():
   problems = TASK.load("test", n=3)
   backend = SimulatedBackend(default_world(), TASK, problems, realtime=True, latency_scale=0.05)

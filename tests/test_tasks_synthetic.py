@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import fractions
 import random
-import time
 
 import pytest
 
@@ -43,11 +42,11 @@ def test_covers_every_subject_and_level_evenly():
   assert {p.subject for p in only} == {"geometry"} and {p.level for p in only} == {4, 5}
 
 
-def test_thousands_of_problems_in_well_under_a_second():
-  start = time.perf_counter()
-  SyntheticTask().load("train", n=4000, seed=11)
-  SyntheticTask().load("test", n=1000, seed=11)
-  assert time.perf_counter() - start < 1.0
+def test_thousands_of_distinct_problems():  # their speed: bench/host_speed.py
+  train = SyntheticTask().load("train", n=4000, seed=11)
+  test = SyntheticTask().load("test", n=1000, seed=11)
+  assert len({p.uid for p in train}) == 4000 and len({p.uid for p in test}) == 1000
+  assert not {p.question for p in train} & {p.question for p in test}
 
 
 def test_answers_are_exact_and_in_math_format():
