@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import pathlib
 import shutil
 import time

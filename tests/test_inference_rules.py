@@ -6,7 +6,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from hieramas_jax import baselines, config as base_config, executor, graphs, rewards, system
+from hieramas_jax import baselines, config as base_config, executor, graphs, inference_rules, rewards, system
 from hieramas_jax.llm.base import Response, Usage
 from hieramas_jax.llm.sim_task import ArithmeticTask
 from hieramas_jax.models import selector as sel
@@ -34,36 +34,36 @@ def _valid(shape, excluded=()):
 
 def test_without_rules_every_role_whose_argmax_is_skip_is_dropped():
   logits = _skip_dominated_logits()
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool))
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool))
   assert (actions == 4).all()  # today's rule (cap -1): every role skipped, the decision node answers alone
   np.testing.assert_array_equal(actions, logits.argmax(-1))
 
 
 def test_skip_cap_zero_runs_every_role_on_its_best_model():
   logits = _skip_dominated_logits()
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool), max_skipped_roles=0)
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool), max_skipped_roles=0)
   np.testing.assert_array_equal(actions[:, :, -1], logits[:, :, -1, :-1].argmax(-1))
   assert (actions[:, :, :-1] == 4).all()  # proposers keep their own argmax (skip) without rotation
 
 
 def test_skip_cap_drops_at_most_that_many_roles_highest_skip_probability_first():
   logits = _skip_dominated_logits(r=4)
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), np.ones(4, bool), max_skipped_roles=2)
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.ones(4, bool), max_skipped_roles=2)
   dropped = actions[:, :, -1] == 4
   assert (dropped.sum(1) == 2).all()
   np.testing.assert_array_equal(dropped, np.broadcast_to([False, False, True, True], dropped.shape))
   # A cap above the number of skip-wanting roles drops them all but one answer role.
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), np.ones(4, bool), max_skipped_roles=9)
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.ones(4, bool), max_skipped_roles=9)
   np.testing.assert_array_equal(actions[:, :, -1] == 4, np.broadcast_to([False, True, True, True], (2, 4)))
 
 
 def test_skip_cap_always_keeps_one_answer_giving_role():
   logits = _skip_dominated_logits(b=1, r=3)
   gives_answer = np.array([False, True, False])
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), gives_answer, max_skipped_roles=3)
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), gives_answer, max_skipped_roles=3)
   assert (actions[0, :, -1] == 4).tolist() == [True, False, True]
   # Two answer roles: the one with the lower p(skip) (role 0) runs.
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), np.array([True, False, True]),
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.array([True, False, True]),
                                           max_skipped_roles=3)
   assert (actions[0, :, -1] == 4).tolist() == [False, True, True]
 
@@ -73,7 +73,7 @@ def test_skip_cap_leaves_running_roles_and_allowed_models_alone():
   logits[0, 1, -1, 2] = 100.0  # role 1 wants model 2, not skip
   best = logits[0, 0, -1, :-1].argmax()
   valid = _valid(logits.shape, excluded=[best])  # role 0's best model is excluded: it takes the next best
-  actions = rollout.apply_inference_rules(logits, valid, np.ones(3, bool), max_skipped_roles=1)
+  actions = inference_rules.apply_inference_rules(logits, valid, np.ones(3, bool), max_skipped_roles=1)
   assert actions[0, 1, -1] == 2 and actions[0, 2, -1] == 4
   masked = np.where(valid[0, 0, -1, :-1], logits[0, 0, -1, :-1], -np.inf)
   assert actions[0, 0, -1] == masked.argmax() != best
@@ -86,7 +86,7 @@ def test_rotation_gives_proposers_the_top_models_round_robin():
   logits[..., -1, -1] = -50.0  # every role runs
   valid = _valid(logits.shape, excluded=[int(logits[0, 0, 1, :-1].argmax())])
   rows = np.array([[1, 3], [0, 4]])
-  actions = rollout.apply_inference_rules(logits, valid, np.ones(r, bool), rotate_top_n=3, rotation_row=rows)
+  actions = inference_rules.apply_inference_rules(logits, valid, np.ones(r, bool), rotate_top_n=3, rotation_row=rows)
   for q in range(b):
     for j in range(r):
       row = np.where(valid[q, j, rows[q, j], :-1], logits[q, j, rows[q, j], :-1], -np.inf)
@@ -96,29 +96,29 @@ def test_rotation_gives_proposers_the_top_models_round_robin():
   np.testing.assert_array_equal(actions[..., -1], np.where(valid, logits, -np.inf)[..., -1, :].argmax(-1))
   # top-N larger than the allowed models: the allowed ones, in order.
   few = _valid(logits.shape, excluded=range(2, m))
-  actions = rollout.apply_inference_rules(logits, few, np.ones(r, bool), rotate_top_n=4, rotation_row=rows)
+  actions = inference_rules.apply_inference_rules(logits, few, np.ones(r, bool), rotate_top_n=4, rotation_row=rows)
   assert set(actions[..., :-1].ravel().tolist()) <= {0, 1}
 
 
 def test_rotation_skips_dropped_roles_and_checks_its_rows():
   logits = _skip_dominated_logits(b=1, r=3, p=2)
   rows = np.zeros((1, 3), np.int64)
-  actions = rollout.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool), max_skipped_roles=1,
+  actions = inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool), max_skipped_roles=1,
                                           rotate_top_n=2, rotation_row=rows)
   assert actions[0, 2, -1] == 4 and (actions[0, 2, :-1] == 4).all()  # the dropped role makes no calls
   assert (actions[0, :2, :-1] != 4).all()
   with pytest.raises(ValueError, match="rotation_row"):
-    rollout.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool), rotate_top_n=2,
+    inference_rules.apply_inference_rules(logits, _valid(logits.shape), np.ones(3, bool), rotate_top_n=2,
                                   rotation_row=np.full((1, 3), 2))
 
 
 def test_rotation_rows_are_seeded_per_query_not_per_batch():
   problems = [Problem(uid=f"q{i}", question=str(i), answer="") for i in range(40)]
-  rows = rollout.rotation_rows(0, problems, 3, 2)
+  rows = inference_rules.rotation_rows(0, problems, 3, 2)
   assert rows.shape == (40, 3) and set(np.unique(rows)) == {0, 1}
-  np.testing.assert_array_equal(rollout.rotation_rows(0, problems[::-1], 3, 2), rows[::-1])
-  np.testing.assert_array_equal(rollout.rotation_rows(0, problems[5:6], 3, 2), rows[5:6])
-  assert not np.array_equal(rollout.rotation_rows(1, problems, 3, 2), rows)
+  np.testing.assert_array_equal(inference_rules.rotation_rows(0, problems[::-1], 3, 2), rows[::-1])
+  np.testing.assert_array_equal(inference_rules.rotation_rows(0, problems[5:6], 3, 2), rows[5:6])
+  assert not np.array_equal(inference_rules.rotation_rows(1, problems, 3, 2), rows)
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_plan_follows_the_skip_cap_and_run_makes_those_calls(skipping):
     # Deterministic per query: the same in any batch order.
     assert [p.assignment for p in hm.plan(problems[::-1])][::-1] == [p.assignment for p in rotated]
     logits = hm.selector_logits(problems)
-    rows = rollout.rotation_rows(hm.config.seed, problems, len(hm.roles), hm.config.selector.num_proposers)
+    rows = inference_rules.rotation_rows(hm.config.seed, problems, len(hm.roles), hm.config.selector.num_proposers)
     for b, p in enumerate(rotated):
       for j, row in enumerate(p.assignment):
         top = np.argsort(-logits[b, j, rows[b, j], :-1], kind="stable")[:2]

@@ -1,12 +1,7 @@
 """End-to-end training on a tiny config, resume, config validation."""
 
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np

@@ -27,7 +27,6 @@ import fractions
 import hashlib
 import math
 import random
-import re
 from typing import Callable, Iterable
 
 from hieramas_jax.tasks import base

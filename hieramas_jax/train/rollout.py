@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hieramas_jax import executor, policy, rewards
-from hieramas_jax.executor import FailedCallsError, check_failures  # re-exported: training raises them
-from hieramas_jax.inference_rules import apply_inference_rules, query_key, rotation_rows  # re-exported
+from hieramas_jax.executor import check_failures
 from hieramas_jax.models import selector as sel
 from hieramas_jax.tasks.base import Problem
 from hieramas_jax.train.environment import Environment

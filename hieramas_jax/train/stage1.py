@@ -12,7 +12,7 @@ Validation with argmax selection on fixed (query, DAG) pairs every
 the best seen (``keeps_latest``). Checkpoints every ``checkpoint.every_steps``
 and on SIGTERM. Queries with a failed LLM call are masked out of the loss, the
 baselines and every average; a step (or validation) with too many of them raises
-``rollout.FailedCallsError`` before its update, so no checkpoint holds it.
+``executor.FailedCallsError`` before its update, so no checkpoint holds it.
 """
 
 from __future__ import annotations

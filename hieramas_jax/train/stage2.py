@@ -6,7 +6,7 @@ the DAGs are ranked by system reward, with stage 2's own c_s
 (``stage2.reward_cost_solved``), and the top-k solved ones are labelled positive. The GCN is trained with class-weighted
 BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
 kept. Labels are stored in the workdir, so a resumed run does not re-execute;
-a collection with too many failed queries raises ``rollout.FailedCallsError``
+a collection with too many failed queries raises ``executor.FailedCallsError``
 and stores nothing. Only queries with both a positive and a negative DAG are
 trained on (the others rank nothing). Training data without a single positive
 label (no solved run), or without a query that has both, cannot teach a
