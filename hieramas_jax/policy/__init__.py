@@ -16,10 +16,10 @@ from hieramas_jax.policy.schema import (SCHEMA_VERSION, STAGE1, STAGE2, checkpoi
                                         restore_train_state,
                                         selector_train_state, written_by)
 from hieramas_jax.policy.spec import (CLASSIFIER_MODELS, PolicyLoadError, PolicySpec, abstract_module,
-                                      classifier_hparams, new_classifier, new_selector, selector_hparams,
-                                      split_module)
+                                      classifier_hparams, draw_pool, new_classifier, new_selector, pool_settings,
+                                      selector_hparams, split_module)
 
-__all__ = ["CLASSIFIER_MODELS", "HieraMASPolicy", "PolicyLoadError", "PolicySpec", "SCHEMA_VERSION", "STAGE1",
+__all__ = ["CLASSIFIER_MODELS", "draw_pool", "pool_settings", "HieraMASPolicy", "PolicyLoadError", "PolicySpec", "SCHEMA_VERSION", "STAGE1",
            "STAGE2", "abstract_module", "checkpoint_dir", "checkpoint_metadata", "choose_actions",
            "classifier_hparams", "classifier_train_state", "new_classifier", "new_selector", "optimizer_template",
            "read_metadata", "read_spec", "restore_train_state", "sample_actions", "selector_hparams", "selector_train_state", "split_module",

@@ -186,9 +186,7 @@ class HieraMASPolicy:
   def candidate_pool(self) -> np.ndarray:
     """The K candidate DAGs [K, N, N] int8 scored at inference (all distinct ones when fewer exist)."""
     if self._pool is None:
-      c = self.spec.candidate_pool
-      self._pool = graphs.dag_pool(int(c["seed"]), len(self.spec.roles), int(c["size"]),
-                                   tuple(c["density_range"]), allow_fewer=True).astype(np.int8)
+      self._pool = spec_lib.draw_pool(self.spec.candidate_pool, len(self.spec.roles)).astype(np.int8)
     return self._pool.copy()
 
   def score(self, query_emb: Any, adjacency: Any) -> np.ndarray:

@@ -6,13 +6,28 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import ml_collections
+import numpy as np
 from flax import nnx
 
+from hieramas_jax import graphs
 from hieramas_jax.models import gcn
 from hieramas_jax.models import selector as sel
 
 _CLASSIFIER_SEED_OFFSET = 100  # the classifier's init stream, apart from the selector's
 _POOL_SEED_OFFSET = 2  # the candidate pool's seed (stage 2's data pool uses the same one)
+
+
+def pool_settings(config: ml_collections.ConfigDict, density_range: Sequence[float] | None = None) -> dict[str, Any]:
+  """Seed, size and density range of a config's candidate pool (``density_range`` replaces the candidates')."""
+  rng = config.graphs.candidate_density_range if density_range is None else density_range
+  return {"seed": int(config.seed) + _POOL_SEED_OFFSET, "size": int(config.graphs.num_candidates),
+          "density_range": [float(x) for x in rng]}
+
+
+def draw_pool(settings: Mapping[str, Any], num_roles: int) -> np.ndarray:
+  """The distinct DAGs [K, N, N] that ``pool_settings`` describe (all of them when fewer exist)."""
+  return graphs.dag_pool(int(settings["seed"]), num_roles, int(settings["size"]), tuple(settings["density_range"]),
+                         allow_fewer=True)
 
 
 class PolicyLoadError(ValueError):
@@ -77,8 +92,7 @@ class PolicySpec:
         seed=int(config.seed),
         selector=selector_hparams(config),
         classifier_model=str(config.gcn.get("model", "gcn")), classifier=classifier_hparams(config),
-        candidate_pool={"seed": int(config.seed) + _POOL_SEED_OFFSET, "size": int(config.graphs.num_candidates),
-                        "density_range": [float(x) for x in config.graphs.candidate_density_range]},
+        candidate_pool=pool_settings(config),
         inference={"max_skipped_roles": int(rules.max_skipped_roles) if rules is not None else -1,
                    "rotate_top_n": int(rules.rotate_top_n) if rules is not None else 0})
 

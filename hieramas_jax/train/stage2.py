@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hieramas_jax import checkpointing, graphs, policy
+from hieramas_jax import checkpointing, policy
 from hieramas_jax.models import gcn
 from hieramas_jax.train import builders, learner, metrics, rollout
 from hieramas_jax.train.environment import Environment
@@ -43,8 +43,7 @@ def build_classifier(env: Environment):
 def candidate_pool(env: Environment) -> np.ndarray:
   """The K candidate DAGs scored at inference, density in ``graphs.candidate_density_range`` (all distinct ones
   when fewer exist)."""
-  return graphs.dag_pool(env.config.seed + 2, env.num_roles, env.config.graphs.num_candidates,
-                         tuple(env.config.graphs.candidate_density_range), allow_fewer=True)
+  return policy.draw_pool(policy.pool_settings(env.config), env.num_roles)
 
 
 def data_pool(env: Environment) -> np.ndarray:
@@ -52,8 +51,7 @@ def data_pool(env: Environment) -> np.ndarray:
 
   The same seed and size as ``candidate_pool``: with equal ranges the two pools are the same DAGs.
   """
-  return graphs.dag_pool(env.config.seed + 2, env.num_roles, env.config.graphs.num_candidates,
-                         tuple(env.config.graphs.stage2_density_range), allow_fewer=True)
+  return policy.draw_pool(policy.pool_settings(env.config, env.config.graphs.stage2_density_range), env.num_roles)
 
 
 def label_graphs(rewards_: np.ndarray, solved: np.ndarray, valid: np.ndarray, top_k: int) -> np.ndarray:

@@ -139,7 +139,7 @@ def best_plan(oracle, subject: str, level: int, dags: Sequence[Any], decision_mo
   rng = random.Random(seed)
   best: tuple[tuple[float, float], int, Assignment, Any] | None = None
   for start in _starts(oracle, subject, level, models, n, proposers, restarts, rng, rules):
-    plan, dag = [list(row) for row in start], 0
+    plan = [list(row) for row in start]
     # The start's best DAG first: a DAG matters only through the roles that run.
     dag = max(range(len(unique)), key=lambda d: score(d, plan)[0])
     value, result = score(dag, plan)
