@@ -150,6 +150,12 @@ class ModelSpec:
       ["openai"]}}``; read-only once the spec is built. The fields the backend
       sets itself (model, messages, stream, n, max_tokens, max_completion_tokens,
       temperature) are refused: use the options above.
+    backend: which backend serves this model: 'sim', 'openai' or 'local' (a
+      model file run in this process, ``hieramas_jax.lm``); None: the run's
+      ``llm.backend``. A pool may mix backends (``llm.routing``).
+    path: for backend='local', a .gguf file or a Hugging Face model directory.
+    dtype: for backend='local', the dtype the weights are computed in:
+      'float32' or 'bfloat16'.
 
   The paper pool's GPT-5 entries follow OpenAI's rules (max_completion_tokens,
   temperature 1, no extra fields, so OpenAI's default reasoning effort) because
@@ -176,6 +182,9 @@ class ModelSpec:
   max_tokens_param: str = "max_tokens"
   fixed_temperature: float | None = None
   extra_body: Mapping[str, Any] = dataclasses.field(default_factory=RequestBody)
+  backend: str | None = None
+  path: str | None = None
+  dtype: str = "float32"
 
   def __post_init__(self):
     where = f"model {self.name!r}"
