@@ -319,7 +319,9 @@ def _completion(model: str, text: str, finish_reason: str, prompt_tokens: int,
 
 
 class ServerThread:
-  """Runs a SimServer on 127.0.0.1 in a background thread (a context manager).
+  """Runs a SimServer (or any server with an aiohttp ``app``) on 127.0.0.1 in a background thread.
+
+  A context manager.
 
   ``base_url`` is the OpenAI base URL (``http://host:port/v1``).
   """
@@ -380,15 +382,15 @@ class ServerThread:
     self.stop()
 
 
-async def serve(server: SimServer, host: str, port: int, *, ready_message: bool = True) -> None:
-  """Serves until cancelled (the command line's main loop)."""
+async def serve(server: Any, host: str, port: int, *, ready_message: bool = True, name: str = "sim_server") -> None:
+  """Serves ``server.app`` until cancelled (the command line's main loop; launch.serve_local's too)."""
   runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
   await runner.setup()
   site = web.TCPSite(runner, host, port, backlog=1024)
   await site.start()
   if ready_message:
     bound = runner.addresses[0]
-    print(f"sim_server listening on http://{bound[0]}:{bound[1]}/v1", flush=True)
+    print(f"{name} listening on http://{bound[0]}:{bound[1]}/v1", flush=True)
   try:
     await asyncio.Event().wait()
   finally:

@@ -19,6 +19,7 @@ from hieramas_jax import executor, graphs
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.llm import preflight as llm_preflight
 from hieramas_jax.llm import pool as llm_pool
+from hieramas_jax.llm import routing as llm_routing
 from hieramas_jax.tasks.base import Problem, RoleSpec, Task
 
 SKIP_PROFILE = "skip: make no call at this position; costs nothing and gives no answer."
@@ -88,9 +89,7 @@ def pool_specs(config: ml_collections.ConfigDict) -> list[llm_pool.ModelSpec]:
   else:
     raise ConfigError(f"llm.pool={config.llm.pool!r}; use 'paper' (the paper's pool plus llm.models overrides) "
                       "or 'config' (exactly llm.models)")
-  if config.llm.backend == "openai":
-    specs = [s for s in specs if s.base_url] or specs  # models without an endpoint are not usable there
-  return specs
+  return llm_routing.usable_specs(specs, config.llm.backend)  # paper models without an endpoint/file dropped
 
 
 def _number(field: str, value: Any) -> float:
@@ -143,8 +142,9 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
   """Checks a config; raises one ConfigError naming the problem and the fix. Returns the pool."""
   c = config
   _check_values(c)
-  if c.llm.backend not in ("sim", "openai"):
-    raise ConfigError(f"llm.backend={c.llm.backend!r}; choose 'sim' (offline simulated pool) or 'openai'")
+  if c.llm.backend not in llm_routing.BACKEND_KINDS:
+    raise ConfigError(f"llm.backend={c.llm.backend!r}; choose 'sim' (offline simulated pool), 'openai' or 'local' "
+                      "(model files run in this process)")
   if c.stages not in ("both", "stage1", "stage2"):
     raise ConfigError(f"stages={c.stages!r}; choose 'both', 'stage1' or 'stage2'")
   specs = pool_specs(c)
@@ -153,11 +153,10 @@ def validate_config(config: ml_collections.ConfigDict, num_roles: int | None = N
   except llm_base.ConfigError as e:
     raise ConfigError(str(e)) from None
   names = {s.name for s in specs}
-  if c.llm.backend == "openai":
-    no_url = [s.name for s in specs if not s.base_url]
-    if no_url:
-      raise ConfigError(f"llm.backend='openai' but model(s) {no_url} have no base_url; give each an endpoint in "
-                        "llm.models or use llm.backend='sim'")
+  try:  # each entry against the backend serving it (its own `backend` field, else llm.backend)
+    llm_routing.check_routes(specs, c.llm.backend)
+  except llm_base.ConfigError as e:
+    raise ConfigError(str(e)) from None
   if c.llm.decision_model not in names:
     raise ConfigError(f"llm.decision_model={c.llm.decision_model!r} is not in the pool {sorted(names)}")
   unknown = sorted(set(c.llm.exclude_models) - names)
@@ -310,22 +309,27 @@ def make_backend(config: ml_collections.ConfigDict, specs: Sequence[llm_pool.Mod
   """The LLM backend of a run (with the response cache in the workdir when configured)."""
   from hieramas_jax.llm import cache as llm_cache  # pylint: disable=g-import-not-at-top
 
-  if config.llm.backend == "sim":
+  def build_sim(group: list[llm_pool.ModelSpec]):
     from hieramas_jax.llm import sim  # pylint: disable=g-import-not-at-top
     effects = {}
     for role, value in dict(config.llm.sim_role_effects).items():
       solo, gain_scale = value
       effects[role] = sim.RoleEffect(float(solo), float(gain_scale))
     world = sim.make_world(config.llm.get("sim_world", "invented"), task=task.name, problems=problems,
-                           seed=config.llm.sim_seed, pool=specs, role_effects=effects)
-    backend = sim.SimulatedBackend(world, task, problems, realtime=config.llm.sim_latency_s > 0,
-                                   latency_scale=float(config.llm.sim_latency_s))
-  else:
+                           seed=config.llm.sim_seed, pool=group, role_effects=effects)
+    return sim.SimulatedBackend(world, task, problems, realtime=config.llm.sim_latency_s > 0,
+                                latency_scale=float(config.llm.sim_latency_s))
+
+  def build_openai(group: list[llm_pool.ModelSpec]):
     from hieramas_jax.llm import openai_backend  # pylint: disable=g-import-not-at-top
-    backend = openai_backend.OpenAIBackend(
-        specs, max_concurrency=config.llm.max_concurrency, timeout_s=config.llm.timeout_s,
+    return openai_backend.OpenAIBackend(
+        group, max_concurrency=config.llm.max_concurrency, timeout_s=config.llm.timeout_s,
         retry=openai_backend.RetryPolicy(max_retries=config.llm.max_retries),
         seed_from_sample_index=bool(config.llm.send_seed))
+
+  # Each model goes to the backend its entry names (else llm.backend); one kind: that backend alone.
+  backend = llm_routing.build_routed(specs, config.llm.backend, {
+      "sim": build_sim, "openai": build_openai, "local": llm_routing.build_local})
   if config.llm.cache:
     backend = llm_cache.CachedBackend(backend, workdir / "llm_cache.sqlite")
   return backend
