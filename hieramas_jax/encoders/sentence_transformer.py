@@ -114,6 +114,29 @@ def _next_power_of_two(n: int) -> int:
   return 1 << max(0, n - 1).bit_length()
 
 
+def _truncating_tokenizer(tokenizer_json: bytes, max_seq_length: int) -> tuple[tokenizers.Tokenizer, int]:
+  """The tokenizer of ``tokenizer.json``, unpadded and truncating at ``max_seq_length``, and its pad id."""
+  tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+  # Padded positions are masked out, so the pad id only needs to be a valid row.
+  padding = tokenizer.padding
+  pad_id = int(padding["pad_id"]) if padding else (tokenizer.token_to_id("[PAD]") or 0)
+  # tokenizer.json may carry its own fixed padding and a shorter truncation
+  # (MiniLM's says 128); sentence-transformers overrides both per batch.
+  tokenizer.no_padding()
+  tokenizer.enable_truncation(max_length=max_seq_length)
+  return tokenizer, pad_id
+
+
+def _read_safetensors_bytes(transformer_dir: pathlib.Path) -> bytes:
+  """The raw ``model.safetensors`` of a Transformer module (the only weight format read)."""
+  weights_path = transformer_dir / "model.safetensors"
+  if not weights_path.is_file():
+    raise FileNotFoundError(
+        f"{weights_path} is missing; the Flax encoder reads safetensors weights only (convert "
+        "pytorch_model.bin once with safetensors' conversion tools)")
+  return weights_path.read_bytes()
+
+
 class SentenceTransformerEncoder:
   """A sentence-transformers BERT model run by a jitted Flax forward pass.
 
@@ -173,21 +196,8 @@ class SentenceTransformerEncoder:
     self.max_seq_length = int(max_seq_length)
 
     tokenizer_bytes = (transformer_dir / "tokenizer.json").read_bytes()
-    self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-    # Padded positions are masked out, so the pad id only needs to be a valid row.
-    padding = self.tokenizer.padding
-    self.pad_id = int(padding["pad_id"]) if padding else (self.tokenizer.token_to_id("[PAD]") or 0)
-    # tokenizer.json may carry its own fixed padding and a shorter truncation
-    # (MiniLM's says 128); sentence-transformers overrides both per batch.
-    self.tokenizer.no_padding()
-    self.tokenizer.enable_truncation(max_length=self.max_seq_length)
-
-    weights_path = transformer_dir / "model.safetensors"
-    if not weights_path.is_file():
-      raise FileNotFoundError(
-          f"{weights_path} is missing; the Flax encoder reads safetensors weights only (convert "
-          "pytorch_model.bin once with safetensors' conversion tools)")
-    weight_bytes = weights_path.read_bytes()
+    self.tokenizer, self.pad_id = _truncating_tokenizer(tokenizer_bytes, self.max_seq_length)
+    weight_bytes = _read_safetensors_bytes(transformer_dir)
     model = bert.abstract_bert(self.config, precision=precision)
     bert.load_hf_weights(model, safetensors.numpy.load(weight_bytes))
     self._graphdef, self._state = nnx.split(model)
