@@ -70,6 +70,12 @@ def _top_p_filter(scaled_logits: jax.Array, top_p: jax.Array) -> jax.Array:
   return jnp.where(scaled_logits >= threshold, scaled_logits, decoder.MASKED_LOGIT)
 
 
+def _per_row(key: jax.Array) -> bool:
+  """Whether ``key`` holds one key per row (typed keys [B], raw uint32 keys [B, 2])."""
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  return key.ndim == (1 if typed else 2)
+
+
 def sample_next(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, *, greedy: bool,
                 use_top_p: bool) -> tuple[jax.Array, jax.Array]:
   """Tokens [B] from logits [B, V] and their log-probs under log_softmax(logits) (temperature 1).
@@ -83,7 +89,10 @@ def sample_next(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p
     scaled = logits / temperature
     if use_top_p:
       scaled = _top_p_filter(scaled, top_p)
-    tokens = jax.random.categorical(key, scaled, axis=-1)
+    if _per_row(key):  # each row draws with its own key: its tokens do not depend on the batch
+      tokens = jax.vmap(lambda k, row: jax.random.categorical(k, row, axis=-1))(key, scaled)
+    else:
+      tokens = jax.random.categorical(key, scaled, axis=-1)
   tokens = tokens.astype(jnp.int32)
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
   return tokens, logprobs
@@ -116,7 +125,8 @@ def _generate_padded(params, prompt_tokens, prompt_lengths, active, key, max_new
   done = ~active
 
   def record(step, logits, done, out_tokens, out_logprobs, counts, stopped):
-    tokens, logprobs = sample_next(logits, jax.random.fold_in(key, step), temperature, top_p, greedy=greedy,
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if _per_row(key) else jax.random.fold_in
+    tokens, logprobs = sample_next(logits, fold(key, step), temperature, top_p, greedy=greedy,
                                    use_top_p=use_top_p)
     is_stop = jnp.any(tokens[:, None] == stop_ids[None, :], axis=-1)
     keep = ~done & ~is_stop
@@ -158,7 +168,9 @@ def generate(params: decoder.Params, cfg: config_lib.DecoderConfig, prompts: Seq
     params: the decoder's parameter dict.
     cfg: its config.
     prompts: one non-empty list of token ids per row.
-    key: a PRNG key (``jax.random.key`` or ``PRNGKey``); may be None only when greedy.
+    key: a PRNG key (``jax.random.key`` or ``PRNGKey``); may be None only when greedy. Or one key
+      per prompt (typed [len(prompts)] or raw [len(prompts), 2]): row i then draws with its own
+      key, so its tokens do not depend on the other rows (the local LLM backend's batches).
     max_new_tokens: the budget per row (>= 1).
     temperature: 0 for greedy (argmax), else the softmax temperature of sampling.
     top_p: nucleus mass in (0, 1]; 1 samples from the whole vocabulary.
@@ -193,6 +205,11 @@ def generate(params: decoder.Params, cfg: config_lib.DecoderConfig, prompts: Seq
                      f'{[int(t) for t in flat if not 0 <= int(t) < cfg.vocab_size][:5]}.')
 
   num_rows = bucket(len(prompts))
+  if _per_row(jnp.asarray(key)):
+    key = jnp.asarray(key)
+    if key.shape[0] != len(prompts):
+      raise ValueError(f'generate: {key.shape[0]} row keys for {len(prompts)} prompts; give one key per prompt.')
+    key = jnp.concatenate([key, jnp.repeat(key[-1:], num_rows - len(prompts), axis=0)])  # padding rows
   prompt_bucket = bucket(max(lengths), MIN_PROMPT_BUCKET)
   new_tokens_bucket = bucket(max_new_tokens, MIN_NEW_TOKENS_BUCKET)
   tokens = np.zeros((num_rows, prompt_bucket), np.int32)
