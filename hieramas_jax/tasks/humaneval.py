@@ -31,24 +31,30 @@ from hieramas_jax.tasks import records
 # The paper's five HumanEval roles, in our words: three write a short analysis
 # (at most 50 words), two write the full function in a code block.
 _SHORT = "Reply concisely, in at most 50 words and a few points, with no code block: "
+
+
+def _analysis_role(name: str, persona: str, checklist: tuple[str, ...], subject: str) -> base.RoleSpec:
+  """A role that writes a short analysis of ``subject`` (no code, no answer of its own)."""
+  return base.RoleSpec(name, persona, gives_answer=False, synthesis_checklist=checklist,
+                       analysis_instruction=_SHORT + subject)
+
+
 CODE_ROLES = (
-    base.RoleSpec(
+    _analysis_role(
         "Project Manager",
         "You oversee the structure of the code: propose a simple design that does the task correctly and "
         "concisely, without over-engineering, and follows good practice for maintainable code: which functions "
         "(often just one) and which classes (often none) are needed.",
-        gives_answer=False,
-        synthesis_checklist=("Judge each design suggestion for clarity and maintainability.",
-                             "Pick out the good practices they name.", "Merge them into one design."),
-        analysis_instruction=_SHORT + "the structure the code should have."),
-    base.RoleSpec(
+        ("Judge each design suggestion for clarity and maintainability.",
+         "Pick out the good practices they name.", "Merge them into one design."),
+        "the structure the code should have."),
+    _analysis_role(
         "Algorithm Designer",
         "You specify the algorithm: its steps, the data structures and helper functions it uses, how to call "
         "it, and pseudocode of the main logic when that logic is involved.",
-        gives_answer=False,
-        synthesis_checklist=("Compare the algorithms proposed.", "Find the most efficient one that is correct.",
-                             "Describe that algorithm clearly."),
-        analysis_instruction=_SHORT + "the algorithm, with short pseudocode if its logic is involved."),
+        ("Compare the algorithms proposed.", "Find the most efficient one that is correct.",
+         "Describe that algorithm clearly."),
+        "the algorithm, with short pseudocode if its logic is involved."),
     base.RoleSpec(
         "Programming Expert",
         "You write the full implementation of the function. Code from teammates may have passed some checks "
@@ -56,14 +62,13 @@ CODE_ROLES = (
         synthesis_checklist=("Check that each implementation does what the docstring asks.",
                              "Check the edge cases and the error handling.",
                              "Where the implementations differ, decide which one is right.")),
-    base.RoleSpec(
+    _analysis_role(
         "Test Analyst",
         "You find problems in the current code or plan from the docstring's examples and any test feedback, and "
         "name the special cases and boundary conditions the code must handle.",
-        gives_answer=False,
-        synthesis_checklist=("Collect every edge case and boundary condition found.",
-                             "Add the test scenarios the analyses missed.", "Turn them into clear testing guidance."),
-        analysis_instruction=_SHORT + "the failures you find and the cases the code must handle."),
+        ("Collect every edge case and boundary condition found.",
+         "Add the test scenarios the analyses missed.", "Turn them into clear testing guidance."),
+        "the failures you find and the cases the code must handle."),
     base.RoleSpec(
         "Bug Fixer",
         "You improve the code: from the team's design, algorithm, implementation and test findings, write a "

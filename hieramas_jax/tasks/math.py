@@ -214,9 +214,8 @@ class MathTask(base.Task):
 
   def grade(self, problem: base.Problem, text: str) -> bool:
     found = math_grading.extract_answer_with_source(text)
-    if found is None:
-      return False
-    stated = math_grading.graded_answer(*found)  # None: refused (e.g. "the answer is 17 + 25")
+    # None: no answer, or one refused ("the answer is 17 + 25"); equivalent grades None wrong.
+    stated = math_grading.graded_answer(*found) if found else None
     return math_grading.equivalent(problem.answer, stated, timeout_s=self.timeout_s)
 
   def decision_example(self) -> list[base.Message]:

@@ -39,7 +39,8 @@ from hieramas_jax.tasks.math_arithmetic import is_plain_value, read_value
 __all__ = [
     "BOXED", "PHRASE", "all_boxed", "exact_value", "extract_answer", "extract_answer_with_source", "last_boxed",
     "normalize", "MAX_READ_CHARS", "REFUSED", "UNREADABLE", "VALUE", "ExactValue", "Reading", "is_plain_value",
-    "read_value", "MAX_ANSWER_CHARS", "too_costly", "equivalent", "graded_answer", "perturb",
+    "read_value", "MAX_ANSWER_CHARS", "too_costly", "equivalent", "graded_reading", "graded_answer",
+    "perturb",
 ]
 
 MAX_ANSWER_CHARS = 1000  # longer "answers" are compared as strings only
@@ -131,6 +132,18 @@ def equivalent(gold: str, predicted: str | None, timeout_s: int = 5, shortcuts: 
   return _loosely_equal(gold_n, pred_n)
 
 
+def graded_reading(answer: str | None, source: str = BOXED) -> Reading | None:
+  """``read_value`` of a stated answer, or None when it must be graded wrong (see ``graded_answer``)."""
+  if answer is None:
+    return None
+  reading = read_value(answer)
+  if reading.status == REFUSED:
+    return None  # "3 4", "17 + 25 = 43": never mangled into a number
+  if reading.status == VALUE and source == PHRASE and not reading.plain:
+    return None  # "the answer is 17 + 25" restates the question; a final value is needed
+  return reading
+
+
 def graded_answer(answer: str | None, source: str = BOXED) -> str | None:
   """The stated answer to compare with the reference, or None when it must be graded wrong.
 
@@ -145,16 +158,10 @@ def graded_answer(answer: str | None, source: str = BOXED) -> str | None:
   reader (roots, letters, sets, intervals) are returned unchanged for
   ``equivalent``.
   """
-  if answer is None:
+  reading = graded_reading(answer, source)
+  if reading is None:
     return None
-  reading = read_value(answer)
-  if reading.status == REFUSED:
-    return None
-  if reading.status == VALUE:
-    if source == PHRASE and not reading.plain:
-      return None
-    return reading.final
-  return answer
+  return reading.final if reading.status == VALUE else answer
 
 
 def perturb(answer: str, rng: random.Random) -> list[str]:

@@ -370,12 +370,10 @@ class SyntheticTask(base.Task):
     if found is None:
       return False
     stated, source = found
-    reading = math_grading.read_value(stated)
-    if reading.status == math_grading.REFUSED:
-      return False  # "3 4", "17 + 25 = 43", "2x = 8": never mangled into a number
+    reading = math_grading.graded_reading(stated, source)
+    if reading is None:
+      return False  # refused ("3 4", "17 + 25 = 43") or restating the question ("the answer is 17 + 25")
     if reading.status == math_grading.VALUE:
-      if source == math_grading.PHRASE and not reading.plain:
-        return False  # "the answer is 17 + 25" restates the question; a final value is needed
       gold = read_exact(problem.answer)
       return gold is not None and reading.value == _exact(gold)
     if source == math_grading.PHRASE or "=" in stated:
