@@ -52,6 +52,8 @@ class LetterModel:
     self.lock = threading.Lock()
 
   def __call__(self, model, prompts, *, seeds, max_new_tokens, temperature, top_p, stop_ids):
+    if max(map(len, prompts)) + max_new_tokens > model.config.max_position_embeddings:
+      raise ValueError("past the context")  # as lm.generate does
     with self.lock:
       self.calls.append({"batch": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
                          "top_p": top_p})
@@ -146,6 +148,16 @@ def test_a_row_is_cut_to_its_own_max_tokens_inside_a_larger_batch():
   short, long = asyncio.run(_gather(backend, calls))
   assert [c["batch"] for c in toy.calls] == [2] and toy.calls[0]["max_new_tokens"] == 64
   assert short.text == long.text[:2] and short.finish_reason == "length" and long.finish_reason == "stop"
+  backend.close()
+
+
+def test_a_batch_never_runs_past_the_context():
+  toy = LetterModel()
+  backend = _backend(generate_fn=toy, batch_wait_s=0.05)
+  calls = [("a", "y" * 400, 0, {"temperature": 0.0, "max_tokens": 10}),
+           ("a", "short", 0, {"temperature": 0.0, "max_tokens": 300})]
+  long_prompt, long_answer = asyncio.run(_gather(backend, calls))
+  assert long_prompt.ok and long_answer.ok and len(toy.calls) == 2
   backend.close()
 
 
@@ -330,3 +342,65 @@ def test_build_routed_gives_one_backend_alone_and_routes_a_mix():
     asyncio.run(mixed.complete("nope", _ask("x")))
   executor.close_backend(mixed)
   assert not built["local"]._batchers[("toy://letters", "float32")]._thread.is_alive()
+
+
+# --------------------------------------------------------------------------- a tiny random decoder
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder():
+  import jax  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.lm import config as lm_config  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.lm import decoder  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.lm.byte_tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+
+  cfg = lm_config.tiny("llama")
+  return lm_backend.LocalModel(cfg, decoder.init_params(cfg, jax.random.PRNGKey(0)), ByteTokenizer(), "tiny://llama")
+
+
+def _counting_generate():
+  calls = []
+
+  def generate_fn(model, prompts, **kwargs):
+    calls.append(len(prompts))
+    return lm_backend.jax_generate(model, prompts, **kwargs)
+
+  return generate_fn, calls
+
+
+def _tiny_backend(model, generate_fn):
+  spec = ModelSpec("tiny", backend="local", path="tiny://llama", price_in_per_m=0.0, price_out_per_m=0.0)
+  return lm_backend.LocalBackend([spec], models={"tiny://llama": model}, generate_fn=generate_fn,
+                                 batch_wait_s=0.05)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_tiny_decoder_batches_calls_and_answers_as_one_by_one(tiny_decoder, temperature):
+  generate_fn, calls = _counting_generate()
+  backend = _tiny_backend(tiny_decoder, generate_fn)
+  asks = [("tiny", f"What is {i} + {i}?", i, {"temperature": temperature, "max_tokens": 8}) for i in range(6)]
+  together = asyncio.run(_gather(backend, asks))
+  assert len(calls) < len(asks)
+  calls.clear()
+  alone = [asyncio.run(_gather(backend, [a]))[0] for a in asks]
+  assert calls == [1] * len(asks)
+  assert [(r.text, r.usage, r.finish_reason) for r in together] == [(r.text, r.usage, r.finish_reason) for r in alone]
+  tokenizer = tiny_decoder.tokenizer
+  for r, (_, question, _, _) in zip(together, asks):
+    assert r.ok and r.usage.prompt_tokens == len(tokenizer.encode(tokenizer.apply_chat_template(_ask(question))))
+    assert 1 <= r.usage.completion_tokens <= 8 and r.finish_reason in ("stop", "length")
+  if temperature:
+    assert len({r.text for r in together}) > 1
+  backend.close()
+
+
+def test_tiny_decoder_answers_are_replayed_by_the_response_cache(tiny_decoder, tmp_path):
+  generate_fn, calls = _counting_generate()
+  cached = CachedBackend(_tiny_backend(tiny_decoder, generate_fn), tmp_path / "cache.sqlite")
+  first = asyncio.run(cached.complete("tiny", _ask("cache me"), sample_index=3, temperature=0.8, max_tokens=8))
+  again = asyncio.run(cached.complete("tiny", _ask("cache me"), sample_index=3, temperature=0.8, max_tokens=8))
+  assert first.ok and again.cached and (again.text, again.usage) == (first.text, first.usage) and calls == [1]
+  fresh = asyncio.run(cached.backend.complete("tiny", _ask("cache me"), sample_index=3, temperature=0.8,
+                                              max_tokens=8))
+  assert (fresh.text, fresh.usage) == (first.text, first.usage)
+  cached.close()

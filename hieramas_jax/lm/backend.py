@@ -267,8 +267,16 @@ class _Batcher:
       if self._closed:
         return None
       batch, rest = [], []
+      context = int(self.model.config.max_position_embeddings)
+      longest, budget = 0, 0
       for p in self._queue:
-        (batch if self._group(p) == group and len(batch) < self.max_batch else rest).append(p)
+        # The batch runs max(budget) steps past max(prompt): a call that would push it past the context waits.
+        fits = max(longest, len(p.prompt)) + max(budget, p.max_new_tokens) <= context
+        if self._group(p) == group and len(batch) < self.max_batch and (fits or not batch):
+          batch.append(p)
+          longest, budget = max(longest, len(p.prompt)), max(budget, p.max_new_tokens)
+        else:
+          rest.append(p)
       self._queue = rest
     return [p for p in batch if p.future.set_running_or_notify_cancel()]  # cancelled calls drop out
 
