@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import secrets
 import shutil
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -66,3 +68,26 @@ def plain_sandbox_user() -> Iterator[PlainSandboxUser]:
   user = PlainSandboxUser(processes.UID_RANGE[0] - 1 - secrets.randbelow(1000))
   yield user
   processes.kill_uid(user.uid)
+
+
+@contextlib.contextmanager
+def listening_server(cmd: list[str], *, cwd: pathlib.Path, timeout_s: float = 30.0,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+  """Runs a server command line (launch.sim_server, launch.serve_local) until its 'listening on URL' line; yields URL."""
+  proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  try:
+    deadline = time.time() + timeout_s
+    url = None
+    while time.time() < deadline and url is None:
+      line = proc.stdout.readline()
+      if not line:
+        break
+      if "listening on" in line:
+        url = line.strip().rsplit(" ", 1)[-1]
+    if url is None:
+      proc.kill()
+      pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+    yield url
+  finally:
+    proc.terminate()
+    proc.communicate(timeout=30)  # waits and closes the pipes

@@ -9,16 +9,15 @@ directly in-process.
 import asyncio
 import contextlib
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 
 import jax
 import pytest
+from conftest import listening_server
 
 from hieramas_jax import executor
 from hieramas_jax.llm.openai_backend import OpenAIBackend, RetryPolicy
@@ -127,24 +126,10 @@ def _smollm2():
 @contextlib.contextmanager
 def _serve_local_cli(model_path, names):
   """python -m launch.serve_local on a free port; yields its base URL."""
-  proc = subprocess.Popen([sys.executable, "-m", "launch.serve_local", f"--model={model_path}", "--port=0",
-                           f"--served_names={','.join(names)}"], cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  try:
-    url, deadline = None, time.time() + 300
-    while url is None and time.time() < deadline:
-      line = proc.stdout.readline()
-      if not line:
-        break
-      if "listening on" in line:
-        url = line.strip().rsplit(" ", 1)[-1]
-    if url is None:
-      proc.kill()
-      pytest.fail(f"serve_local did not start: {proc.stderr.read()[-2000:]}")
+  cmd = [sys.executable, "-m", "launch.serve_local", f"--model={model_path}", "--port=0",
+         f"--served_names={','.join(names)}"]
+  with listening_server(cmd, cwd=REPO, timeout_s=300) as url:
     yield url
-  finally:
-    proc.terminate()
-    proc.communicate(timeout=30)
 
 
 _POOL = (("smol-cold", 0.0), ("smol-warm", 0.7), ("smol-hot", 1.0))

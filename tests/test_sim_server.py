@@ -4,12 +4,11 @@ import contextlib
 import json
 import os
 import pathlib
-import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+from conftest import listening_server
 
 from hieramas_jax import executor
 from hieramas_jax.executor import Plan
@@ -26,24 +25,8 @@ def cli_server(*extra_args, env=None):
   """Runs python -m launch.sim_server on a free port; yields its base URL."""
   cmd = [sys.executable, "-m", "launch.sim_server", "--port", "0", "--latency_s", "0.01",
          "--load_kwargs", json.dumps({"n": 20}), *extra_args]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, **(env or {})})
-  try:
-    deadline = time.time() + 30
-    url = None
-    while time.time() < deadline and url is None:
-      line = proc.stdout.readline()
-      if not line:
-        break
-      if "listening on" in line:
-        url = line.strip().rsplit(" ", 1)[-1]
-    if url is None:
-      proc.kill()
-      pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+  with listening_server(cmd, cwd=ROOT, env={**os.environ, **(env or {})}) as url:
     yield url
-  finally:
-    proc.terminate()
-    proc.communicate(timeout=10)  # waits and closes the pipes
 
 
 @pytest.fixture
