@@ -1,37 +1,70 @@
 """Benchmarks: data, role prompts and deterministic graders.
 
 ``get_task(name, **kwargs)`` builds a task by name: 'math', 'mmlu_redux',
-'humaneval', 'humaneval_plus' or 'synthetic'. Modules are imported on demand,
-so asking for the synthetic task never imports math-verify or the sandbox.
+'humaneval', 'humaneval_plus' or 'synthetic', or one added with
+``register_task`` (docs/extending.md: the Task contract and what the simulator
+needs). Built-in modules are imported on demand, so asking for the synthetic
+task never imports math-verify or the sandbox.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from hieramas_jax.tasks.base import Message, Problem, RoleSpec, Task
 
-# name -> (module, class, fixed keyword arguments)
-_REGISTRY: dict[str, tuple[str, str, dict]] = {
-    "math": ("hieramas_jax.tasks.math", "MathTask", {}),
-    "mmlu_redux": ("hieramas_jax.tasks.mmlu_redux", "MMLUReduxTask", {}),
-    "humaneval": ("hieramas_jax.tasks.humaneval", "HumanEvalTask", {"plus": False}),
-    "humaneval_plus": ("hieramas_jax.tasks.humaneval", "HumanEvalTask", {"plus": True}),
-    "synthetic": ("hieramas_jax.tasks.synthetic", "SyntheticTask", {}),
+# name -> (the task class as "module:Class", imported on first use, or a callable making a Task; fixed kwargs)
+_REGISTRY: dict[str, tuple[str | Callable[..., Task], dict[str, Any]]] = {
+    "math": ("hieramas_jax.tasks.math:MathTask", {}),
+    "mmlu_redux": ("hieramas_jax.tasks.mmlu_redux:MMLUReduxTask", {}),
+    "humaneval": ("hieramas_jax.tasks.humaneval:HumanEvalTask", {"plus": False}),
+    "humaneval_plus": ("hieramas_jax.tasks.humaneval:HumanEvalTask", {"plus": True}),
+    "synthetic": ("hieramas_jax.tasks.synthetic:SyntheticTask", {}),
 }
-TASK_NAMES = tuple(_REGISTRY)
+TASK_NAMES = tuple(_REGISTRY)  # the built-in tasks; task_names() adds registered ones
+
+
+def _key(name: str) -> str:
+  return name.strip().lower().replace("-", "_")
+
+
+def task_names() -> tuple[str, ...]:
+  """Every name ``get_task`` knows, built-in and registered."""
+  return tuple(_REGISTRY)
+
+
+def register_task(name: str, factory: str | Callable[..., Task], *, replace: bool = False, **fixed: Any) -> None:
+  """Makes ``get_task(name, **kwargs)`` return ``factory(**kwargs, **fixed)``.
+
+  Args:
+    name: the task's name in configs (``task.name``); it should equal the task's ``name`` attribute.
+    factory: a Task subclass (or any callable returning a Task), or ``"module:Class"`` imported on first use.
+    replace: allow replacing a registered name (otherwise a clash raises ValueError).
+    **fixed: keyword arguments always passed to ``factory`` (e.g. ``plus=True``).
+  """
+  key = _key(name)
+  if not key:
+    raise ValueError("register_task needs a non-empty task name")
+  if isinstance(factory, str) and factory.count(":") != 1:
+    raise ValueError(f"task {name!r}: factory {factory!r} must be 'package.module:ClassName' or a callable")
+  if key in _REGISTRY and not replace:
+    raise ValueError(f"task {key!r} is registered already; pick another name or pass replace=True")
+  _REGISTRY[key] = (factory, dict(fixed))
 
 
 def get_task(name: str, **kwargs) -> Task:
   """A new task object by name; ``kwargs`` go to its constructor."""
-  key = name.strip().lower().replace("-", "_")
+  key = _key(name)
   if key not in _REGISTRY:
-    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
-  module_name, class_name, fixed = _REGISTRY[key]
-  cls = getattr(importlib.import_module(module_name), class_name)
-  return cls(**{**kwargs, **fixed})
+    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(task_names())} (add one with "
+                   "hieramas_jax.tasks.register_task)")
+  factory, fixed = _REGISTRY[key]
+  if isinstance(factory, str):
+    module_name, class_name = factory.split(":")
+    factory = getattr(importlib.import_module(module_name), class_name)
+  return factory(**{**kwargs, **fixed})
 
 
 def split_problems(problems: Sequence[Problem], fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -56,4 +89,5 @@ def split_problems(problems: Sequence[Problem], fractions: Sequence[float] = (0.
   return parts
 
 
-__all__ = ["Message", "Problem", "RoleSpec", "Task", "TASK_NAMES", "get_task", "split_problems"]
+__all__ = ["Message", "Problem", "RoleSpec", "Task", "TASK_NAMES", "get_task", "register_task", "split_problems",
+           "task_names"]
