@@ -164,12 +164,10 @@ def _topology_views(system, problems, verdicts) -> list[report.TopologyView]:
   if not problems:
     return []
   views = []
-  for i, q in enumerate(system.plan(problems)):
-    plan = q.plan
-    score = getattr(q, "score", None)
-    score = None if score is None or not np.isfinite(score) else float(score)  # NaN: a random DAG
+  for i, plan in enumerate(system.plan(problems)):
+    score = None if not np.isfinite(plan.score) else float(plan.score)  # NaN: a random DAG
     views.append(report.TopologyView(
-        question=q.problem.question, roles=[r.name for r in plan.roles],
+        question=plan.problem.question, roles=[r.name for r in plan.roles],
         assignment=[list(row) for row in plan.assignment], adjacency=np.asarray(plan.adjacency).astype(int),
         decision_model=plan.decision_model, score=score,
         solved=None if verdicts is None else verdicts[i]))
@@ -183,14 +181,12 @@ def run_rows(rows: Sequence[PlannedRow], ctx: baselines.MethodContext, max_faile
   verdicts_by_row: dict[str, list[bool | None]] = {}
   for row in rows:
     t = time.perf_counter()
-    outcomes = list(row.method.function(ctx, row.settings))
+    results = list(row.method.function(ctx, row.settings))
     wall = time.perf_counter() - t
     # Accuracies over different few surviving queries would not compare: stop instead of reporting them.
-    executor.check_failures(outcomes, max_failed, f"evaluation of {row.name} ({split} split)")
-    verdicts = report.grade_outcomes(ctx.task, ctx.problems, outcomes)
-    verdicts_by_row[row.name] = verdicts
-    summary = report.summarize(row.name, ctx.problems, outcomes, ctx.task, setup=row.setup, wall_s=wall,
-                               verdicts=verdicts)
+    executor.check_failures(results, max_failed, f"evaluation of {row.name} ({split} split)")
+    summary = report.summarize(row.name, ctx.problems, results, ctx.task, setup=row.setup, wall_s=wall)
+    verdicts_by_row[row.name] = [r.correct for r in results]
     summaries.append(summary)
     log(f"{row.name:28s} accuracy {summary.accuracy:.3f}  cost ${summary.cost_usd:.6f}  calls {summary.calls:.2f}  "
         f"latency {summary.latency_s:.2f}s  failed {summary.failed}  truncated {summary.truncated}  ({wall:.1f}s)")

@@ -41,16 +41,16 @@ from typing import Any, Coroutine, Iterable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from hieramas_jax import graphs
-from hieramas_jax.llm.base import Backend, Response, check_models
+from hieramas_jax.llm.base import Backend, Message, Response, check_models
+from hieramas_jax.results import (DECISION, PROPOSER, SYNTHESIZER, TRUNCATED, CallRecord, QueryResult,  # noqa: F401
+                                  critical_path_s)
 from hieramas_jax.tasks.base import Problem, RoleSpec, Task
 
-PROPOSER, SYNTHESIZER, DECISION = "proposer", "synthesizer", "decision"
 # Sample indices: proposer p of draw s uses s * _SAMPLE_STRIDE + p; the synthesizer
 # uses P (its position), the decision node _DECISION_POSITION. Distinct positions
 # with the same prompt and model thus get distinct samples and cache entries.
 _SAMPLE_STRIDE = 1000
 _DECISION_POSITION = _SAMPLE_STRIDE - 1
-TRUNCATED = "length"  # the finish_reason of a reply cut at max_tokens (OpenAI wire format)
 
 
 class PlanError(ValueError):
@@ -72,6 +72,10 @@ class Plan:
     sample: which independent draw of this query; plans that want fresh LLM
       samples of the same query (training episodes) pass different values, and a
       re-run with the same value hits the response cache.
+    score: the graph classifier's logit of ``adjacency`` when HieraMAS chose it;
+      NaN when the DAG was drawn at random or given.
+    graph_index: index of ``adjacency`` in the candidate pool it was chosen
+      from; -1 when none.
   """
 
   problem: Problem
@@ -80,84 +84,8 @@ class Plan:
   adjacency: Any
   decision_model: str
   sample: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class CallRecord:
-  """One LLM call of a query (also one line of the JSONL trace)."""
-
-  query_uid: str
-  query_index: int  # position of the plan in the batch
-  role: str | None  # None for the decision node
-  role_index: int  # -1 for the decision node
-  kind: str  # "proposer" | "synthesizer" | "decision"
-  position: int  # proposer index, P for the synthesizer, -1 for the decision node
-  model: str
-  prompt_tokens: int
-  completion_tokens: int
-  cost: float
-  start: float  # seconds since the batch started (queueing in the backend included)
-  end: float
-  latency: float  # the backend's latency of the answering request
-  error: str | None
-  cached: bool
-  attempts: int
-  finish_reason: str | None = None  # the backend's ("stop", "length": cut at max_tokens, ...); None if unknown
-
-  @property
-  def truncated(self) -> bool:
-    return self.finish_reason == TRUNCATED
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class QueryResult:
-  """Outcome of one plan.
-
-  Attributes:
-    uid: the problem's uid.
-    final_text: the decision node's answer, None if that call failed.
-    role_outputs: per role, the synthesizer's text; None when the role was
-      dropped or its synthesizer failed.
-    calls: every call made for this query.
-    total_cost: USD summed over ``calls``.
-    errors: one line per failed call.
-  """
-
-  uid: str
-  final_text: str | None
-  role_outputs: list[str | None]
-  calls: list[CallRecord]
-  total_cost: float
-  errors: list[str]
-
-  @property
-  def failed(self) -> bool:
-    """Any call failed (or no final answer): an error record, not gradable.
-
-    A failed role call changes what the decision node reads, so its answer is not
-    the plan's answer: grading it would mix fault noise into accuracy.
-    """
-    return bool(self.errors) or self.final_text is None
-
-  @property
-  def truncated(self) -> int:
-    """Replies of this query cut at ``max_tokens`` (finish_reason 'length')."""
-    return sum(c.truncated for c in self.calls)
-
-  @property
-  def decision_cost(self) -> float:
-    return math.fsum(c.cost for c in self.calls if c.kind == DECISION)
-
-  def role_costs(self) -> list[float]:
-    """USD spent per role (proposers and synthesizer; 0.0 for dropped roles)."""
-    costs = [[] for _ in self.role_outputs]
-    for c in self.calls:
-      if c.role_index >= 0:
-        costs[c.role_index].append(c.cost)
-    return [math.fsum(c) for c in costs]
+  score: float = math.nan
+  graph_index: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +94,7 @@ class _Checked:
   assignment: tuple[tuple[str | None, ...], ...]
   predecessors: tuple[tuple[int, ...], ...]  # live predecessors of each live role
   order: tuple[int, ...]  # live roles, topological
+  adjacency: np.ndarray  # [R, R] 0/1, checked
 
 
 def check_adjacency(adjacency: Any, n: int) -> np.ndarray:
@@ -203,7 +132,7 @@ def check_plan(plan: Plan) -> _Checked:
     preds[j] = tuple(live[int(k)] for k in np.flatnonzero(adj[live, j]))  # live predecessors, ascending
   # Dropped roles are left out of the graph: a role whose only predecessors are dropped starts first.
   order = tuple(live[k] for k in graphs.topological_order(adj[np.ix_(live, live)]))
-  return _Checked(tuple(plan.roles), tuple(rows), tuple(preds), order)
+  return _Checked(tuple(plan.roles), tuple(rows), tuple(preds), order, adj)
 
 
 class _Trace:
@@ -225,31 +154,61 @@ class _Trace:
       self._file.close()
 
 
-async def _run_query(index: int, plan: Plan, checked: _Checked, backend: Backend, task: Task,
-                     params: Mapping[str, Any], t0: float, trace: _Trace) -> QueryResult:
-  problem = plan.problem
-  calls: list[CallRecord] = []
-  errors: list[str] = []
-  base = plan.sample * _SAMPLE_STRIDE
+class QueryCalls:
+  """The calls of one query: each timed from the batch start, recorded as its one CallRecord, failures as errors.
 
-  async def call(role_index: int, kind: str, position: int, model: str, messages) -> Response:
-    start = time.perf_counter() - t0
-    sample_index = base + (_DECISION_POSITION if kind == DECISION else position)
-    response = await backend.complete(model, messages, sample_index=sample_index, **params)
-    end = time.perf_counter() - t0
-    role = checked.roles[role_index].name if role_index >= 0 else None
+  The executor and every baseline make their calls through it, so a call is
+  recorded (and traced) the same way whoever makes it.
+  """
+
+  def __init__(self, index: int, problem: Problem, backend: Backend, params: Mapping[str, Any], t0: float,
+               trace: _Trace | None = None):
+    self.index = index
+    self.problem = problem
+    self.backend = backend
+    self.params = params
+    self.t0 = t0
+    self.trace = trace
+    self.calls: list[CallRecord] = []
+    self.errors: list[str] = []
+
+  async def complete(self, model: str, messages: Sequence[Message], *, sample_index: int, role: str | None,
+                     role_index: int, kind: str, position: int, where: str) -> Response:
+    """One call; ``where`` names it in the error line of a failure (e.g. "Inspector proposer 1")."""
+    start = time.perf_counter() - self.t0
+    response = await self.backend.complete(model, messages, sample_index=sample_index, **self.params)
+    end = time.perf_counter() - self.t0
     record = CallRecord(
-        query_uid=problem.uid, query_index=index, role=role, role_index=role_index, kind=kind,
+        query_uid=self.problem.uid, query_index=self.index, role=role, role_index=role_index, kind=kind,
         position=position, model=model, prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens, cost=response.cost, start=start, end=end,
         latency=response.latency, error=response.error, cached=response.cached, attempts=response.attempts,
         finish_reason=response.finish_reason)
-    calls.append(record)
-    trace.write(record)
+    self.calls.append(record)
+    if self.trace is not None:
+      self.trace.write(record)
     if not response.ok:
-      where = "decision" if role is None else f"{role} {kind} {position}"
-      errors.append(f"{where} ({model}): {response.error or 'no text'}")
+      self.errors.append(f"{where} ({model}): {response.error or 'no text'}")
     return response
+
+  def result(self, final_text: str | None, latency_s: float, **fields: Any) -> QueryResult:
+    """The query's QueryResult (calls in order of start); ``fields``: its optional fields."""
+    self.calls.sort(key=lambda c: (c.start, c.end))
+    return QueryResult(problem=self.problem, final_text=final_text, calls=self.calls, latency_s=latency_s,
+                       errors=self.errors, **fields)
+
+
+async def _run_query(index: int, plan: Plan, checked: _Checked, backend: Backend, task: Task,
+                     params: Mapping[str, Any], t0: float, trace: _Trace) -> QueryResult:
+  problem = plan.problem
+  recorder = QueryCalls(index, problem, backend, params, t0, trace)
+  base = plan.sample * _SAMPLE_STRIDE
+
+  def call(role_index: int, kind: str, position: int, model: str, messages) -> Coroutine[Any, Any, Response]:
+    role = checked.roles[role_index].name if role_index >= 0 else None
+    return recorder.complete(model, messages, sample_index=base + (_DECISION_POSITION if kind == DECISION else position),
+                         role=role, role_index=role_index, kind=kind, position=position,
+                         where="decision" if role is None else f"{role} {kind} {position}")
 
   tasks: dict[int, asyncio.Task[str | None]] = {}
 
@@ -276,11 +235,8 @@ async def _run_query(index: int, plan: Plan, checked: _Checked, backend: Backend
     role_outputs[r] = await tasks[r]
   seen = [(checked.roles[r].name, role_outputs[r]) for r in checked.order if role_outputs[r] is not None]
   decision = await call(-1, DECISION, -1, plan.decision_model, task.decision_messages(problem, seen))
-  calls.sort(key=lambda c: (c.start, c.end))
-  return QueryResult(uid=problem.uid, final_text=decision.text if decision.ok else None,
-                     role_outputs=role_outputs, calls=calls,
-                     total_cost=math.fsum(c.cost for c in calls),  # exact: independent of call order
-                     errors=errors)
+  return recorder.result(decision.text if decision.ok else None,
+                         critical_path_s(recorder.calls, checked.adjacency), role_outputs=role_outputs, plan=plan)
 
 
 async def execute_async(plans: Sequence[Plan], backend: Backend, task: Task, *,
@@ -348,7 +304,7 @@ def close_backend(backend: Any) -> None:
 
 
 def first_error(results: Iterable[Any]) -> str:
-  """The first error line of the first failed query (QueryResult or anything with ``errors``)."""
+  """The first error line of the first failed query (of QueryResults)."""
   for r in results:
     if r.errors:
       return r.errors[0]
@@ -363,7 +319,7 @@ def check_failures(results: Sequence[Any], max_failed_fraction: float, where: st
   """Raises FailedCallsError when more than ``max_failed_fraction`` of the queries (or all of them) failed.
 
   Args:
-    results: one batch's QueryResults (or anything with ``failed`` and ``errors``, e.g. baselines' outcomes).
+    results: one batch's QueryResults (of the executor, a baseline or HieraMAS.run).
     max_failed_fraction: the tolerated fraction of failed queries (``llm.max_failed_fraction``).
     where: what the batch was, for the message (e.g. "stage 1 step 12").
   """
@@ -380,4 +336,4 @@ def check_failures(results: Sequence[Any], max_failed_fraction: float, where: st
 
 def total_cost(results: Iterable[QueryResult]) -> float:
   """USD over many query results."""
-  return math.fsum(r.total_cost for r in results)
+  return math.fsum(r.cost_usd for r in results)

@@ -1,6 +1,6 @@
 """Evaluation report: per-method table (Markdown, CSV, JSON), Pareto plot, topology pictures.
 
-A :class:`MethodRow` summarises one method's :class:`baselines.QueryOutcome`
+A :class:`MethodRow` summarises one method's ``results.QueryResult``
 list on a split: accuracy over the gradable queries (a query with any failed
 call is an error record: counted in ``failed``, never graded, neither right nor
 wrong), the replies cut at max_tokens (``truncated``), and per query means of
@@ -22,8 +22,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from hieramas_jax import graphs
-from hieramas_jax.baselines import QueryOutcome
 from hieramas_jax.jsonio import strict_json
+from hieramas_jax.results import QueryResult, grade
 from hieramas_jax.tasks.base import Problem, Task
 
 
@@ -70,27 +70,24 @@ class MethodRow:
     return out
 
 
-def grade_outcomes(task: Task, problems: Sequence[Problem], outcomes: Sequence[QueryOutcome]) -> list[bool | None]:
-  """Per query: right / wrong, or None when it failed (a failed call or no final answer): never graded."""
-  if len(problems) != len(outcomes):
-    raise ValueError(f"{len(problems)} problems but {len(outcomes)} outcomes; give one outcome per problem")
-  for p, o in zip(problems, outcomes):
-    if p.uid != o.uid:
-      raise ValueError(f"outcome {o.uid!r} is paired with problem {p.uid!r}; keep the problems' order")
-  gradable = [i for i, o in enumerate(outcomes) if not o.failed]
-  verdicts = task.grade_many([problems[i] for i in gradable], [outcomes[i].final_text for i in gradable])
-  out: list[bool | None] = [None] * len(outcomes)
-  for i, ok in zip(gradable, verdicts):
-    out[i] = bool(ok)
-  return out
+def grade_results(task: Task, problems: Sequence[Problem], results: Sequence[QueryResult]) -> list[bool | None]:
+  """Grades each result (``results.grade``) after checking it answers its problem; the verdicts.
+
+  Per query: right / wrong, or None when it failed (a failed call or no final answer): never graded.
+  """
+  if len(problems) != len(results):
+    raise ValueError(f"{len(problems)} problems but {len(results)} results; give one result per problem")
+  for p, r in zip(problems, results):
+    if p.uid != r.uid:
+      raise ValueError(f"result {r.uid!r} is paired with problem {p.uid!r}; keep the problems' order")
+  return grade(task, results)
 
 
-def summarize(method: str, problems: Sequence[Problem], outcomes: Sequence[QueryOutcome], task: Task, *,
-              setup: str = "", wall_s: float = 0.0, verdicts: Sequence[bool | None] | None = None) -> MethodRow:
-  """Grades the outcomes (unless ``verdicts`` are given) and averages their measures."""
-  if verdicts is None:
-    verdicts = grade_outcomes(task, problems, outcomes)
-  n = len(outcomes)
+def summarize(method: str, problems: Sequence[Problem], results: Sequence[QueryResult], task: Task, *,
+              setup: str = "", wall_s: float = 0.0) -> MethodRow:
+  """Grades the results (``grade_results``: sets their ``answer`` and ``correct``) and averages their measures."""
+  verdicts = grade_results(task, problems, results)
+  n = len(results)
   graded = [v for v in verdicts if v is not None]
   solved = sum(graded)
 
@@ -101,9 +98,9 @@ def summarize(method: str, problems: Sequence[Problem], outcomes: Sequence[Query
   return MethodRow(
       method=method, setup=setup, queries=n, failed=n - len(graded), solved=int(solved),
       accuracy=solved / len(graded) if graded else float("nan"),
-      cost_usd=mean(o.cost for o in outcomes), prompt_tokens=mean(o.prompt_tokens for o in outcomes),
-      completion_tokens=mean(o.completion_tokens for o in outcomes), calls=mean(o.num_calls for o in outcomes),
-      latency_s=mean(o.latency_s for o in outcomes), truncated=sum(o.truncated for o in outcomes),
+      cost_usd=mean(r.cost_usd for r in results), prompt_tokens=mean(r.prompt_tokens for r in results),
+      completion_tokens=mean(r.completion_tokens for r in results), calls=mean(r.num_calls for r in results),
+      latency_s=mean(r.latency_s for r in results), truncated=sum(r.truncated for r in results),
       wall_s=float(wall_s))
 
 

@@ -1,118 +1,193 @@
-"""What HieraMAS decides and runs for one query: ``PlannedQuery`` and ``RunResult`` (no JAX)."""
+"""The one result type of an executed query, its call records and its latency (host side: no JAX).
+
+Every way of answering a query returns a :class:`QueryResult`: the executor
+(``executor.execute``), the baselines (``baselines.run``), ``HieraMAS.run`` and
+training's rollouts. The evaluation and the report read it. What one producer
+knows and another does not lives in optional fields (``plan`` and
+``role_outputs`` for executed plans, ``details`` for a method's own facts,
+``answer`` and ``correct`` once graded). A query with any failed call is an error
+record (``failed``): never graded, neither right nor wrong.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Sequence
+import math
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from hieramas_jax import executor, graphs
-from hieramas_jax.tasks.base import Problem
+from hieramas_jax import graphs
+from hieramas_jax.tasks.base import Problem, Task
+
+if TYPE_CHECKING:
+  from hieramas_jax.executor import Plan
+
+PROPOSER, SYNTHESIZER, DECISION = "proposer", "synthesizer", "decision"
+TRUNCATED = "length"  # the finish_reason of a reply cut at max_tokens (OpenAI wire format)
 
 
 @dataclasses.dataclass(frozen=True)
-class PlannedQuery:
-  """What HieraMAS decided for one query.
+class CallRecord:
+  """One LLM call of a query (also one line of the JSONL trace); built by ``executor.QueryCalls`` only."""
 
-  Attributes:
-    problem: the query.
-    assignment: [R][P+1] model names (None = skip); index P is the synthesizer.
-    adjacency: [N, N] int8 chosen DAG (``adj[i, j] = 1``: role i feeds role j).
-    score: the classifier's logit of that DAG; NaN when it was drawn at random.
-    plan: the executor plan (assignment, DAG, decision model, roles).
-    graph_index: index of the chosen DAG in the candidate pool.
-  """
+  query_uid: str
+  query_index: int  # position of the query in the batch
+  role: str | None  # the role or node name; None for the decision node
+  role_index: int  # -1 for the decision node
+  kind: str  # "proposer" | "synthesizer" | "decision", or a baseline's own ("debate", "leader", ...)
+  position: int  # proposer index, P for the synthesizer, -1 for the decision node; a baseline's round
+  model: str
+  prompt_tokens: int
+  completion_tokens: int
+  cost: float
+  start: float  # seconds since the batch started (queueing in the backend included)
+  end: float
+  latency: float  # the backend's latency of the answering request
+  error: str | None
+  cached: bool
+  attempts: int
+  finish_reason: str | None = None  # the backend's ("stop", "length": cut at max_tokens, ...); None if unknown
 
-  problem: Problem
-  assignment: list[list[str | None]]
-  adjacency: np.ndarray
-  score: float
-  plan: executor.Plan
-  graph_index: int = -1
+  @property
+  def truncated(self) -> bool:
+    return self.finish_reason == TRUNCATED
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
-class RunResult:
-  """One executed query.
+class QueryResult:
+  """One query answered by one method.
 
   Attributes:
     problem: the query.
-    answer_text: the decision node's text (None when that call failed).
-    answer: the answer the task extracts from it (None when there is none).
-    cost_usd: USD of all the query's calls.
-    prompt_tokens / completion_tokens: summed over the calls.
-    calls: how many LLM calls were made (``result.calls`` holds them).
-    latency_s: the critical path: the longest chain of call latencies along
-      the DAG (a role takes its slowest proposer plus its synthesizer; the
-      decision call comes last), i.e. the query's latency with unbounded
-      concurrency and no queueing (``critical_path_s``).
-    wall_s: last call end - first call start in this batch (queueing included).
-    plan: what was executed.
-    result: the executor's full record (role outputs, calls, errors).
-    correct: the task's grade of ``answer_text`` against the problem's reference
-      answer; None when not graded (no reference answer, ``failed``, grade=False).
+    final_text: the final answer text (the decision node's, a majority's...);
+      None when the method could give none (its last call failed).
+    calls: every LLM call made for this query, in order of start.
+    latency_s: the critical path in seconds: the longest chain of call
+      latencies the method's schedule imposes (for plans: along the DAG, a role
+      taking its slowest proposer plus its synthesizer, then the decision call;
+      ``critical_path_s``), i.e. the query's latency with unbounded concurrency
+      and no queueing. ``wall_s`` includes the queueing.
+    errors: one line per failed call; any makes the query ``failed``.
+    role_outputs: for executed plans, per role the synthesizer's text (None when
+      the role was dropped or its synthesizer failed); empty for other methods.
+    plan: the executor plan that ran (None for methods that call models directly).
+    details: method-specific facts (e.g. the votes of a majority).
+    answer: the answer the task extracts from ``final_text`` (set by ``grade``).
+    correct: the task's grade against the problem's reference answer (set by
+      ``grade``); None when not graded (failed, no reference answer, not asked).
   """
 
   problem: Problem
-  answer_text: str | None
-  answer: str | None
-  cost_usd: float
-  prompt_tokens: int
-  completion_tokens: int
-  calls: int
+  final_text: str | None
+  calls: list[CallRecord]
   latency_s: float
-  plan: PlannedQuery
-  result: executor.QueryResult
+  errors: list[str] = dataclasses.field(default_factory=list)
+  role_outputs: list[str | None] = dataclasses.field(default_factory=list)
+  plan: Plan | None = None
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+  answer: str | None = None
   correct: bool | None = None
-  wall_s: float = 0.0
+
+  @property
+  def uid(self) -> str:
+    return self.problem.uid
 
   @property
   def failed(self) -> bool:
-    """A call of this query failed: an error record (``result.errors`` says which), never graded.
+    """Any call failed, or no final answer: an error record, not gradable.
 
-    ``answer_text`` may still hold the decision node's text, but it answered
-    without the failed roles' outputs: not the plan's answer.
+    A failed call changes what later calls read (a failed proposer what the
+    synthesizer merges, a failed sample a majority), so the final text is not
+    the method's answer: grading it would mix fault noise into accuracy.
     """
-    return self.result.failed
+    return bool(self.errors) or self.final_text is None
 
   @property
-  def errors(self) -> list[str]:
-    return self.result.errors
+  def truncated(self) -> int:
+    """Replies of this query cut at ``max_tokens`` (finish_reason 'length')."""
+    return sum(c.truncated for c in self.calls)
+
+  @property
+  def cost_usd(self) -> float:
+    """USD of all the query's calls (exact: independent of call order)."""
+    return math.fsum(c.cost for c in self.calls)
+
+  @property
+  def prompt_tokens(self) -> int:
+    return sum(c.prompt_tokens for c in self.calls)
+
+  @property
+  def completion_tokens(self) -> int:
+    return sum(c.completion_tokens for c in self.calls)
+
+  @property
+  def num_calls(self) -> int:
+    return len(self.calls)
+
+  @property
+  def wall_s(self) -> float:
+    """Last call end - first call start in its batch (queueing included); 0 without calls."""
+    return max(c.end for c in self.calls) - min(c.start for c in self.calls) if self.calls else 0.0
+
+  @property
+  def decision_cost(self) -> float:
+    return math.fsum(c.cost for c in self.calls if c.kind == DECISION)
+
+  def role_costs(self) -> list[float]:
+    """USD spent per role of an executed plan (proposers and synthesizer; 0.0 for dropped roles)."""
+    costs = [[] for _ in self.role_outputs]
+    for c in self.calls:
+      if c.role_index >= 0:
+        costs[c.role_index].append(c.cost)
+    return [math.fsum(c) for c in costs]
 
 
-def critical_path_s(calls: Sequence[executor.CallRecord], adjacency: np.ndarray) -> float:
-  """The longest chain of call latencies through a query's DAG, plus its decision call.
+def critical_path_s(calls: Sequence[CallRecord], adjacency: Any) -> float:
+  """The longest chain of call latencies through a plan's DAG, plus its decision call.
 
   A role's proposers run together and its synthesizer after them: the role
-  takes max(proposer latencies) + synthesizer latency (0 when it made no call).
+  takes max(proposer latencies) + synthesizer latency. A role without calls was
+  dropped: the executor cuts it out of the DAG, so it passes no wait on.
   """
   adj = np.asarray(adjacency)
   num_roles = adj.shape[0]
   proposers, synthesizer, decision = np.zeros(num_roles), np.zeros(num_roles), 0.0
+  ran = np.zeros(num_roles, bool)
   for c in calls:
     if c.role_index < 0:
       decision = max(decision, c.latency)
-    elif c.kind == executor.SYNTHESIZER:
+      continue
+    ran[c.role_index] = True
+    if c.kind == SYNTHESIZER:
       synthesizer[c.role_index] = max(synthesizer[c.role_index], c.latency)
     else:
       proposers[c.role_index] = max(proposers[c.role_index], c.latency)
   finish = np.zeros(num_roles)
   for role in graphs.topological_order(adj):
-    ready = max((finish[p] for p in np.flatnonzero(adj[:, role])), default=0.0)
-    finish[role] = ready + proposers[role] + synthesizer[role]
+    if ran[role]:
+      ready = max((finish[p] for p in np.flatnonzero(adj[:, role])), default=0.0)
+      finish[role] = ready + proposers[role] + synthesizer[role]
   return float(finish.max(initial=0.0) + decision)
 
 
-def run_result(planned: PlannedQuery, result: executor.QueryResult, answer: str | None,
-               correct: bool | None) -> RunResult:
-  calls = result.calls
-  return RunResult(
-      problem=planned.problem, answer_text=result.final_text, answer=answer, cost_usd=result.total_cost,
-      prompt_tokens=sum(c.prompt_tokens for c in calls), completion_tokens=sum(c.completion_tokens for c in calls),
-      calls=len(calls), latency_s=critical_path_s(calls, planned.plan.adjacency), plan=planned, result=result,
-      correct=correct, wall_s=max(c.end for c in calls) - min(c.start for c in calls) if calls else 0.0)
+def grade(task: Task, results: Sequence[QueryResult]) -> list[bool | None]:
+  """Sets ``answer`` and ``correct`` of each result; returns the verdicts.
+
+  Only results that did not fail and whose problem has a reference answer are
+  graded (one ``task.grade_many`` call); the others keep ``correct`` None.
+  """
+  for r in results:
+    r.answer = task.extract(r.final_text) if r.final_text is not None else None
+    r.correct = None
+  todo = [r for r in results if not r.failed and r.problem.answer]
+  for r, ok in zip(todo, task.grade_many([r.problem for r in todo], [r.final_text for r in todo])):
+    r.correct = bool(ok)
+  return [r.correct for r in results]
 
 
 def problem_from_text(text: str) -> Problem:

@@ -75,7 +75,7 @@ def test_call_counts_follow_the_shape_and_costs_add_up(name, run, calls):
     assert all(c.query_uid == p.uid for c in o.calls)
   asked = sum(1 for r in backend.requests for p in PROBLEMS if p.question in _user(r))
   assert asked == len(backend.requests)
-  total = math.fsum(o.cost for o in outcomes)
+  total = math.fsum(o.cost_usd for o in outcomes)
   # The recording backend's costs (0.001 * (1 + n % 7) for request n) summed independently.
   assert total == pytest.approx(math.fsum(0.001 * (1 + n % 7) for n in range(len(backend.requests))), rel=1e-12)
   assert sum(o.prompt_tokens for o in outcomes) == sum(10 + n % 3 for n in range(len(backend.requests)))
@@ -235,7 +235,7 @@ def test_the_papers_full_graph_runs_without_training():
   assert one.num_calls == roles + 1 and not one.failed
 
 
-def test_plan_critical_path_follows_the_dag():
+def test_an_executed_plan_carries_its_critical_path_and_plan():
   backend = RecordingBackend(latency={"a": 1.0, "b": 2.0, "c": 4.0})
   roles = TASK.roles
   # Role 0 -> role 1; role 2 is independent; role 1 has one proposer b and synthesizer a.
@@ -243,10 +243,14 @@ def test_plan_critical_path_follows_the_dag():
                        [[0, 1, 0], [0, 0, 0], [0, 0, 0]], "b")
   (result,) = executor.execute([plan], backend, TASK)
   # Role 0: 1 + 1 = 2; role 1: 2 + (2 + 1) = 5; role 2: 4 + 1 = 5; decision + 2 = 7.
-  assert baselines.plan_critical_path(plan, result) == pytest.approx(7.0)
-  (outcome,) = baselines.outcomes_from_results([plan], [result])
-  assert outcome.latency_s == pytest.approx(7.0) and outcome.num_calls == len(result.calls) == 8
-  assert outcome.cost == pytest.approx(result.total_cost)
+  assert result.latency_s == pytest.approx(7.0) and result.plan is plan
+  assert result.num_calls == len(result.calls) == 8 and result.uid == PROBLEMS[0].uid
+  assert result.cost_usd == pytest.approx(sum(c.cost for c in result.calls))
+  # Role 1 dropped: role 2 no longer waits on the chain through it.
+  dropped = executor.Plan(PROBLEMS[0], roles, [["a", "a", "c"], [None, None, None], [None, None, "a"]],
+                          [[0, 1, 0], [0, 0, 1], [0, 0, 0]], "b")
+  (result,) = executor.execute([dropped], backend, TASK)
+  assert result.latency_s == pytest.approx(max(1.0 + 4.0, 1.0) + 2.0) and result.role_outputs[1] is None
 
 
 def test_simulator_reads_every_candidate_in_baseline_prompts():

@@ -13,8 +13,7 @@ import pytest
 
 from hieramas_jax import baselines, evaluation, report, train
 from hieramas_jax import config as base_config
-from hieramas_jax.baselines import QueryOutcome
-from hieramas_jax.executor import CallRecord
+from hieramas_jax.results import CallRecord, QueryResult
 from hieramas_jax.llm.sim_task import ArithmeticTask
 from hieramas_jax.train import environment
 
@@ -49,10 +48,10 @@ def test_summarize_counts_failed_queries_apart_from_wrong_ones():
   problems = TASK.load("test", n=4)
   right = f"so \\boxed{{{problems[0].answer}}}"
   outcomes = [
-      QueryOutcome(problems[0].uid, right, [_call(problems[0].uid, 0.01, 10, 5)], 1.0),
-      QueryOutcome(problems[1].uid, "\\boxed{-99999999}", [_call(problems[1].uid, 0.02, 20, 5)], 2.0),
-      QueryOutcome(problems[2].uid, None, [_call(problems[2].uid, 0.0, 0, 0)], 0.0, errors=["x"]),
-      QueryOutcome(problems[3].uid, f"\\boxed{{{problems[3].answer}}}", [], 3.0),
+      QueryResult(problems[0], right, [_call(problems[0].uid, 0.01, 10, 5)], 1.0),
+      QueryResult(problems[1], "\\boxed{-99999999}", [_call(problems[1].uid, 0.02, 20, 5)], 2.0),
+      QueryResult(problems[2], None, [_call(problems[2].uid, 0.0, 0, 0)], 0.0, errors=["x"]),
+      QueryResult(problems[3], f"\\boxed{{{problems[3].answer}}}", [], 3.0),
   ]
   row = report.summarize("m", problems, outcomes, TASK, setup="s")
   assert (row.queries, row.failed, row.solved) == (4, 1, 2)
@@ -69,13 +68,15 @@ def test_a_query_with_any_failed_call_is_failed_not_graded_and_truncated_replies
   cut = dataclasses.replace(_call(problems[0].uid, 0.01, 10, 5), finish_reason="length")
   failed_proposer = dataclasses.replace(_call(problems[1].uid, 0.0, 0, 0), error="HTTP 500")
   outcomes = [
-      QueryOutcome(problems[0].uid, right[0], [cut, _call(problems[0].uid, 0.01, 10, 5)], 1.0),
+      QueryResult(problems[0], right[0], [cut, _call(problems[0].uid, 0.01, 10, 5)], 1.0),
       # The synthesizer answered right without its failed proposer: not the method's answer, never graded.
-      QueryOutcome(problems[1].uid, right[1], [failed_proposer, _call(problems[1].uid, 0.01, 10, 5)], 1.0,
-                   errors=["Proposer 1 (m): HTTP 500"]),
-      QueryOutcome(problems[2].uid, "\\boxed{-99999999}", [_call(problems[2].uid, 0.01, 10, 5)], 1.0),
+      QueryResult(problems[1], right[1], [failed_proposer, _call(problems[1].uid, 0.01, 10, 5)], 1.0,
+                  errors=["Proposer 1 (m): HTTP 500"]),
+      QueryResult(problems[2], "\\boxed{-99999999}", [_call(problems[2].uid, 0.01, 10, 5)], 1.0),
   ]
-  assert report.grade_outcomes(TASK, problems, outcomes) == [True, None, False]
+  assert report.grade_results(TASK, problems, outcomes) == [True, None, False]
+  assert [o.correct for o in outcomes] == [True, None, False]  # graded in place
+  assert outcomes[0].answer == problems[0].answer and outcomes[1].answer is not None  # extracted, failed or not
   row = report.summarize("m", problems, outcomes, TASK)
   assert (row.queries, row.failed, row.solved, row.truncated) == (3, 1, 1, 1)
   assert row.accuracy == pytest.approx(0.5)

@@ -72,10 +72,10 @@ def test_chain_prompts_carry_only_predecessor_synthesizer_outputs():
   assert "[Candidate 1]" not in texts["Planner"]
   assert solver_proposals[0] == solver_proposals[1]  # proposers of a role share the prompt
   assert {r["params"]["temperature"] for r in backend.requests} == {0.5}
-  assert result.total_cost == pytest.approx(sum(c.cost for c in calls))
+  assert result.cost_usd == pytest.approx(sum(c.cost for c in calls))
   assert result.role_costs() == pytest.approx([0.001 * (1 + 2 + 3), 0.001 * (4 + 5), 0.001 * 6])
   assert result.decision_cost == pytest.approx(0.007)
-  assert sum(result.role_costs()) + result.decision_cost == pytest.approx(result.total_cost)
+  assert sum(result.role_costs()) + result.decision_cost == pytest.approx(result.cost_usd)
 
 
 def test_dropped_role_makes_no_call_and_is_invisible():

@@ -138,7 +138,7 @@ def test_second_identical_run_makes_zero_server_calls(tmp_path):
     second = executor.execute(plans(8), CachedBackend(backend, tmp_path / "responses.sqlite"), TASK)
     assert server.server.stats.requests == 0
     assert [r.final_text for r in first] == [r.final_text for r in second]
-    assert [r.total_cost for r in first] == [r.total_cost for r in second]  # original costs kept
+    assert [r.cost_usd for r in first] == [r.cost_usd for r in second]  # original costs kept
     assert all(c.cached for r in second for c in r.calls) and not any(c.cached for r in first for c in r.calls)
 
 
@@ -147,9 +147,9 @@ def test_costs_of_concurrent_queries_equal_sequential_ones():
   with sim_server(latency_s=0.01) as server, openai_backend(server.base_url) as backend:
     together = executor.execute(batch, backend, TASK)
     alone = [executor.execute([plan], backend, TASK)[0] for plan in batch]
-  assert [r.total_cost for r in together] == [r.total_cost for r in alone]
+  assert [r.cost_usd for r in together] == [r.cost_usd for r in alone]
   for r in together:
-    assert r.total_cost > 0 and r.total_cost == pytest.approx(sum(c.cost for c in r.calls), rel=1e-12)
+    assert r.cost_usd > 0 and r.cost_usd == pytest.approx(sum(c.cost for c in r.calls), rel=1e-12)
   price = {m.name: m for m in paper_pool()}
   for c in together[0].calls:
     assert c.cost == pytest.approx((c.prompt_tokens * price[c.model].price_in_per_m +

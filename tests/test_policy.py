@@ -134,6 +134,10 @@ def test_critical_path_is_the_longest_chain_of_latencies_along_the_dag():
            _call(-1, "decision", 0.5)]
   assert system.critical_path_s(calls, adjacency) == pytest.approx(max(3 + 2 + 4, 6 + 2.5) + 0.5)
   assert system.critical_path_s([_call(-1, "decision", 0.7)], adjacency) == pytest.approx(0.7)
+  # Chain 0 -> 1 -> 2 with role 1 dropped (no calls): the executor cuts it out, so role 2 does not wait for role 0.
+  chain = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]])
+  calls = [_call(0, "synthesizer", 5.0), _call(2, "synthesizer", 1.0), _call(-1, "decision", 0.5)]
+  assert system.critical_path_s(calls, chain) == pytest.approx(5.0 + 0.5)
 
 
 def test_overrides_single_queries_sampling_and_the_async_api(saved):
@@ -145,14 +149,14 @@ def test_overrides_single_queries_sampling_and_the_async_api(saved):
     assert {s.name: s.price_in_per_m for s in environment.pool_specs(hm.config)}["Qwen3-8B"] == 9.0
     assert hm.model_names == list(saved["policy"].spec.model_names)  # the other models keep their fields
     one = hm.plan(QUERIES[0])
-    assert isinstance(one, system.PlannedQuery) and all(row[-1] is not None for row in one.assignment)
+    assert isinstance(one, system.Plan) and all(row[-1] is not None for row in one.assignment)
     batch = hm.plan(QUERIES, query_emb=hm.query_embeddings(QUERIES),
                     query_role_emb=hm.query_role_embeddings(QUERIES))
     assert [p.assignment for p in batch] == [p.assignment for p in hm.plan(QUERIES)]
     sampled = hm.plan(QUERIES * 8, key=jax.random.key(3), temperature=10.0)
     assert len({json.dumps(p.assignment) for p in sampled}) > 1
     result = hm.run(QUERIES[0])
-    assert isinstance(result, system.RunResult) and result.answer_text and result.latency_s > 0
+    assert isinstance(result, system.QueryResult) and result.final_text and result.latency_s > 0
 
     async def inside_a_loop():
       blocking = hm.run(QUERIES[1])  # works in a running loop (on the worker thread)
@@ -161,8 +165,8 @@ def test_overrides_single_queries_sampling_and_the_async_api(saved):
       return blocking, ran
 
     blocking, ran = asyncio.run(inside_a_loop())
-    assert blocking.answer_text and [r.problem.question for r in ran] == QUERIES
-    assert ran[1].answer_text == blocking.answer_text  # the response cache replays the same call
+    assert blocking.final_text and [r.problem.question for r in ran] == QUERIES
+    assert ran[1].final_text == blocking.final_text  # the response cache replays the same call
   finally:
     hm.close()
   assert hm._worker is None and hm._backend is None  # pylint: disable=protected-access

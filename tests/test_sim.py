@@ -99,7 +99,7 @@ def test_results_do_not_depend_on_concurrency_order():
   first = executor.execute(plans, SimulatedBackend(default_world(seed=5), TASK, problems), TASK)
   backwards = executor.execute(plans[::-1], SimulatedBackend(default_world(seed=5), TASK, problems), TASK)[::-1]
   assert [r.final_text for r in first] == [r.final_text for r in backwards]
-  assert [r.total_cost for r in first] == [r.total_cost for r in backwards]
+  assert [r.cost_usd for r in first] == [r.cost_usd for r in backwards]
   other_seed = executor.execute(plans, SimulatedBackend(default_world(seed=6), TASK, problems), TASK)
   assert [r.final_text for r in first] != [r.final_text for r in other_seed]
 
@@ -172,7 +172,7 @@ def test_oracle_matches_the_text_simulator():
   results = executor.execute(plans, backend, TASK)
   solved = np.mean([TASK.grade(p, r.final_text) for p, r in zip(problems, results)])
   role0 = np.mean([TASK.grade(p, r.role_outputs[0]) for p, r in zip(problems, results)])
-  cost = np.mean([r.total_cost for r in results])
+  cost = np.mean([r.cost_usd for r in results])
   oracle = Oracle(world, TASK, ROLES).evaluate("multiplication", 4, assignment, adjacency, "Qwen3-Next-80B-A3B",
                                                question=problems[0].question)
   for empirical, exact in [(solved, oracle.solve_rate), (role0, oracle.role_solve_rates[0])]:

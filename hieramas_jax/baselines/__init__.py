@@ -1,9 +1,10 @@
 """Baseline multi-agent methods over an LLM backend (host side: no JAX), and their registry.
 
 Every method answers a batch of problems with the same backend and task as
-HieraMAS and returns one :class:`QueryOutcome` per problem: the final text (to
-be graded by the task's grader), every call made (``executor.CallRecord``), the
-errors, and the query's latency (its critical path, see ``core``).
+HieraMAS and returns one ``results.QueryResult`` per problem (the type the
+executor and ``HieraMAS.run`` return too): the final text (to be graded by the
+task's grader), every call made (``results.CallRecord``), the errors, and the
+query's latency (its critical path, see ``core``).
 
 Methods (shapes in calls per query), each a function ``fn(ctx, settings)`` and
 an entry of :data:`METHODS` (``registry``):
@@ -31,20 +32,19 @@ an entry of :data:`METHODS` (``registry``):
 Run one without the evaluation: ``baselines.run("debate", problems, backend,
 task, model="m", agents=3, rounds=2)``.
 
-Modules: core (outcome, context, call recorder), prompts (and the majority
+Modules: core (context, call recorder), prompts (and the majority
 vote), options (typed settings: which flag and config field feed each option),
 single_model (single, cot, self-consistency), peers (debate, mixture), leader
-(MLPO-style), layered (NeuroMAS-style), plans (executor plans as outcomes),
+(MLPO-style), layered (NeuroMAS-style), plans (executor plans as runs),
 topologies (full / random graph, HieraMAS ablations), registry.
 """
 
-from hieramas_jax.baselines.core import MethodContext, Query, QueryOutcome
+from hieramas_jax.baselines.core import MethodContext, Query
 from hieramas_jax.baselines.layered import NeuroMASSettings, neuromas
 from hieramas_jax.baselines.leader import MLPOSettings, mlpo
 from hieramas_jax.baselines.options import Option, option
 from hieramas_jax.baselines.peers import DebateSettings, MixtureSettings, debate, mixture
-from hieramas_jax.baselines.plans import (execute_plans, outcomes_from_results, plan_critical_path,
-                                          single_call_role_plans)
+from hieramas_jax.baselines.plans import execute_plans, single_call_role_plans
 from hieramas_jax.baselines.prompts import (SYSTEM_PROMPT, cot_messages, debate_messages, layer_messages,
                                             majority_vote, plain_messages, refine_messages, synthesis_messages)
 from hieramas_jax.baselines.registry import METHODS, Flag, Method, Registry, run

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from hieramas_jax.baselines import prompts
-from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryOutcome, cycled, model_list,
+from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryResult, cycled, model_list,
                                          text_of)
 from hieramas_jax.baselines.options import MODEL_HELP, as_tuple, check_positive, option
 
@@ -30,13 +30,13 @@ class NeuroMASSettings:
     check_positive(self, "depth", "width")
 
 
-def neuromas(ctx: MethodContext, settings: NeuroMASSettings) -> list[QueryOutcome]:
+def neuromas(ctx: MethodContext, settings: NeuroMASSettings) -> list[QueryResult]:
   """``depth * width + 1`` calls per query."""
   depth, width = settings.depth, settings.width
   node_models = cycled(model_list(settings.model), width)
   aggregator_model = settings.aggregator_model or node_models[0]
 
-  async def one(q: Query) -> QueryOutcome:
+  async def one(q: Query) -> QueryResult:
     previous: list[tuple[str, str]] = []
     ready = 0.0
     for layer in range(depth):

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from hieramas_jax.baselines import prompts
-from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryOutcome, cycled, model_list,
+from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryResult, cycled, model_list,
                                          text_of)
 from hieramas_jax.baselines.options import MODEL_HELP, as_tuple, check_positive, option
 
@@ -31,12 +31,12 @@ class MLPOSettings:
     check_positive(self, "peers", "rounds")
 
 
-def mlpo(ctx: MethodContext, settings: MLPOSettings) -> list[QueryOutcome]:
+def mlpo(ctx: MethodContext, settings: MLPOSettings) -> list[QueryResult]:
   """``rounds * (peers + 1)`` calls per query."""
   leader_model, peers, rounds = settings.leader_model, settings.peers, settings.rounds
   models = cycled(model_list(settings.peer_models or leader_model), peers)
 
-  async def one(q: Query) -> QueryOutcome:
+  async def one(q: Query) -> QueryResult:
     own: list[str | None] = [None] * peers
     leader: str | None = None
     ready = 0.0

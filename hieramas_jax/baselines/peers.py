@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from hieramas_jax.baselines import prompts
-from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryOutcome, cycled, model_list,
+from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryResult, cycled, model_list,
                                          text_of)
 from hieramas_jax.baselines.options import MODEL_HELP, as_tuple, check_positive, option
 
@@ -29,12 +29,12 @@ class DebateSettings:
     check_positive(self, "agents", "rounds")
 
 
-def debate(ctx: MethodContext, settings: DebateSettings) -> list[QueryOutcome]:
+def debate(ctx: MethodContext, settings: DebateSettings) -> list[QueryResult]:
   """``agents * rounds`` calls per query."""
   agents, rounds = settings.agents, settings.rounds
   agent_models = cycled(model_list(settings.model), agents)
 
-  async def one(q: Query) -> QueryOutcome:
+  async def one(q: Query) -> QueryResult:
     current: list[str | None] = [None] * agents  # each agent's latest answer (kept when a call fails)
     ready = 0.0
     for r in range(rounds):
@@ -72,12 +72,12 @@ class MixtureSettings:
     check_positive(self, "proposers")
 
 
-def mixture(ctx: MethodContext, settings: MixtureSettings) -> list[QueryOutcome]:
+def mixture(ctx: MethodContext, settings: MixtureSettings) -> list[QueryResult]:
   """``proposers + 1`` calls per query."""
   model, proposers = settings.model, settings.proposers
   synthesizer_model = settings.synthesizer_model or model
 
-  async def one(q: Query) -> QueryOutcome:
+  async def one(q: Query) -> QueryResult:
     messages = prompts.plain_messages(ctx.task, q.problem)
     answers = await asyncio.gather(*(q.call(f"Proposer {p + 1}", p, "proposer", p, model, messages, p, 0.0)
                                      for p in range(proposers)))

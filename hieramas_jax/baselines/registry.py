@@ -1,7 +1,7 @@
 """The method registry: every method the evaluation can run, with its typed settings, flags and setup text.
 
 Adding a baseline takes two places: its function ``fn(ctx, settings) ->
-list[QueryOutcome]`` with its frozen settings dataclass (fields made with
+list[QueryResult]`` with its frozen settings dataclass (fields made with
 ``options.option`` name their flag and config field), and one ``register`` call
 below. ``launch.evaluate`` then offers it in ``--methods`` with its description,
 defines any new flag of its settings, and ``evaluation.evaluate`` runs it as a
@@ -14,11 +14,11 @@ import dataclasses
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from hieramas_jax.baselines import layered, leader, options, peers, single_model, topologies
-from hieramas_jax.baselines.core import MethodContext, QueryOutcome
+from hieramas_jax.baselines.core import MethodContext, QueryResult
 from hieramas_jax.llm.base import Backend
 from hieramas_jax.tasks.base import Problem, Task
 
-MethodFn = Callable[[MethodContext, Any], Sequence[QueryOutcome]]
+MethodFn = Callable[[MethodContext, Any], Sequence[QueryResult]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -27,7 +27,7 @@ class Method:
 
   Attributes:
     name: its name in ``--methods`` and (unless ``row`` says otherwise) its row.
-    function: ``function(ctx, settings)`` -> one QueryOutcome per problem.
+    function: ``function(ctx, settings)`` -> one QueryResult per problem.
     settings: its frozen settings dataclass.
     description: one line for the command-line help.
     setup: the row's setup column, formatted with the settings' fields.
@@ -138,7 +138,7 @@ class Registry:
 
 def run(method: str, problems: Sequence[Problem], backend: Backend, task: Task, *,
         params: Mapping[str, Any] | None = None, registry: Registry | None = None,
-        **settings: Any) -> list[QueryOutcome]:
+        **settings: Any) -> list[QueryResult]:
   """Runs a registered method on problems, e.g. ``run("debate", problems, backend, task, model="m", agents=3)``.
 
   Methods that use a trained HieraMAS (selector_*, hieramas*) run through

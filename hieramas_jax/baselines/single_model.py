@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from hieramas_jax.baselines import prompts
-from hieramas_jax.baselines.core import MethodContext, Query, QueryOutcome, text_of
+from hieramas_jax.baselines.core import MethodContext, Query, QueryResult, text_of
 from hieramas_jax.baselines.options import MODEL_HELP, check_positive, option
 
 
@@ -19,12 +19,12 @@ class SingleSettings:
   chain_of_thought: bool = False
 
 
-def single(ctx: MethodContext, settings: SingleSettings) -> list[QueryOutcome]:
+def single(ctx: MethodContext, settings: SingleSettings) -> list[QueryResult]:
   """1 call per query."""
   kind = "cot" if settings.chain_of_thought else "single"
   build = prompts.cot_messages if settings.chain_of_thought else prompts.plain_messages
 
-  async def one(q: Query) -> QueryOutcome:
+  async def one(q: Query) -> QueryResult:
     response, _ = await q.call("LLM", 0, kind, 0, settings.model, build(ctx.task, q.problem), 0, 0.0)
     return q.outcome(text_of(response))
 
@@ -43,11 +43,11 @@ class SelfConsistencySettings:
     check_positive(self, "samples")
 
 
-def self_consistency(ctx: MethodContext, settings: SelfConsistencySettings) -> list[QueryOutcome]:
+def self_consistency(ctx: MethodContext, settings: SelfConsistencySettings) -> list[QueryResult]:
   """``samples`` calls per query."""
   model, samples = settings.model, settings.samples
 
-  async def one(q: Query) -> QueryOutcome:
+  async def one(q: Query) -> QueryResult:
     messages = prompts.plain_messages(ctx.task, q.problem)
     answers = await asyncio.gather(*(q.call(f"Sample {s + 1}", s, "sample", s, model, messages, s, 0.0)
                                      for s in range(samples)))

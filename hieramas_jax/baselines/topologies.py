@@ -14,9 +14,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hieramas_jax import executor, graphs
-from hieramas_jax.baselines.core import MethodContext, QueryOutcome
+from hieramas_jax.baselines.core import MethodContext, QueryResult
 from hieramas_jax.baselines.options import MODEL_HELP, option
-from hieramas_jax.baselines.plans import execute_plans, outcomes_from_results, single_call_role_plans
+from hieramas_jax.baselines.plans import execute_plans, single_call_role_plans
 from hieramas_jax.tasks.base import Problem
 
 # Streams of the seeded random DAGs (apart from each other and from training's).
@@ -59,12 +59,9 @@ class TrainedSystem:
                           decision_model=self.system.decision_model, sample=0)
             for p, a, adj in zip(self.problems, assignments, adjacencies)]
 
-  def run(self) -> list[QueryOutcome]:
+  def run(self) -> list[QueryResult]:
     """HieraMAS itself (``HieraMAS.run``) on the problems."""
-    runs = self.system.run(self.problems)
-    # RunResult.plan is the PlannedQuery; its .plan the executor Plan that ran.
-    plans = [getattr(r.plan, "plan", r.plan) for r in runs]
-    return outcomes_from_results(plans, [r.result for r in runs])
+    return self.system.run(self.problems, grade=False)  # the evaluation grades every method alike
 
 
 def paper_random_dag(seed: int, num_roles: int, density: tuple[float, float]) -> np.ndarray:
@@ -84,7 +81,7 @@ class FullGraphSettings:
   num_proposers: int = option(0, config="selector.num_proposers")  # empty slots: plans keep the [R][P+1] shape
 
 
-def full_graph(ctx: MethodContext, settings: FullGraphSettings) -> list[QueryOutcome]:
+def full_graph(ctx: MethodContext, settings: FullGraphSettings) -> list[QueryResult]:
   """The paper's Full-Graph: roles + 1 calls per query."""
   adjacency = graphs.full(len(ctx.task.roles))
   return execute_plans(ctx, single_call_role_plans(ctx.problems, ctx.task.roles, settings.model, adjacency,
@@ -99,7 +96,7 @@ class RandomGraphSettings(FullGraphSettings):
   density: tuple[float, float] = option((0.0, 1.0), **_DENSITY)
 
 
-def random_graph(ctx: MethodContext, settings: RandomGraphSettings) -> list[QueryOutcome]:
+def random_graph(ctx: MethodContext, settings: RandomGraphSettings) -> list[QueryResult]:
   """The paper's Random-Graph: roles + 1 calls per query."""
   adjacency = paper_random_dag(settings.seed, len(ctx.task.roles), settings.density)
   return execute_plans(ctx, single_call_role_plans(ctx.problems, ctx.task.roles, settings.model, adjacency,
@@ -111,7 +108,7 @@ class SelectorSettings:
   """The selector's models (no options)."""
 
 
-def selector_full_graph(ctx: MethodContext, settings: SelectorSettings) -> list[QueryOutcome]:
+def selector_full_graph(ctx: MethodContext, settings: SelectorSettings) -> list[QueryResult]:
   """The selector's models on the full DAG of the roles."""
   del settings  # no options
   trained = ctx.require_trained("selector_full_graph")
@@ -127,7 +124,7 @@ class SelectorRandomGraphSettings:
   density: tuple[float, float] = option((0.0, 1.0), **_DENSITY)
 
 
-def selector_random_graph(ctx: MethodContext, settings: SelectorRandomGraphSettings) -> list[QueryOutcome]:
+def selector_random_graph(ctx: MethodContext, settings: SelectorRandomGraphSettings) -> list[QueryResult]:
   trained = ctx.require_trained("selector_random_graph")
   rng = np.random.default_rng([int(settings.seed), SELECTOR_RANDOM_DAGS_STREAM])
   dags = np.stack([graphs.random_dag(rng, len(trained.system.roles), settings.density) for _ in ctx.problems])
@@ -141,7 +138,7 @@ class HieraMASSettings:
   num_candidates: int = option(0, config="graphs.num_candidates")  # named in the setup column
 
 
-def hieramas(ctx: MethodContext, settings: HieraMASSettings) -> list[QueryOutcome]:
+def hieramas(ctx: MethodContext, settings: HieraMASSettings) -> list[QueryResult]:
   del settings  # the system's own candidate pool
   return ctx.require_trained("hieramas").run()
 
@@ -153,7 +150,7 @@ class NoSelectionSettings:
   model: str = option("", flag="fixed_model", config="llm.decision_model", help_text=MODEL_HELP, pool_model=True)
 
 
-def hieramas_no_selection(ctx: MethodContext, settings: NoSelectionSettings) -> list[QueryOutcome]:
+def hieramas_no_selection(ctx: MethodContext, settings: NoSelectionSettings) -> list[QueryResult]:
   trained = ctx.require_trained("hieramas_no_selection")
   return execute_plans(ctx, trained.plans(trained.fixed_assignments(settings.model), trained.classifier_graphs()))
 
@@ -165,7 +162,7 @@ class NoClassifierSettings:
   seed: int = option(0, **_SEED)
 
 
-def hieramas_no_classifier(ctx: MethodContext, settings: NoClassifierSettings) -> list[QueryOutcome]:
+def hieramas_no_classifier(ctx: MethodContext, settings: NoClassifierSettings) -> list[QueryResult]:
   trained = ctx.require_trained("hieramas_no_classifier")
   pool = trained.candidate_pool()
   adj = pool[int(np.random.default_rng([int(settings.seed), ONE_POOL_DAG_STREAM]).integers(len(pool)))]

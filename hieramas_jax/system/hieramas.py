@@ -2,7 +2,7 @@
 
     with HieraMAS.from_workdir("runs/math") as hm:
       planned = hm.plan(["What is 3 + 4?"])        # models per position + the chosen DAG
-      result = hm.run("What is 3 + 4?")            # one query in, one RunResult out
+      result = hm.run("What is 3 + 4?")            # one query in, one QueryResult out
       results = await hm.arun(queries)             # inside an event loop (notebooks, async handlers)
       scores = hm.score_graphs(queries, pool)      # [B, K] logits of candidate DAGs
 
@@ -32,7 +32,7 @@ from hieramas_jax.llm import base as llm_base
 from hieramas_jax.llm import preflight as llm_preflight
 from hieramas_jax.models import selector as sel
 from hieramas_jax.policy import HieraMASPolicy, PolicySpec, read_metadata
-from hieramas_jax.results import PlannedQuery, RunResult, problem_from_text, run_result
+from hieramas_jax.results import QueryResult, grade, problem_from_text
 from hieramas_jax.system import parts
 from hieramas_jax.tasks.base import Problem, Task
 from hieramas_jax.train import environment
@@ -332,11 +332,11 @@ class HieraMAS:
   # ---- planning and running -----------------------------------------------
   def plan(self, queries: Query | Sequence[Query], *, pool: Any = None, fixed_model: str | None = None,
            random_graph: bool = False, key: jax.Array | None = None, temperature: float = 1.0,
-           query_emb: Any = None, query_role_emb: Any = None) -> PlannedQuery | list[PlannedQuery]:
-    """Per query: the models per position and the chosen DAG, as executor plans.
+           query_emb: Any = None, query_role_emb: Any = None) -> executor.Plan | list[executor.Plan]:
+    """Per query: the models per position and the chosen DAG, as executor plans (with the DAG's score).
 
     Args:
-      queries: texts or Problems (one alone gives one PlannedQuery).
+      queries: texts or Problems (one alone gives one Plan).
       pool: candidate DAGs [K, N, N] or [B, K, N, N] (default: ``candidate_pool()``).
       fixed_model: one model at every position instead of the selector's choice (ablation).
       random_graph: a seeded random candidate instead of the classifier's best (ablation).
@@ -353,56 +353,49 @@ class HieraMAS:
     out = []
     for p, row, adj, s, i in zip(problems, sel.actions_to_assignment(actions, self.model_names), chosen, scores,
                                  index):
-      plan = executor.Plan(problem=p, roles=self.roles, assignment=row, adjacency=np.asarray(adj),
-                           decision_model=self.decision_model, sample=0)
-      out.append(PlannedQuery(problem=p, assignment=[list(r) for r in row], adjacency=adj, score=float(s), plan=plan,
-                              graph_index=int(i)))
+      out.append(executor.Plan(problem=p, roles=self.roles, assignment=[list(r) for r in row],
+                               adjacency=np.asarray(adj), decision_model=self.decision_model, sample=0, score=float(s),
+                               graph_index=int(i)))
     return out[0] if single else out
 
-  async def aplan(self, queries: Query | Sequence[Query], **kwargs) -> PlannedQuery | list[PlannedQuery]:
+  async def aplan(self, queries: Query | Sequence[Query], **kwargs) -> executor.Plan | list[executor.Plan]:
     """``plan`` off the event loop (the encoder and the models run in a worker thread)."""
     return await asyncio.get_running_loop().run_in_executor(self._thread(), lambda: self.plan(queries, **kwargs))
 
-  def _planned(self, queries, kwargs) -> tuple[list[PlannedQuery], bool]:
-    """(planned queries, whether one query was given alone)."""
-    if isinstance(queries, PlannedQuery):
+  def _planned(self, queries, kwargs) -> tuple[list[executor.Plan], bool]:
+    """(plans, whether one query was given alone)."""
+    if isinstance(queries, executor.Plan):
       return [queries], True
     if isinstance(queries, (str, Problem)):
       return [self.plan(queries, **kwargs)], True
     queries = list(queries)
-    if queries and all(isinstance(q, PlannedQuery) for q in queries):
+    if queries and all(isinstance(q, executor.Plan) for q in queries):
       return queries, False
-    if any(isinstance(q, PlannedQuery) for q in queries):
-      raise TypeError("run() takes either queries (texts / Problems) or PlannedQuery items, not a mix")
+    if any(isinstance(q, executor.Plan) for q in queries):
+      raise TypeError("run() takes either queries (texts / Problems) or plan() items, not a mix")
     return self.plan(queries, **kwargs), False
 
-  def _results(self, planned: Sequence[PlannedQuery], results: Sequence[executor.QueryResult],
-               grade: bool) -> list[RunResult]:
-    correct: list[bool | None] = [None] * len(planned)
-    if grade:  # a query with a failed call is an error record: never graded (see RunResult.failed)
-      todo = [i for i, (p, r) in enumerate(zip(planned, results)) if p.problem.answer and not r.failed]
-      verdicts = self.task.grade_many([planned[i].problem for i in todo], [results[i].final_text for i in todo])
-      for i, ok in zip(todo, verdicts):
-        correct[i] = bool(ok)
-    return [run_result(p, r, self.task.extract(r.final_text) if r.final_text is not None else None, ok)
-            for p, r, ok in zip(planned, results, correct)]
+  def _graded(self, results: list[QueryResult], graded: bool) -> list[QueryResult]:
+    if graded:  # a query with a failed call is an error record: never graded (see QueryResult.failed)
+      grade(self.task, results)
+    return results
 
-  def run(self, queries: Query | PlannedQuery | Sequence[Query | PlannedQuery], *,
+  def run(self, queries: Query | executor.Plan | Sequence[Query | executor.Plan], *,
           trace_path: str | os.PathLike[str] | None = None, grade: bool = True,
-          **plan_kwargs) -> RunResult | list[RunResult]:
-    """Plans (unless given PlannedQuery items) and executes the queries.
+          **plan_kwargs) -> QueryResult | list[QueryResult]:
+    """Plans (unless given ``plan``'s output) and executes the queries.
 
     Works inside a running event loop too (it then runs in a worker thread;
     ``await arun(...)`` does not block the loop).
 
     Args:
       queries: texts, Problems, or the output of ``plan`` (run as they are); one
-        alone gives one RunResult.
+        alone gives one QueryResult.
       trace_path: a JSONL file that receives one line per LLM call.
-      grade: grade answers of problems that have a reference answer (``correct``).
+      grade: extract each ``answer`` and grade those of problems that have a reference answer (``correct``).
       **plan_kwargs: ``plan``'s options (pool, fixed_model, random_graph, key, temperature, embeddings).
     Returns:
-      one RunResult per query, in order.
+      one QueryResult per query, in order (its ``plan`` the plan that ran).
     """
     try:
       asyncio.get_running_loop()
@@ -413,22 +406,21 @@ class HieraMAS:
     planned, single = self._planned(queries, plan_kwargs)
     backend = self.backend
     parts.register_with_simulator(backend, [p.problem for p in planned])
-    results = executor.execute([p.plan for p in planned], backend, self.task, params=self.generation_params(),
-                               trace_path=trace_path)
-    out = self._results(planned, results, grade)
+    results = executor.execute(planned, backend, self.task, params=self.generation_params(), trace_path=trace_path)
+    out = self._graded(results, grade)
     return out[0] if single else out
 
-  async def arun(self, queries: Query | PlannedQuery | Sequence[Query | PlannedQuery], *,
+  async def arun(self, queries: Query | executor.Plan | Sequence[Query | executor.Plan], *,
                  trace_path: str | os.PathLike[str] | None = None, grade: bool = True,
-                 **plan_kwargs) -> RunResult | list[RunResult]:
+                 **plan_kwargs) -> QueryResult | list[QueryResult]:
     """``run`` for an event loop: planning and grading in a worker thread, the LLM calls on this loop."""
     loop = asyncio.get_running_loop()
     planned, single = await loop.run_in_executor(self._thread(), self._planned, queries, plan_kwargs)
     backend = await loop.run_in_executor(self._thread(), lambda: self.backend)
     parts.register_with_simulator(backend, [p.problem for p in planned])
-    results = await executor.execute_async([p.plan for p in planned], backend, self.task,
-                                           params=self.generation_params(), trace_path=trace_path)
-    out = await loop.run_in_executor(self._thread(), self._results, planned, results, grade)
+    results = await executor.execute_async(planned, backend, self.task, params=self.generation_params(),
+                                           trace_path=trace_path)
+    out = await loop.run_in_executor(self._thread(), self._graded, results, grade)
     return out[0] if single else out
 
   def _thread(self) -> concurrent.futures.ThreadPoolExecutor:

@@ -21,6 +21,7 @@ import numpy as np
 from hieramas_jax import executor, policy, rewards
 from hieramas_jax.executor import check_failures
 from hieramas_jax.models import selector as sel
+from hieramas_jax.results import QueryResult
 from hieramas_jax.tasks.base import Problem
 from hieramas_jax.train.environment import Environment
 
@@ -29,7 +30,7 @@ from hieramas_jax.train.environment import Environment
 class Outcome:
   """Graded results of a batch of plans (arrays over queries B and roles R)."""
 
-  results: list[executor.QueryResult]
+  results: list[QueryResult]  # each graded: ``correct`` is ``final_solved`` where valid, else None
   node_solved: np.ndarray  # [B, R] bool (False where the role gave no output)
   role_ran: np.ndarray  # [B, R] bool: the role produced an output
   final_solved: np.ndarray  # [B] bool
@@ -97,10 +98,11 @@ def run_plans(env: Environment, problems: Sequence[Problem], plans: Sequence[exe
   for (i, j), ok in zip(slots, verdicts):
     if j < 0:
       final_solved[i] = ok
+      results[i].correct = bool(ok)
     else:
       node_solved[i, j] = ok
   node_cost = np.array([res.role_costs() for res in results], np.float64).reshape(b, r)
-  total = np.array([res.total_cost for res in results], np.float64)
+  total = np.array([res.cost_usd for res in results], np.float64)
   decision = np.array([res.decision_cost for res in results], np.float64)
   return Outcome(results, node_solved, role_ran, final_solved, valid, node_cost, total, decision)
 
