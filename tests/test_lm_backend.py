@@ -404,3 +404,23 @@ def test_tiny_decoder_answers_are_replayed_by_the_response_cache(tiny_decoder, t
                                               max_tokens=8))
   assert (fresh.text, fresh.usage) == (first.text, first.usage)
   cached.close()
+
+
+def test_the_environment_routes_a_mixed_pool_to_a_local_model_folder(tiny_decoder, tmp_path):
+  from hieramas_jax.lm import leader_export  # pylint: disable=g-import-not-at-top
+
+  folder = leader_export.save_leader(tmp_path / "tiny_leader", tiny_decoder.config, tiny_decoder.params,
+                                     {"kind": "byte"})
+  free = {"price_in_per_m": 0.0, "price_out_per_m": 0.0}
+  config = _config([{"name": "S", **free}, {"name": "L", "backend": "local", "path": str(folder), **free}])
+  config.encoder.kind = "hashing"
+  env = environment.build_environment(config, tmp_path / "work")
+  try:
+    routed = env.backend.backend  # under the response cache
+    assert isinstance(routed, routing.RoutingBackend) and set(routed.known_models()) == {"S", "L"}
+    answer = executor.run_sync(env.backend.complete("L", _ask("hi"), temperature=0.0, max_tokens=4))
+    assert answer.ok and answer.usage.prompt_tokens == len(tiny_decoder.tokenizer.encode(
+        tiny_decoder.tokenizer.apply_chat_template(_ask("hi"))))
+    assert routed.cache_identity("L")["source"].startswith(str(folder))
+  finally:
+    env.close()

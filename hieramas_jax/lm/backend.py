@@ -81,12 +81,15 @@ def file_signature(path: str | os.PathLike[str]) -> str:
 
 
 def load_local_model(path: str | os.PathLike[str], dtype: str = "float32") -> LocalModel:
-  """Loads a .gguf file or a Hugging Face directory (``lm.weights.load_model``) in ``dtype``.
+  """Loads a .gguf file, a Hugging Face directory (``lm.weights.load_model``) or a trained leader folder.
+
+  A leader folder is what ``launch.train_leader`` writes (``lm.leader_export``).
 
   Raises:
     ConfigError: the path does not exist or the dtype is unknown (one line with the fix).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.lm import leader_export  # pylint: disable=g-import-not-at-top
   from hieramas_jax.lm import weights  # pylint: disable=g-import-not-at-top
 
   if dtype not in LOCAL_DTYPES:
@@ -94,7 +97,8 @@ def load_local_model(path: str | os.PathLike[str], dtype: str = "float32") -> Lo
   path = os.path.expanduser(os.fspath(path))
   if not os.path.exists(path):
     raise ConfigError(f"local model path {path!r} does not exist; {SMOLLM2_HINT}")
-  config, params, tokenizer = weights.load_model(path, dtype=jnp.dtype(dtype))
+  load = leader_export.load_leader if leader_export.is_leader_dir(path) else weights.load_model
+  config, params, tokenizer = load(path, jnp.dtype(dtype))
   return LocalModel(config, params, tokenizer, f"{file_signature(path)}|dtype={dtype}")
 
 
