@@ -46,7 +46,6 @@ About 10 minutes per seed on 2 CPU cores (stage 1's 1800 steps and stage 2's run
 from __future__ import annotations
 
 import argparse
-import ast
 import pathlib
 import shutil
 import time
@@ -191,29 +190,13 @@ def math_config():
   return c
 
 
-def apply_overrides(c, overrides: list[str]) -> None:
-  """``section.field=value`` overrides of the config (values parsed as Python literals, else strings)."""
-  for item in overrides:
-    name, sep, text = item.partition("=")
-    if not sep:
-      raise SystemExit(f"--set {item!r}: expected section.field=value, e.g. --set stage1.run_skip_credit=role")
-    *sections, field = name.split(".")
-    node = c
-    for section in sections:
-      node = node[section]
-    if field not in node:
-      raise SystemExit(f"--set {item!r}: the config has no field {name!r}")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    node[field] = value
-
-
 def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_per_graph: int,
              overrides: list[str] = ()) -> dict[str, float]:
   c = math_config()
-  apply_overrides(c, list(overrides))
+  try:  # the config arg's field=value mechanism: the same parsers as --config.field=value
+    base_config.override(c, list(overrides))
+  except base_config.ConfigError as e:
+    raise SystemExit(f"--set {e}") from None
   c.llm.sim_seed = seed
   if steps:
     c.stage1.steps = steps
@@ -226,12 +209,11 @@ def run_seed(seed: int, steps: int | None, out: pathlib.Path, encoder, samples_p
   start = time.perf_counter()
   s1 = stage1.train_selector(env, workdir, writer, progress=False)
   s1_time = time.perf_counter() - start
-  s2 = stage2.train_classifier(env, workdir, writer, s1.graphdef, s1.params, progress=False)
+  s2 = stage2.train_classifier(env, workdir, writer, s1.policy, progress=False)
   writer.close()
   pool = stage2.candidate_pool(env)
   backend = env.backend.backend if isinstance(env.backend, llm_cache.CachedBackend) else env.backend
-  oracle = sim.Oracle(backend.world, env.task, env.roles, c_s=c.stage1.reward_cost_solved,
-                      c_f=c.stage1.reward_cost_failed)
+  oracle = sim.Oracle(backend.world, env.task, env.roles, c_s=c.reward.cost_solved, c_f=c.reward.cost_failed)
   figures, pool_expected = oracle_figures(env, oracle, s1, s2, pool, seed=seed)
   figures.update(sampled_label_figures(env, s1, s2, pool, pool_expected))
   env.close()
@@ -291,26 +273,20 @@ def credit_run(alpha: float, steps: int, out: pathlib.Path, encoder, seed: int =
   preferred = env.model_names[int(np.bincount(first, minlength=len(env.model_names)).argmax())]
   right = next(name for name in _ROLE_MODELS if name != preferred)
   backend.world = credit_world(right, seed)
-  curve: list[float] = []
-  original = stage1.validate
 
-  def record(env_, graphdef, params, pool, where=""):
-    del where
-    del pool
-    actions = rollout.greedy_actions(env_, graphdef, params, "val", np.arange(len(env_.splits["val"])))
-    synth = actions[:, solver, -1]
-    curve.append(float(np.mean(synth == env_.model_names.index(right))))
-    return {"val_reward": 0.0, "val_reward_se": 0.0, "val_accuracy": curve[-1], "val_cost": 0.0, "val_failed": 0.0}
+  def right_share(params) -> float:
+    """The share of validation queries whose Solver synthesizer the selector's argmax gives the right model."""
+    actions = rollout.greedy_actions(env, graphdef, params, "val", np.arange(len(env.splits["val"])))
+    return float(np.mean(actions[:, solver, -1] == env.model_names.index(right)))
 
-  record(env, *stage1.build_selector(env), None)  # step 0: the initial selector (same seed as training)
-
-  stage1.validate = record
+  curve = [right_share(params)]  # step 0: the initial selector (same seed as training)
   try:
     writer = MetricWriter(workdir, tensorboard=False)
-    stage1.train_selector(env, workdir, writer, progress=False)
+    # Each validation records one point of the curve.
+    stage1.train_selector(env, workdir, writer, hooks=[lambda event: curve.append(right_share(event.params))],
+                          progress=False)
     writer.close()
   finally:
-    stage1.validate = original
     env.close()
   return curve
 

@@ -4,18 +4,24 @@ Run (offline default: simulated LLM pool on HumanEval as shipped by the human-ev
 
   python -m launch.train --config=configs/humaneval.py --workdir=runs/humaneval
 
-Without a paper_* arg: the paper's GPT setting (pool, GPT-5-mini deciding, densities, K, inference rules)
-with this project's training recipe. Args (comma-separated): smoke (tiny run), openai (real endpoints),
-paper_gpt / paper_qwen (a paper setting with the paper code's training recipe; hieramas_jax/presets.py),
-e.g. --config=configs/humaneval.py:smoke or :smoke,openai or :paper_qwen.
+Args (comma-separated): smoke (tiny run), openai (real endpoints), paper_gpt / paper_qwen (a paper setting with
+the paper code's training recipe; hieramas_jax/presets.py), field=value (any field),
+e.g. --config=configs/humaneval.py:smoke,llm.sim_seed=2 or :openai,paper_gpt.
+Shared values (reward, optimizer, stage sizes): configs/common.py.
 """
+
+import pathlib
 
 from hieramas_jax import config as base
 
+common = base.load_module(pathlib.Path(__file__).with_name("common.py"))
 
-def get_config(arg: str | None = None):
-  # The paper's GPT setting by default (arg paper_gpt/paper_qwen: a paper setting with its training recipe).
-  c = base.base_config("humaneval", arg, setting="paper_gpt")
-  # No synthetic generator exists in this format: the real problems are the default.
-  c.task.source = "files"
-  return c
+
+def get_config(arg=None):
+  c = common.experiment("humaneval", arg)
+  c.task.source = "files"  # the real problems: no synthetic generator in this format
+  c.selector.num_proposers = 2
+  c.inference.update(max_skipped_roles=0, rotate_top_n=2)  # no role dropped; proposers rotate over the top 2
+  c.graphs.update(density_range=(0.3, 0.75), stage2_density_range=(0.3, 0.8), num_candidates=200)
+  c.stage2.update(batch_size=32, learning_rate=5e-4, weight_decay=1e-4)
+  return base.finish(c, arg)

@@ -4,18 +4,25 @@ Run (offline default: simulated LLM pool on the 57 MMLU-Redux CSVs (../shared/da
 
   python -m launch.train --config=configs/mmlu_redux.py --workdir=runs/mmlu_redux
 
-Without a paper_* arg: the paper's GPT setting (pool, GPT-5-mini deciding, densities, K, inference rules)
-with this project's training recipe. Args (comma-separated): smoke (tiny run), openai (real endpoints),
-paper_gpt / paper_qwen (a paper setting with the paper code's training recipe; hieramas_jax/presets.py),
-e.g. --config=configs/mmlu_redux.py:smoke or :smoke,openai or :paper_qwen.
+Args (comma-separated): smoke (tiny run), openai (real endpoints), paper_gpt / paper_qwen (a paper setting with
+the paper code's training recipe; hieramas_jax/presets.py), field=value (any field),
+e.g. --config=configs/mmlu_redux.py:smoke,stage1.steps=20 or :openai,paper_qwen.
+Shared values (reward, optimizer, stage sizes): configs/common.py.
 """
+
+import pathlib
 
 from hieramas_jax import config as base
 
+common = base.load_module(pathlib.Path(__file__).with_name("common.py"))
 
-def get_config(arg: str | None = None):
-  # The paper's GPT setting by default (arg paper_gpt/paper_qwen: a paper setting with its training recipe).
-  c = base.base_config("mmlu_redux", arg, setting="paper_gpt")
-  # No synthetic generator exists in this format: the real problems are the default.
-  c.task.source = "files"
-  return c
+
+def get_config(arg=None):
+  c = common.experiment("mmlu_redux", arg)
+  c.task.source = "files"  # no synthetic generator in this format
+  # Six proposers and three rotated models per role; two of eight roles may be dropped.
+  c.selector.num_proposers = 6
+  c.inference.update(max_skipped_roles=2, rotate_top_n=3)
+  c.graphs.update(density_range=(0.3, 0.7), stage2_density_range=(0.3, 0.7), num_candidates=200)
+  c.stage2.update(batch_size=128, learning_rate=1e-3, weight_decay=2e-5)
+  return base.finish(c, arg)

@@ -1,6 +1,10 @@
-"""Shared configuration defaults; the files in configs/ start from ``base_config``.
+"""Config plumbing: the sections' defaults, config args, overrides, saved configs and flag errors.
 
-A config file's ``get_config(arg)`` takes a comma-separated arg string:
+``configs/common.py`` and ``configs/<task>.py`` show the values of an experiment;
+this module holds what they start from (``defaults``: every field, with the
+library's neutral values) and what they end with (``finish``). A config file's
+``get_config(arg)`` takes a comma-separated arg string of flags and
+``field=value`` assignments:
 
   (empty)   the offline default: simulated LLM pool, synthetic problems in the task's format
   smoke     tiny sizes: a run that finishes in about a minute on 2 CPU cores
@@ -9,12 +13,15 @@ A config file's ``get_config(arg)`` takes a comma-separated arg string:
   paper_gpt, paper_qwen
             the paper's GPT or Qwen setting and its training recipe, as its code runs them
             (hieramas_jax/presets.py; smoke still shrinks the sizes)
+  a.b=v     sets field a.b to v, last of all (after a preset and smoke)
 
-e.g. ``--config=configs/math.py:smoke`` or ``--config=configs/math.py:files,openai,paper_gpt``.
+e.g. ``--config=configs/math.py:smoke,seed=3`` or ``--config=configs/math.py:files,openai,paper_gpt``.
+A value holding commas goes in brackets or quotes: ``:smoke,graphs.density_range=(0.3,0.7)``.
 
-Fields are overridden on the command line as ``--config.section.field=value``;
-list fields take a Python/JSON list, a comma-separated list or one item
-(``--config.llm.exclude_models='["Llama-3.1-8B"]'``, ``=Llama-3.1-8B,GPT-5-nano``).
+Fields are also overridden on the command line as ``--config.section.field=value``.
+Both forms go through the same parsers (``override``): a value is read by the
+field's type, list fields take a Python/JSON list, a comma-separated list or
+one item (``--config.llm.exclude_models='["Llama-3.1-8B"]'``, ``=Llama-3.1-8B,GPT-5-nano``).
 The launchers parse their flags with ``parse_flags``: a config file that does
 not load, an unknown field or a value of the wrong type ends in one line on
 stderr and exit status 1.
@@ -23,11 +30,13 @@ stderr and exit status 1.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import pathlib
 import sys
 import traceback
+import types
 from typing import Any, Sequence
 
 from absl import flags
@@ -44,15 +53,58 @@ class ConfigError(llm_base.ConfigError):
   """A config file, its arg or a command-line override that cannot be used."""
 
 
-def parse_arg(arg: str | None) -> set[str]:
-  tokens = {t.strip() for t in (arg or "").split(",") if t.strip()}
-  unknown = tokens - set(KNOWN_ARGS)
+# ---------------------------------------------------------------------------
+# Config args and overrides
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigArg:
+  """A parsed config arg: its flags (``KNOWN_ARGS``) and its ``field=value`` assignments, in order."""
+
+  flags: frozenset[str] = frozenset()
+  assignments: tuple[str, ...] = ()
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.flags
+
+
+def parse_arg(arg: str | ConfigArg | None) -> ConfigArg:
+  """The flags and assignments of a config file's arg (ConfigError for an unknown flag or two presets)."""
+  if isinstance(arg, ConfigArg):
+    return arg
+  tokens = _split_arg(arg or "")
+  assignments = tuple(t for t in tokens if "=" in t)
+  names = {t for t in tokens if "=" not in t}
+  unknown = names - set(KNOWN_ARGS)
   if unknown:
-    raise ConfigError(f"unknown config arg(s) {sorted(unknown)}; known: {', '.join(KNOWN_ARGS)} "
-                      "(comma-separated, e.g. configs/math.py:smoke,files)")
-  if {"paper_gpt", "paper_qwen"} <= tokens:
+    raise ConfigError(f"unknown config arg(s) {sorted(unknown)}; known: {', '.join(KNOWN_ARGS)} or field=value "
+                      "(comma-separated, e.g. configs/math.py:smoke,files,seed=3; a value holding commas goes "
+                      "in brackets: llm.exclude_models=[A,B])")
+  if {"paper_gpt", "paper_qwen"} <= names:
     raise ConfigError("config args paper_gpt and paper_qwen are two settings; name one of them")
-  return tokens
+  return ConfigArg(frozenset(names), assignments)
+
+
+def _split_arg(text: str) -> list[str]:
+  """Comma-separated tokens, keeping commas inside brackets and quotes: 'a=(1,2),smoke' -> ['a=(1,2)', 'smoke']."""
+  tokens, depth, quote, current = [], 0, "", []
+  for char in text:
+    if quote:
+      quote = "" if char == quote else quote
+    elif char in "'\"":
+      quote = char
+    elif char in "([{":
+      depth += 1
+    elif char in ")]}":
+      depth -= 1
+    elif char == "," and depth == 0:
+      tokens.append("".join(current))
+      current = []
+      continue
+    current.append(char)
+  tokens.append("".join(current))
+  return [t.strip() for t in tokens if t.strip()]
 
 
 class ListParser(flags.ArgumentParser):
@@ -77,172 +129,151 @@ class ListParser(flags.ArgumentParser):
 config_flags.register_flag_parser_for_type(list, ListParser())
 
 
-def base_config(task: str, arg: str | None = None, setting: str | None = None) -> ml_collections.ConfigDict:
-  """Defaults shared by every task; ``task`` is a name known to hieramas_jax.tasks.
+def override(config: ml_collections.ConfigDict, assignments: Sequence[str]) -> ml_collections.ConfigDict:
+  """Sets ``field=value`` assignments in place, parsed as ``--config.field=value`` is; returns ``config``.
 
-  Args:
-    task: the task name.
-    arg: the config file's comma-separated arg (see the module doc).
-    setting: a preset of hieramas_jax.presets whose *setting* layer applies when
-      ``arg`` names no preset (configs/*.py pass 'paper_gpt'); None: none.
+  ConfigError names an unknown field (with the closest names) or a value its field's type cannot take.
   """
-  tokens = parse_arg(arg)
+  for assignment in assignments:
+    field, eq, text = assignment.partition("=")
+    problem = _unknown_field(config, field.strip()) if eq else "expected field=value, e.g. seed=3"
+    if problem:
+      raise ConfigError(f"{assignment}: {problem}")
+    argv = ["config", f"--config.{field.strip()}={text}"]
+    values = flags.FlagValues()
+    # The command line's own machinery: the same parsers and type checks as --config.field=value.
+    config_flags.DEFINE_config_dict("config", config, flag_values=values, sys_argv=argv, lock_config=False)
+    try:
+      values(argv)
+    except (flags.Error, TypeError, ValueError, KeyError, AttributeError) as e:
+      raise ConfigError(f"{assignment}: {one_line(e)}") from None
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Sections: every field, with the library's neutral values (configs/*.py set an experiment's)
+# ---------------------------------------------------------------------------
+
+
+def task_section(name: str, source: str = "synthetic") -> ml_collections.ConfigDict:
+  """Data: the synthetic generator (offline) or the task's own files (``data_path``, empty: ../shared/data)."""
+  # Synthetic problems cost nothing to make: a test split whose accuracies are not noise.
+  return ml_collections.ConfigDict(dict(name=name, source=source, data_path="", num_train=256, num_val=64,
+                                        num_test=512 if source == "synthetic" else 128))
+
+
+def llm_section(backend: str = "sim") -> ml_collections.ConfigDict:
+  """The LLM pool and backend: `models` entries (name, base_url, api_key_env, prices, ...) override the pool's."""
+  return ml_collections.ConfigDict(dict(
+      backend=backend, pool="paper", models=[], exclude_models=[], decision_model="GPT-4o-mini", temperature=0.7,
+      max_tokens=1024, timeout_s=120.0, max_retries=5, max_concurrency=64,
+      send_seed=True,  # each call's sample index as `seed`: repeated samples differ, re-runs repeat
+      cache=True,  # SQLite response cache in the workdir
+      max_failed_fraction=0.5,  # a batch with more failed queries (or all) stops the run
+      sim_seed=0, sim_latency_s=0.0,
+      sim_world="invented",  # or "anchored": skills from published scores (llm/sim_facts.py)
+      sim_role_effects={}))  # role name -> (solo logit, gain scale): llm/sim/world.py RoleEffect
+
+
+def encoder_section() -> ml_collections.ConfigDict:
+  """Text encoder: 'minilm', 'sentence_transformer' (``path``), 'openai' (``model``, ``base_url``), 'hashing'."""
+  return ml_collections.ConfigDict(dict(kind="minilm", path="", model="", base_url="", api_key_env="OPENAI_API_KEY",
+                                        dim=0, cache=True))  # dim 0: the endpoint says
+
+
+def selector_section() -> ml_collections.ConfigDict:
+  """The LLM selector (models/selector.py; its defaults are these): P proposers + 1 synthesizer per role."""
+  return ml_collections.ConfigDict(dict(num_proposers=2, hidden_dim=256, synthesizer_may_skip=True,
+                                        proposer_may_skip=True, init_skip_bias=1.0, skip_head="gate",
+                                        input_scale=True))
+
+
+def gcn_section() -> ml_collections.ConfigDict:
+  """The graph classifier; ``impl`` is the scoring form ('dense' or the jraph 'segment', same function)."""
+  return ml_collections.ConfigDict(dict(role_dim=32, hidden_dim=128, num_layers=2, mlp_dim=64, impl="dense"))
+
+
+def graphs_section() -> ml_collections.ConfigDict:
+  """DAG pools: stage 1's, stage 2's data generation and the K candidates scored at inference."""
+  return ml_collections.ConfigDict(dict(density_range=(0.0, 1.0), stage2_density_range=(0.0, 1.0),
+                                        candidate_density_range=(0.0, 1.0), train_pool_size=64, num_candidates=100))
+
+
+def inference_section() -> ml_collections.ConfigDict:
+  """Inference rules on the selector's argmax (inference_rules.py): -1 / 0 apply none."""
+  return ml_collections.ConfigDict(dict(max_skipped_roles=-1, rotate_top_n=0))
+
+
+def reward_section() -> ml_collections.ConfigDict:
+  """The cost-aware reward of a graded output (reward_formula.py), for training, stage-2 labels and evaluation.
+
+  solved: max(exp(-cost_solved * cost), 0.5); failed: max(-exp(cost_failed * cost), -2.5); ``system_cost`` is the
+  cost the system reward counts ('total' or the reference code's 'decision'); stage 2's labels take their own c_s.
+  """
+  return ml_collections.ConfigDict(dict(cost_solved=300.0, cost_failed=300.0, system_cost="total",
+                                        stage2_cost_solved=300.0))
+
+
+def stage1_section() -> ml_collections.ConfigDict:
+  """Stage 1's REINFORCE (train/stage1.py); configs/common.py says what each value does."""
+  return ml_collections.ConfigDict(dict(
+      steps=1800, batch_size=16, learning_rate=3e-4, weight_decay=1e-5, lr_schedule="cosine", grad_clip=1.0,
+      entropy_coef=1.0, temperature_start=10.0, temperature_end=0.8, alpha=0.5, baseline="group", group_size=4,
+      run_skip_credit="role_vs_system", run_skip_warmup=0.5, ema_decay=0.9, eval_every=50, val_samples=1,
+      keep_margin=0.0))
+
+
+def stage2_section() -> ml_collections.ConfigDict:
+  """Stage 2's labels (G DAGs x samples per query, top k positive) and classifier training."""
+  return ml_collections.ConfigDict(dict(graphs_per_query=32, top_k=8, samples_per_graph=8, epochs=20, batch_size=64,
+                                        learning_rate=5e-4, weight_decay=1e-5))
+
+
+def defaults(task: str, arg: str | ConfigArg | None = None) -> ml_collections.ConfigDict:
+  """Every field of a config for ``task`` (a name known to hieramas_jax.tasks), before ``finish``.
+
+  The arg's flags ``files`` and ``openai`` choose the data source and the backend.
+  """
+  arg = parse_arg(arg)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = "both"  # 'both', 'stage1' or 'stage2'
+  c.task = task_section(task, "files" if "files" in arg else "synthetic")
+  c.llm = llm_section("openai" if "openai" in arg else "sim")
+  c.encoder = encoder_section()
+  c.selector = selector_section()
+  c.gcn = gcn_section()
+  c.graphs = graphs_section()
+  c.inference = inference_section()
+  c.reward = reward_section()
+  c.stage1 = stage1_section()
+  c.stage2 = stage2_section()
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, max_to_keep=3))
+  return c
 
-  # Data: the synthetic generator (offline default) or the task's own files.
-  c.task = ml_collections.ConfigDict()
-  c.task.name = task
-  c.task.source = "files" if "files" in tokens else "synthetic"
-  c.task.data_path = ""  # empty: ../shared/data or HIERAMAS_DATA
-  c.task.num_train = 256
-  c.task.num_val = 64
-  # Synthetic problems cost nothing to make: a test split whose accuracies are not noise (EXPERIMENTS.md).
-  c.task.num_test = 512 if c.task.source == "synthetic" else 128
 
-  # LLM pool and backend.
-  c.llm = ml_collections.ConfigDict()
-  c.llm.backend = "openai" if "openai" in tokens else "sim"
-  c.llm.pool = "paper"  # the paper's pool from hieramas_jax.llm.pool; `models` entries override by name
-  c.llm.models = []  # list of dicts: name, base_url, api_key_env, price_in_per_m, price_out_per_m, ...
-  c.llm.exclude_models = []  # names the selector may never choose
-  c.llm.decision_model = "GPT-4o-mini"
-  c.llm.temperature = 0.7
-  c.llm.max_tokens = 1024
-  c.llm.timeout_s = 120.0
-  c.llm.max_retries = 5
-  c.llm.max_concurrency = 64
-  c.llm.send_seed = True  # send each call's sample index as `seed`: repeated samples differ, re-runs repeat
-  c.llm.cache = True  # SQLite response cache in the workdir
-  c.llm.max_failed_fraction = 0.5  # a training/evaluation batch with more failed queries (or all) stops the run
-  c.llm.sim_seed = 0
-  c.llm.sim_latency_s = 0.0
-  c.llm.sim_world = "invented"  # or "anchored": skills from published scores, shared wrong answers (llm/sim_facts.py)
-  # Role effects of the simulated world: role name -> (solo logit, gain scale); see llm/sim/world.py RoleEffect.
-  c.llm.sim_role_effects = {}
-
-  # Encoder of query, role and profile texts.
-  c.encoder = ml_collections.ConfigDict()
-  c.encoder.kind = "minilm"  # 'minilm', 'sentence_transformer', 'openai', 'hashing' (tests only)
-  c.encoder.path = ""  # model directory for 'sentence_transformer'
-  c.encoder.model = ""  # embedding model for 'openai' (default text-embedding-3-small)
-  c.encoder.base_url = ""  # OpenAI-compatible endpoint for 'openai' (empty: api.openai.com)
-  c.encoder.api_key_env = "OPENAI_API_KEY"
-  c.encoder.dim = 0  # embedding size for 'openai' models the encoder does not know (0: ask the endpoint once)
-  c.encoder.cache = True
-
-  # Selector: P proposers + 1 synthesizer per role.
-  c.selector = ml_collections.ConfigDict()
-  c.selector.num_proposers = 2
-  c.selector.hidden_dim = 256
-  c.selector.synthesizer_may_skip = True
-  c.selector.proposer_may_skip = True
-  # Initial offset of every position's `skip` logit (learnable; with the gate head p(skip) = sigmoid(offset) at
-  # T = 1 to start): cheaper early exploration, by measurement (EXPERIMENTS.md; paper: 0.0).
-  c.selector.init_skip_bias = 1.0
-  # Skip parametrisation (models/selector.py): 'gate' (a run/skip gate per position, p(skip) independent of which
-  # model is preferred) or 'shared' (skip scored like one more model). input_scale gives the unit-norm text and
-  # profile embeddings unit-variance components; without it the logits hardly depend on the query: one assignment
-  # for every query, where the simulator's best models differ by subject. Both are defaults by measurement, with
-  # stage 1's schedule below (see its comment).
-  c.selector.skip_head = "gate"
-  c.selector.input_scale = True
-
-  # Graph classifier.
-  c.gcn = ml_collections.ConfigDict()
-  c.gcn.role_dim = 32
-  c.gcn.hidden_dim = 128
-  c.gcn.num_layers = 2
-  c.gcn.mlp_dim = 64
-  c.gcn.impl = "dense"  # same function as the jraph 'segment' form; faster on CPU per bench/graph_scoring.py
-
-  # Candidate DAG pools.
-  c.graphs = ml_collections.ConfigDict()
-  c.graphs.density_range = (0.0, 1.0)  # stage 1's pool
-  c.graphs.stage2_density_range = (0.0, 1.0)  # DAGs of stage-2 data generation (paper: MATH 0.3-1.0)
-  # The candidates scored at inference and the random-DAG baselines (paper: 0.3-0.7).
-  c.graphs.candidate_density_range = (0.0, 1.0)
-  c.graphs.train_pool_size = 64
-  c.graphs.num_candidates = 100  # K scored at inference (paper: 100-200)
-
-  # Inference rules on the selector's argmax (HieraMAS.plan/run, evaluation; see train/rollout.inference_actions).
-  c.inference = ml_collections.ConfigDict()
-  # Roles whose synthesizer argmax is `skip` are dropped, at most this many (highest p(skip) first) and never every
-  # answer-giving role; the others run their best model. -1: no cap, every such role dropped (paper: MATH 0, MMLU 2).
-  c.inference.max_skipped_roles = -1
-  # Proposer i of a role takes model top[i mod N] of the top-N models of one seeded proposer row (0: argmax each;
-  # paper: MATH 2, HumanEval 2, MMLU 3).
-  c.inference.rotate_top_n = 0
-
-  # Stage 1: REINFORCE on the selector.
-  c.stage1 = ml_collections.ConfigDict()
-  # Defaults by measurement (EXPERIMENTS.md): a higher rate locks the selector on its first good assignment;
-  # 3e-4 over 1800 steps with a cosine decay to 0 keeps improving to the end (paper: 12 steps at 2e-3).
-  c.stage1.steps = 1800
-  c.stage1.batch_size = 16
-  c.stage1.learning_rate = 3e-4
-  c.stage1.weight_decay = 1e-5  # the paper's value (no measurement says otherwise); AdamW, the paper's is L2
-  c.stage1.lr_schedule = "cosine"  # 'cosine' (decay to 0 over the steps) or 'constant'
-  c.stage1.grad_clip = 1.0
-  # The paper's entropy bonus and cosine temperature (no measurement on record says otherwise).
-  c.stage1.entropy_coef = 1.0
-  c.stage1.temperature_start = 10.0
-  c.stage1.temperature_end = 0.8
-  c.stage1.alpha = 0.5  # multi-level credit: alpha * node reward + (1 - alpha) * system reward
-  # Reward baseline: 'none' (as published), 'ema' (per role), 'batch_mean' (leave-one-out over the batch) or
-  # 'group' (each query sampled group_size times, leave-one-out within the query): the default by measurement
-  # against 'ema' (EXPERIMENTS.md).
-  c.stage1.baseline = "group"
-  c.stage1.group_size = 4  # samples per query with the 'group' baseline (batch_size must be a multiple)
-  # What trains each role's run/skip decision (the synthesizer's skip; see learner.reinforce_loss):
-  #   'role'            as published: the role's credit when it ran; a skipped role's credit is 0, so a role whose
-  #                     own credit is negative (hard queries) is dropped even where it helps the final answer;
-  #   'system'          the system reward, whether the role ran or not (unbiased for the system reward, slow);
-  #   'role_vs_system'  running is rated by the role's credit, skipping by the system reward (what the system got
-  #                     without the role).
-  # 'role' is used for the first run_skip_warmup of the steps either way: the worth of running a role depends on
-  # which models fill it, which the role's own credit teaches fastest. 'role_vs_system' by measurement
-  # (EXPERIMENTS.md).
-  c.stage1.run_skip_credit = "role_vs_system"
-  c.stage1.run_skip_warmup = 0.5
-  c.stage1.reward_cost_solved = 300.0  # c_s
-  c.stage1.reward_cost_failed = 300.0  # c_f
-  c.stage1.system_cost = "total"  # cost counted by the system reward: 'total' or 'decision' (reference code)
-  c.stage1.ema_decay = 0.9
-  c.stage1.eval_every = 50
-  c.stage1.val_samples = 1  # runs per validation query when picking the best parameters
-  # Later parameters replace the kept ones unless their validation reward is below the highest seen by more than
-  # this many standard errors (0, the paper's: keep the plain maximum).
-  c.stage1.keep_margin = 0.0
-
-  # Stage 2: graph classifier on ranked random DAGs.
-  c.stage2 = ml_collections.ConfigDict()
-  # G DAGs per query, each run samples_per_graph times; labels rank the mean reward (paper: 5 DAGs x 1 run, top 2).
-  # With very few runs the top-k cut falls to the cheapest solved DAGs; 32 x 8 (top 8) by measurement (EXPERIMENTS.md).
-  c.stage2.graphs_per_query = 32  # G
-  c.stage2.top_k = 8
-  c.stage2.samples_per_graph = 8
-  c.stage2.reward_cost_solved = 300.0  # c_s of the labels' system reward (paper: 500); c_f is stage1's
-  # The paper's MATH values (presets.PAPER_RECIPE_DEFAULTS sets each task's in configs/*.py).
-  c.stage2.epochs = 20
-  c.stage2.batch_size = 64
-  c.stage2.learning_rate = 5e-4
-  c.stage2.weight_decay = 1e-5
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 50
-  c.checkpoint.max_to_keep = 3
-
-  preset = next((name for name in presets.PRESETS if name in tokens), None)
+def finish(c: ml_collections.ConfigDict, arg: str | ConfigArg | None = None) -> ml_collections.ConfigDict:
+  """Applies the arg to a config file's values: a named preset, then smoke's sizes, then its assignments."""
+  arg = parse_arg(arg)
+  preset = next((name for name in presets.PRESETS if name in arg), None)
   if preset is not None:
     presets.apply(c, preset)
-  elif setting is not None:
+  if "smoke" in arg:
+    _shrink_for_smoke(c)
+  return override(c, arg.assignments)
+
+
+def base_config(task: str, arg: str | ConfigArg | None = None, setting: str | None = None) -> ml_collections.ConfigDict:
+  """``defaults`` finished with ``arg``: the library's values (tests, and loading saved configs, start here).
+
+  ``setting``: a preset whose *setting* layer (and ``presets.PAPER_RECIPE_DEFAULTS``) applies when ``arg`` names
+  no preset, for config files that do not start from configs/common.py.
+  """
+  c, arg = defaults(task, arg), parse_arg(arg)
+  if setting is not None and not arg.flags & set(presets.PRESETS):
     presets.apply(c, setting, layers=("setting",))
     presets.apply(c, setting, fields=presets.PAPER_RECIPE_DEFAULTS)
-  if "smoke" in tokens:
-    _shrink_for_smoke(c)
-  return c
+  return finish(c, arg)
 
 
 # The smoke arg's sizes: each is a ceiling, so a preset's smaller values (stage 2's 5 DAGs x 1 run) stay.
@@ -260,8 +291,13 @@ def _shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
     c[section][key] = min(c[section][key], ceiling)
 
 
-def _merge(defaults: dict, saved: dict) -> dict:
-  out = dict(defaults)
+# ---------------------------------------------------------------------------
+# Configs saved in checkpoints
+# ---------------------------------------------------------------------------
+
+
+def _merge(defaults_: dict, saved: dict) -> dict:
+  out = dict(defaults_)
   for key, value in saved.items():
     if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "sim_role_effects":
       out[key] = _merge(out[key], value)
@@ -269,6 +305,13 @@ def _merge(defaults: dict, saved: dict) -> dict:
       out[key] = value
   return out
 
+
+# Fields renamed or moved: old (section, field) -> new. Reward fields lived under stage1/stage2 until the reward
+# section existed (hieramas_jax 0.1.0 before policy schema 2's reward section).
+RENAMED_FIELDS = {("stage1", "reward_cost_solved"): ("reward", "cost_solved"),
+                  ("stage1", "reward_cost_failed"): ("reward", "cost_failed"),
+                  ("stage1", "system_cost"): ("reward", "system_cost"),
+                  ("stage2", "reward_cost_solved"): ("reward", "stage2_cost_solved")}
 
 # Fields added after a checkpoint was written take, for that checkpoint, the value that reproduces how it was
 # trained (its parameters' structure above all), not today's default, which may differ.
@@ -280,20 +323,35 @@ _BEFORE_FIELD_EXISTED = {("selector", "skip_head"): "shared", ("selector", "inpu
 # Fields added after a checkpoint was written whose role another field played until then: that field's saved value.
 _COPIED_BEFORE_FIELD_EXISTED = {("graphs", "stage2_density_range"): ("graphs", "density_range"),
                                 ("graphs", "candidate_density_range"): ("graphs", "density_range"),
-                                ("stage2", "reward_cost_solved"): ("stage1", "reward_cost_solved")}
+                                ("reward", "stage2_cost_solved"): ("reward", "cost_solved")}
+
+
+def migrate_saved(saved: dict) -> dict:
+  """A saved config dict in today's layout: ``RENAMED_FIELDS`` moved to their new place (a copy)."""
+  saved = {key: dict(value) if isinstance(value, dict) else value for key, value in saved.items()}
+  for (section, field), (to_section, to_field) in RENAMED_FIELDS.items():
+    if isinstance(saved.get(section), dict) and field in saved[section]:
+      value = saved[section].pop(field)
+      target = saved.setdefault(to_section, {})
+      if not isinstance(target, dict):
+        raise ConfigError(f"the saved config's {to_section!r} is {target!r}, not a section; it was written by "
+                          "another hieramas_jax version: load it with that version or train again")
+      target.setdefault(to_field, value)
+  return saved
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with, on top of today's defaults.
+  """The config a checkpoint was trained with, in today's layout, on top of today's defaults.
 
-  Fields added to the defaults after the checkpoint was written take today's
-  default, except those of ``_BEFORE_FIELD_EXISTED``, which take the value the
-  checkpoint was trained with (so its parameters rebuild), and those of
-  ``_COPIED_BEFORE_FIELD_EXISTED``, which take the saved value of the field that
-  did their work then; every saved value wins.
+  Renamed fields move first (``migrate_saved``). Fields added to the defaults
+  after the checkpoint was written take today's default, except those of
+  ``_BEFORE_FIELD_EXISTED``, which take the value the checkpoint was trained
+  with (so its parameters rebuild), and those of ``_COPIED_BEFORE_FIELD_EXISTED``,
+  which take the saved value of the field that did their work then; every
+  saved value wins.
   """
   task = (saved.get("task") or {}).get("name") or "math"
-  saved = {key: dict(value) if isinstance(value, dict) else value for key, value in saved.items()}
+  saved = migrate_saved(saved)
   for (section, field), value in _BEFORE_FIELD_EXISTED.items():
     if isinstance(saved.get(section), dict):
       saved[section].setdefault(field, value)
@@ -304,9 +362,8 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_merge(base_config(task).to_dict(), saved))
 
 
-
-def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
-  """``get_config(arg)`` of a config file, as ``--config=path:arg`` gives it to the launchers."""
+def load_module(path: str | pathlib.Path) -> types.ModuleType:
+  """The Python module of a config file (configs/<task>.py loads configs/common.py with it)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"config file {path} does not exist; pass one of configs/*.py, e.g. "
@@ -316,6 +373,12 @@ def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_col
     raise FileNotFoundError(f"cannot load config file {path}; it must be a Python file with get_config(arg)")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file, as ``--config=path:arg`` gives it to the launchers."""
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path} defines no get_config(arg)")
   return module.get_config(arg)

@@ -97,9 +97,9 @@ FACTS: tuple[Fact, ...] = (
          "run_stage2_inference*.py density defaults (bash sets none)"),
     Fact("graphs.num_candidates", "setting", (100, 200, 200), "--num_random_graphs in */bash/stage2_inference.sh"),
     # ---- setting: rewards
-    Fact("stage1.reward_cost_solved", "setting", _all(300.0), "--cost_sensitivity default 300 in run_*_learnable_graph.py"),
-    Fact("stage1.reward_cost_failed", "setting", _all(300.0), "utils/reward.py reward_v2: c_f = 300 hard-coded"),
-    Fact("stage2.reward_cost_solved", "setting", _all(500.0),
+    Fact("reward.cost_solved", "setting", _all(300.0), "--cost_sensitivity default 300 in run_*_learnable_graph.py"),
+    Fact("reward.cost_failed", "setting", _all(300.0), "utils/reward.py reward_v2: c_f = 300 hard-coded"),
+    Fact("reward.stage2_cost_solved", "setting", _all(500.0),
          "LearnableMultiNodeGraph(cost_sensitivity=500.0) default; datagen passes none"),
     Fact("stage1.alpha", "setting", _all(0.5), "--alpha 0.5 (utils/graph_reward.py compute_mixed_reward)"),
     # ---- setting: inference rules
@@ -118,7 +118,7 @@ FACTS: tuple[Fact, ...] = (
     Fact("stage1.temperature_end", "recipe", _all(0.8), "--min_temp 0.8"),
     Fact("stage1.baseline", "recipe", _all("none"), "compute_loss: no baseline or advantage normalisation"),
     Fact("stage1.run_skip_credit", "recipe", _all("role"), "a skipped role gets reward 0 (learnable_multi_node_graph.py)"),
-    Fact("stage1.system_cost", "recipe", _all("decision"), "the final reward counts decision_cost only"),
+    Fact("reward.system_cost", "recipe", _all("decision"), "the final reward counts decision_cost only"),
     Fact("stage1.keep_margin", "recipe", _all(0.0), "best validation solve rate -> bestModel/best_valid_model.pt"),
     Fact("stage1.eval_every", "recipe", (2, 3, 2), "--eval_steps in */bash/stage1_train*.sh"),
     Fact("stage1.val_samples", "recipe", _all(1), "run_validation: one argmax pass per query"),
@@ -251,7 +251,7 @@ def apply(config: ml_collections.ConfigDict, name: str, layers: tuple[str, ...] 
     section, key = field.split(".")
     if section not in config or key not in config[section]:
       raise PresetError(f"preset {name!r} sets {field}, which this config does not have; the config must "
-                        "come from hieramas_jax.config.base_config")
+                        "come from hieramas_jax.config.defaults")
     config[section][key] = copy.deepcopy(value)  # lists are not shared between configs
   return config
 

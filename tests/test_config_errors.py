@@ -116,7 +116,7 @@ def _config(**overrides):
     ({"graphs.density_range": (0.8, 0.3)}, r"density_range=\(0.8, 0.3\); give a pair"),
     ({"graphs.density_range": (0.3, 1.5)}, r"0 <= low <= high <= 1"),
     ({"graphs.density_range": (0.1, 0.2, 0.3)}, r"give a pair"),
-    ({"stage1.system_cost": "all"}, r"stage1.system_cost='all'; choose one of 'total', 'decision'"),
+    ({"reward.system_cost": "all"}, r"reward.system_cost='all'; choose one of 'total', 'decision'"),
     ({"gcn.impl": "sparse"}, r"choose one of 'dense', 'segment'"),
     ({"encoder.kind": "bert"}, r"encoder.kind='bert'; choose one of 'minilm'"),
     ({"task.num_train": None}, r"task.num_train=None; it must be a number"),

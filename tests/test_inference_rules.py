@@ -282,7 +282,7 @@ def test_candidate_and_stage2_pools_follow_their_own_density_ranges(tmp_path):
 
 def test_stage2_labels_use_stage2_reward_cost_solved(tmp_path):
   config = ts.small_config()
-  config.stage2.reward_cost_solved, config.stage1.reward_cost_solved = 1.0, 300.0
+  config.reward.stage2_cost_solved, config.reward.cost_solved = 1.0, 300.0
   config.stage2.samples_per_graph, config.stage2.graphs_per_query = 1, 4
   env = environment.build_environment(config, tmp_path / "run")
   try:
@@ -301,14 +301,16 @@ def test_stage2_labels_use_stage2_reward_cost_solved(tmp_path):
 def test_checkpoints_from_before_the_new_fields_keep_their_behaviour():
   saved = ts.small_config().to_dict()
   del saved["inference"], saved["graphs"]["stage2_density_range"], saved["graphs"]["candidate_density_range"]
-  del saved["stage2"]["reward_cost_solved"]
+  # Written before the reward section and stage 2's own c_s: c_s, c_f and the counted cost under stage1.
+  reward = saved.pop("reward")
+  saved["stage1"].update(reward_cost_failed=reward["cost_failed"], system_cost=reward["system_cost"])
   saved["graphs"]["density_range"], saved["stage1"]["reward_cost_solved"] = (0.3, 0.7), 450.0
   restored = base_config.from_saved(saved)
   assert tuple(restored.graphs.stage2_density_range) == tuple(restored.graphs.candidate_density_range) == (0.3, 0.7)
-  assert restored.stage2.reward_cost_solved == 450.0
+  assert restored.reward.stage2_cost_solved == restored.reward.cost_solved == 450.0
   assert restored.inference.max_skipped_roles == -1 and restored.inference.rotate_top_n == 0
   fresh = base_config.from_saved(ts.small_config().to_dict())  # saved values win over the copies
-  assert tuple(fresh.graphs.candidate_density_range) == (0.0, 1.0) and fresh.stage2.reward_cost_solved == 300.0
+  assert tuple(fresh.graphs.candidate_density_range) == (0.0, 1.0) and fresh.reward.stage2_cost_solved == 300.0
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -316,7 +318,7 @@ def test_checkpoints_from_before_the_new_fields_keep_their_behaviour():
     ("inference.rotate_top_n", -1, "0 to give each proposer its own argmax"),
     ("graphs.stage2_density_range", (0.9, 0.2), r"graphs.stage2_density_range=\(0.9, 0.2\); give a pair"),
     ("graphs.candidate_density_range", (0.0, 0.1), "graphs.candidate_density_range: .*impossible"),
-    ("stage2.reward_cost_solved", -1.0, "stage2.reward_cost_solved"),
+    ("reward.stage2_cost_solved", -1.0, "reward.stage2_cost_solved"),
 ])
 def test_new_fields_are_validated(field, value, message):
   config = ts.small_config()

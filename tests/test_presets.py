@@ -85,7 +85,7 @@ def test_each_preset_config_has_the_readme_values(task, preset):
           config.stage1.batch_size) == expected
   assert config.llm.decision_model == {"paper_gpt": "GPT-5-mini", "paper_qwen": "Qwen3-Next-80B-A3B"}[preset]
   assert (config.llm.temperature, config.llm.max_tokens, config.stage1.steps) == (0.2, 2048, 12)
-  assert (config.stage1.reward_cost_solved, config.stage2.reward_cost_solved) == (300.0, 500.0)
+  assert (config.reward.cost_solved, config.reward.stage2_cost_solved) == (300.0, 500.0)
   assert (config.stage2.graphs_per_query, config.stage2.samples_per_graph, config.stage2.top_k) == (5, 1, 2)
   assert "llm.decision_model" in checked and "graphs.stage2_density_range" in checked
 

@@ -10,6 +10,7 @@ import pytest
 from hieramas_jax import checkpointing, config as base_config
 from hieramas_jax import train
 from hieramas_jax.train import environment, stage1
+from hieramas_jax.train.preemption import StopRequested
 
 
 def tiny_config(**overrides):
@@ -47,23 +48,16 @@ def test_tiny_end_to_end_run_and_resume_are_exact(tmp_path):
   from hieramas_jax.train.metric_writer import MetricWriter
   writer = MetricWriter(run2)
 
-  class StopAfter3:
-    stop_requested = False
+  seen = []
 
-  watcher = StopAfter3()
-  import hieramas_jax.train.stage1 as s1
-  original = s1.validate
+  def stop_at_first_validation(event):
+    seen.append((event.stage, event.step, sorted(event.metrics)))
+    return True  # the first validation is at step 3 (eval_every=3)
 
-  def validate_and_stop(*args, **kwargs):
-    watcher.stop_requested = True  # the first validation is at step 3 (eval_every=3)
-    return original(*args, **kwargs)
-
-  s1.validate = validate_and_stop
-  try:
-    with pytest.raises(s1.StopRequested):
-      stage1.train_selector(env, run2, writer, watcher, progress=False)
-  finally:
-    s1.validate = original
+  with pytest.raises(StopRequested, match="stopped by a hook after stage-1 step 3"):
+    stage1.train_selector(env, run2, writer, hooks=[stop_at_first_validation], progress=False)
+  assert [(stage, step) for stage, step, _ in seen] == [("stage1", 3)]
+  assert {"val_reward", "val_accuracy", "reward", "loss"} <= set(seen[0][2])
   ck = checkpointing.Checkpointer(run2 / "checkpoints" / "stage1")
   assert ck.latest_step() == 3
   ck.close()

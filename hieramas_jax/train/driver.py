@@ -44,21 +44,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   summary: dict = {"workdir": str(workdir), "metrics": str(writer.path)}
   try:
     with PreemptionWatcher() as watcher:
+      # The policy passes from stage to stage: stage 1 trains its selector, stage 2 adds the classifier.
       if config.stages in ("both", "stage1"):
         s1 = stage1.train_selector(env, workdir, writer, watcher, progress=progress)
-        sel_graphdef, sel_params = s1.graphdef, s1.params
+        trained = s1.policy
         summary["stage1"] = {"best_val_reward": s1.best_val_reward, "history": s1.history}
       else:
-        sel_graphdef, sel_params = stage1.load_selector(env, workdir)
-      cls_graphdef = cls_params = None
+        trained = stage1.load_policy(env, workdir)
       if config.stages in ("both", "stage2"):
-        s2 = stage2.train_classifier(env, workdir, writer, sel_graphdef, sel_params, watcher, progress=progress)
-        cls_graphdef, cls_params = s2.graphdef, s2.params
+        s2 = stage2.train_classifier(env, workdir, writer, trained, watcher, progress=progress)
+        trained = s2.policy
         summary["stage2"] = {"best_val_auc": s2.best_val_auc, "history": s2.history}
         if s2.skipped:
           summary["stage2"]["skipped"] = s2.skipped
-      pool = stage2.candidate_pool(env)
-      summary["test"] = evaluation.compare_on_split(env, sel_graphdef, sel_params, cls_graphdef, cls_params, pool)
+      classifier = trained.classifier or (None, None)
+      summary["test"] = evaluation.compare_on_split(env, *trained.selector, *classifier, stage2.candidate_pool(env))
   finally:
     writer.close()
     if backend is None:  # the caller's backend is the caller's to close

@@ -237,9 +237,9 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     _check_range(field, value, 0, low_open=True)
   for field, value in [("stage1.weight_decay", c.stage1.weight_decay),
                        ("stage2.weight_decay", c.stage2.weight_decay), ("stage1.entropy_coef", c.stage1.entropy_coef),
-                       ("stage1.reward_cost_solved", c.stage1.reward_cost_solved),
-                       ("stage1.reward_cost_failed", c.stage1.reward_cost_failed),
-                       ("stage2.reward_cost_solved", c.stage2.get("reward_cost_solved", 0.0)),
+                       ("reward.cost_solved", c.reward.cost_solved),
+                       ("reward.cost_failed", c.reward.cost_failed),
+                       ("reward.stage2_cost_solved", c.reward.stage2_cost_solved),
                        ("llm.temperature", c.llm.temperature), ("llm.max_retries", c.llm.max_retries),
                        ("llm.sim_latency_s", c.llm.sim_latency_s)]:
     _check_range(field, value, 0)
@@ -247,7 +247,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if "max_failed_fraction" in c.llm:
     _check_range("llm.max_failed_fraction", c.llm.max_failed_fraction, 0, 1,
                  why="the share of a step's queries whose LLM calls may fail before the run stops")
-  _check_choice("stage1.system_cost", c.stage1.system_cost, ("total", "decision"))
+  _check_choice("reward.system_cost", c.reward.system_cost, ("total", "decision"))
   _check_choice("gcn.impl", c.gcn.impl, ("dense", "segment"))
   _check_choice("selector.skip_head", c.selector.skip_head, ("gate", "shared"))
   _check_choice("encoder.kind", c.encoder.kind, encoders.ENCODER_KINDS)

@@ -33,8 +33,8 @@ def random_actions(env: Environment, count: int, seed: int) -> np.ndarray:
 def summarize(env: Environment, outcome: rollout.Outcome) -> dict[str, float]:
   """Means over the queries without a failed call; ``failed`` is the share of the others, ``truncated`` counts
   replies cut at max_tokens."""
-  c = env.config.stage1
-  reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
+  c = env.config.reward
+  reward = outcome.system_reward(c.cost_solved, c.cost_failed, c.system_cost)
   v = outcome.valid
   nan = float("nan")
   return {"reward": float(reward[v].mean()) if v.any() else nan,

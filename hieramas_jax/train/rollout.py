@@ -109,11 +109,11 @@ def run_plans(env: Environment, problems: Sequence[Problem], plans: Sequence[exe
 
 def credit(env: Environment, outcome: Outcome, alpha: float) -> np.ndarray:
   """Multi-level reward [B, R] of a graded batch."""
-  c = env.config.stage1
+  c = env.config.reward
   return np.asarray(rewards.multilevel_reward(
       outcome.node_solved, outcome.node_cost.astype(np.float32), outcome.final_solved,
       outcome.system_cost(c.system_cost).astype(np.float32), env.gives_answer, outcome.role_ran, alpha,
-      c.reward_cost_solved, c.reward_cost_failed))
+      c.cost_solved, c.cost_failed))
 
 
 def greedy_actions(env: Environment, graphdef, params, split: str, index: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ import tqdm
 from hieramas_jax import checkpointing, graphs, policy, rewards
 from hieramas_jax.models import selector as sel
 from hieramas_jax.train import builders, learner, rollout
+from hieramas_jax.train import hooks as hooks_lib
 from hieramas_jax.train.environment import Environment
 from hieramas_jax.train.metric_writer import MetricWriter
 from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
@@ -50,11 +51,25 @@ def train_pool(env: Environment) -> np.ndarray:
 
 @dataclasses.dataclass
 class Stage1Result:
-  graphdef: Any
-  params: Any  # best parameters by validation reward
+  """What stage 1 returns: the trained policy (selector only) and how training went."""
+
+  policy: policy.HieraMASPolicy  # the kept selector (best by validation, see keeps_latest); no classifier yet
   final_params: Any
   best_val_reward: float
   history: list[dict[str, float]]
+
+  @property
+  def graphdef(self):
+    return self.policy.selector[0]
+
+  @property
+  def params(self):
+    return self.policy.selector[1]
+
+
+def selector_policy(env: Environment, graphdef, params) -> policy.HieraMASPolicy:
+  """A policy of this environment's spec holding the selector ``(graphdef, params)`` and no classifier."""
+  return policy.HieraMASPolicy(policy.PolicySpec.from_environment(env), (graphdef, params), env.option_emb)
 
 
 def validate(env: Environment, graphdef, params, pool: np.ndarray, where: str = "") -> dict[str, float]:
@@ -71,8 +86,8 @@ def validate(env: Environment, graphdef, params, pool: np.ndarray, where: str = 
   samples = np.tile(np.arange(n_samples), len(index))
   outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, actions, adjs, sample=samples),
                               where=f"stage 1 validation{where}")
-  c = env.config.stage1
-  reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
+  r = env.config.reward
+  reward = outcome.system_reward(r.cost_solved, r.cost_failed, r.system_cost)
   v = outcome.valid
   # Standard error over queries (a query's runs are averaged first: they are not independent draws of the mean).
   # Runs are laid out query by query, n_samples each.
@@ -106,114 +121,163 @@ def keeps_latest(history: list[dict[str, float]], reward: float, se: float, marg
   return bool(reward >= top["val_reward"] - margin * spread)
 
 
-def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter,
-                   watcher: PreemptionWatcher | None = None, *, progress: bool = True) -> Stage1Result:
-  """Runs (or resumes) stage 1 and returns the best selector."""
+@dataclasses.dataclass
+class _Training:
+  """What stage 1 carries from step to step and checkpoints."""
+
+  params: Any
+  opt_state: Any
+  baseline: np.ndarray  # the 'ema' baseline per role
+  best_params: Any
+  best_val: float
+  history: list[dict[str, float]]
+  start: int = 0
+
+  def saved(self, option_emb) -> dict[str, Any]:
+    return policy.selector_train_state(self.params, self.opt_state, self.baseline, self.best_params, self.best_val,
+                                       option_emb)
+
+
+def _start(env: Environment, ckpt: checkpointing.Checkpointer, params, tx) -> _Training:
+  """Fresh training state, or the newest checkpoint's."""
+  state = _Training(params, tx.init(params), np.zeros(env.num_roles, np.float32),
+                    jax.tree_util.tree_map(jnp.copy, params), -np.inf, [])  # params get donated
+  if ckpt.latest_step() is None:
+    return state
+  restored, meta = policy.restore_train_state(ckpt, state.saved(env.option_emb))
+  print(f"stage 1: resumed from step {int(meta['step'])} ({ckpt.directory})")
+  return _Training(restored["params"], restored["opt_state"], np.asarray(restored["baseline"]),
+                   restored["best_params"], float(restored["best_val"]), list(meta.get("history", [])),
+                   int(meta["step"]))
+
+
+def _episodes(env: Environment, pool: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """(query index, DAG, LLM sample index) per episode of ``step``, and the group size.
+
+  With the group baseline, batch_size // group_size queries are each sampled group_size times on one DAG.
+  """
   c = env.config.stage1
-  config = env.config
+  rng = np.random.default_rng([env.config.seed, _BATCH_STREAM, step])
+  group = c.group_size if c.baseline == "group" else 1
+  queries = rng.choice(len(env.splits["train"]), size=c.batch_size // group, replace=False)
+  adjs = np.repeat(pool[rng.integers(0, len(pool), len(queries))], group, axis=0)
+  samples = (step + 1) * group + np.tile(np.arange(group), len(queries))  # distinct LLM draws per episode
+  return np.repeat(queries, group), adjs, samples, group
+
+
+# Reward baselines by stage1.baseline: (credit [B, R], weights [B, R], group size, ema baseline [R]) -> [B, R].
+_BASELINES = {
+    "none": lambda credit, weights, group, ema: np.zeros_like(credit),
+    "ema": lambda credit, weights, group, ema: np.broadcast_to(ema, credit.shape),
+    "batch_mean": lambda credit, weights, group, ema: np.asarray(rewards.batch_mean_baseline(credit, weights)),
+    "group": lambda credit, weights, group, ema: np.asarray(rewards.group_baseline(credit, weights, group)),
+}
+
+
+def _advantages(env: Environment, outcome: rollout.Outcome, credit: np.ndarray, weights: np.ndarray, group: int,
+                state: _Training, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(model-choice advantages, run/skip advantages, system reward) of a graded batch."""
+  c, r = env.config.stage1, env.config.reward
+  base = _BASELINES[c.baseline](credit, weights, group, state.baseline)
+  adv = np.asarray(rewards.advantages(credit, weights.astype(np.float32), base))
+  sys_reward = outcome.system_reward(r.cost_solved, r.cost_failed, r.system_cost)
+  if c.run_skip_credit == "role" or step < c.run_skip_warmup * c.steps:
+    return adv, adv, sys_reward
+  decision = np.broadcast_to(sys_reward[:, None], credit.shape)
+  if c.run_skip_credit == "role_vs_system":
+    decision = np.where(outcome.role_ran, credit, decision)
+  role_adv = np.asarray(rewards.run_skip_advantages(decision, outcome.valid, "none" if c.baseline == "none" else "loo",
+                                                    group))
+  return adv, role_adv, sys_reward
+
+
+def _train_step(env: Environment, graphdef, tx, state: _Training, pool: np.ndarray, step: int) -> dict[str, float]:
+  """Samples, runs and grades one batch and updates ``state`` in place; returns the step's metrics row."""
+  c, config = env.config.stage1, env.config
+  index, adjs, samples, group = _episodes(env, pool, step)
+  temperature = float(rewards.cosine_temperature(step, c.steps, c.temperature_start, c.temperature_end))
+  qr, option_emb = jnp.asarray(env.query_role_emb["train"][index]), jnp.asarray(env.option_emb)
+  valid = rollout.selection_mask(env, c.batch_size).valid
+  logits = sel.selector_logits(graphdef, state.params, qr, option_emb)
+  actions = _sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
+  problems = [env.splits["train"][i] for i in index]
+  # Raises before the update when too many queries failed: nothing of this step is learned or saved.
+  outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, np.asarray(actions), adjs,
+                                                                sample=samples), where=f"stage 1 step {step + 1}")
+  credit = rollout.credit(env, outcome, c.alpha)
+  weights = outcome.valid[:, None] & outcome.role_ran
+  adv, role_adv, sys_reward = _advantages(env, outcome, credit, weights, group, state, step)
+  batch = learner.SelectorBatch(qr, option_emb, valid, actions, jnp.asarray(adv, jnp.float32),
+                                jnp.asarray(role_adv, jnp.float32), jnp.asarray(outcome.valid, jnp.float32))
+  lr_scale = float(rewards.cosine_schedule(step, c.steps, 1.0, 0.0)) if c.lr_schedule == "cosine" else 1.0
+  state.params, state.opt_state, metrics = learner.selector_update(graphdef, tx, state.params, state.opt_state, batch,
+                                                                   temperature, c.entropy_coef, lr_scale)
+  learner.check_finite(metrics, step, "stage 1")
+  if c.baseline == "ema":
+    state.baseline = np.asarray(rewards.ema_update(jnp.asarray(state.baseline), credit, weights, c.ema_decay))
+  ok = outcome.valid  # run_plans raised when none is: the means below are over at least one query
+  return {**{k: float(v) for k, v in metrics.items()}, "temperature": temperature,
+          "reward": float(sys_reward[ok].mean()), "accuracy": float(outcome.final_solved[ok].mean()),
+          "cost": float(outcome.total_cost[ok].mean()), "failed": float((~ok).mean())}
+
+
+def _validate_and_keep(env: Environment, graphdef, state: _Training, pool: np.ndarray, done: int,
+                       row: dict[str, float]) -> None:
+  """Adds the validation's figures to ``row`` and keeps the parameters when ``keeps_latest`` says so."""
+  row.update(validate(env, graphdef, state.params, pool, where=f" after step {done}"))
+  kept = keeps_latest(state.history, row["val_reward"], row["val_reward_se"], env.config.stage1.keep_margin)
+  if kept:
+    state.best_val, state.best_params = row["val_reward"], jax.tree_util.tree_map(jnp.copy, state.params)
+  state.history.append({"step": done, "val_reward": row["val_reward"], "val_reward_se": row["val_reward_se"],
+                        "val_accuracy": row["val_accuracy"], "kept": kept})
+
+
+def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter,
+                   watcher: PreemptionWatcher | None = None, *, hooks: Sequence[hooks_lib.Hook] = (),
+                   progress: bool = True) -> Stage1Result:
+  """Runs (or resumes) stage 1 and returns the trained policy (its selector) with the run's history.
+
+  ``hooks`` are called after each validation (``train.hooks``); one that returns
+  True stops training there as a signal does: checkpoint, then StopRequested.
+  """
+  c, config = env.config.stage1, env.config
   graphdef, params = build_selector(env)
   tx = learner.make_optimizer(c.learning_rate, c.weight_decay, c.grad_clip)
-  opt_state = tx.init(params)
-  baseline = np.zeros(env.num_roles, np.float32)
-  best_params, best_val = jax.tree_util.tree_map(jnp.copy, params), -np.inf  # params get donated
   pool = train_pool(env)
-  start = 0
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage1", max_to_keep=config.checkpoint.max_to_keep)
-  history: list[dict[str, float]] = []
+  state = _start(env, ckpt, params, tx)
+  writer.truncate_stage("stage1", state.start)  # rows of steps after the checkpoint are redone
   spec = policy.PolicySpec.from_environment(env)
-  if ckpt.latest_step() is not None:
-    template = policy.selector_train_state(params, opt_state, baseline, best_params, best_val, env.option_emb)
-    restored, meta = policy.restore_train_state(ckpt, template)
-    params, opt_state = restored["params"], restored["opt_state"]
-    baseline = np.asarray(restored["baseline"])
-    best_params, best_val = restored["best_params"], float(restored["best_val"])
-    start = int(meta["step"])
-    history = list(meta.get("history", []))
-    print(f"stage 1: resumed from step {start} ({ckpt.directory})")
-  writer.truncate_stage("stage1", start)  # rows of steps after the checkpoint are redone
 
   def save(step: int) -> None:
-    if step in ckpt.all_steps():  # periodic save of this step already happened
-      return
-    ckpt.save(step, policy.selector_train_state(params, opt_state, baseline, best_params, best_val, env.option_emb),
-              policy.checkpoint_metadata(spec, policy.STAGE1, step, config, history), force=True)
+    if step not in ckpt.all_steps():  # else the periodic save of this step already happened
+      ckpt.save(step, state.saved(env.option_emb),
+                policy.checkpoint_metadata(spec, policy.STAGE1, step, config, state.history), force=True)
 
-  train_problems = env.splits["train"]
-  option_emb = jnp.asarray(env.option_emb)
-  valid = rollout.selection_mask(env, c.batch_size).valid
-  bar = tqdm.trange(start, c.steps, desc="stage 1 (selector)", disable=not progress, initial=start, total=c.steps)
-  step = start
+  bar = tqdm.trange(state.start, c.steps, desc="stage 1 (selector)", disable=not progress, initial=state.start,
+                    total=c.steps)
   try:
     for step in bar:
-      rng = np.random.default_rng([config.seed, _BATCH_STREAM, step])
-      # With the group baseline, batch_size // group_size queries are each sampled group_size times on one DAG.
-      group = c.group_size if c.baseline == "group" else 1
-      queries = rng.choice(len(train_problems), size=c.batch_size // group, replace=False)
-      index = np.repeat(queries, group)
-      adjs = np.repeat(pool[rng.integers(0, len(pool), len(queries))], group, axis=0)
-      samples = (step + 1) * group + np.tile(np.arange(group), len(queries))  # distinct LLM draws per episode
-      temperature = float(rewards.cosine_temperature(step, c.steps, c.temperature_start, c.temperature_end))
-      qr = jnp.asarray(env.query_role_emb["train"][index])
-      logits = sel.selector_logits(graphdef, params, qr, option_emb)
-      actions = _sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
-      problems = [train_problems[i] for i in index]
-      # Raises before the update when too many queries failed: nothing of this step is learned or saved.
-      outcome = rollout.run_plans(env, problems, rollout.make_plans(env, problems, np.asarray(actions), adjs,
-                                                                    sample=samples), where=f"stage 1 step {step + 1}")
-      credit = rollout.credit(env, outcome, c.alpha)
-      weights = outcome.valid[:, None] & outcome.role_ran
-      if c.baseline == "ema":
-        base = np.broadcast_to(baseline, credit.shape)
-      elif c.baseline == "batch_mean":
-        base = np.asarray(rewards.batch_mean_baseline(credit, weights))
-      elif c.baseline == "group":
-        base = np.asarray(rewards.group_baseline(credit, weights, group))
-      else:
-        base = np.zeros_like(credit)
-      adv = np.asarray(rewards.advantages(credit, weights.astype(np.float32), base))
-      sys_reward = outcome.system_reward(c.reward_cost_solved, c.reward_cost_failed, c.system_cost)
-      if c.run_skip_credit != "role" and step >= c.run_skip_warmup * c.steps:
-        decision = np.broadcast_to(sys_reward[:, None], credit.shape)
-        if c.run_skip_credit == "role_vs_system":
-          decision = np.where(outcome.role_ran, credit, decision)
-        role_adv = np.asarray(rewards.run_skip_advantages(decision, outcome.valid,
-                                                          "none" if c.baseline == "none" else "loo", group))
-      else:
-        role_adv = adv
-      batch = learner.SelectorBatch(qr, option_emb, valid, actions, jnp.asarray(adv, jnp.float32),
-                                    jnp.asarray(role_adv, jnp.float32), jnp.asarray(outcome.valid, jnp.float32))
-      lr_scale = float(rewards.cosine_schedule(step, c.steps, 1.0, 0.0)) if c.lr_schedule == "cosine" else 1.0
-      params, opt_state, metrics = learner.selector_update(graphdef, tx, params, opt_state, batch,
-                                                           temperature, c.entropy_coef, lr_scale)
-      learner.check_finite(metrics, step, "stage 1")
-      if c.baseline == "ema":
-        baseline = np.asarray(rewards.ema_update(jnp.asarray(baseline), credit, weights, c.ema_decay))
-      row = {k: float(v) for k, v in metrics.items()}
-      ok = outcome.valid  # run_plans raised when none is: the means below are over at least one query
-      row.update(temperature=temperature, reward=float(sys_reward[ok].mean()),
-                 accuracy=float(outcome.final_solved[ok].mean()), cost=float(outcome.total_cost[ok].mean()),
-                 failed=float((~ok).mean()))
-      done = step + 1
+      row = _train_step(env, graphdef, tx, state, pool, step)
+      done, stop = step + 1, False
       if done % c.eval_every == 0 or done == c.steps:
-        row.update(validate(env, graphdef, params, pool, where=f" after step {done}"))
-        kept = keeps_latest(history, row["val_reward"], row["val_reward_se"], c.keep_margin)
-        if kept:
-          best_val, best_params = row["val_reward"], jax.tree_util.tree_map(jnp.copy, params)
-        history.append({"step": done, "val_reward": row["val_reward"], "val_reward_se": row["val_reward_se"],
-                        "val_accuracy": row["val_accuracy"], "kept": kept})
+        _validate_and_keep(env, graphdef, state, pool, done, row)
+        stop = hooks_lib.call(hooks, hooks_lib.Validation("stage1", done, row, graphdef, state.params))
       writer.write("stage1", done, row)
-      bar.set_postfix(reward=f"{row['reward']:.3f}", T=f"{temperature:.2f}")
-      if done % config.checkpoint.every_steps == 0 or done == c.steps:
+      bar.set_postfix(reward=f"{row['reward']:.3f}", T=f"{row['temperature']:.2f}")
+      if done % config.checkpoint.every_steps == 0 or done == c.steps or stop:
         save(done)
       if watcher is not None and watcher.stop_requested:
         save(done)
         raise StopRequested(f"stopped by signal after stage-1 step {done}; checkpoint saved in {ckpt.directory}")
+      if stop:
+        raise StopRequested(f"stopped by a hook after stage-1 step {done}; checkpoint saved in {ckpt.directory}")
   finally:
     bar.close()
     ckpt.close()
-  if best_val == -np.inf:  # no validation ran (steps == 0)
-    best_params = params
-  return Stage1Result(graphdef, best_params, params, float(best_val), history)
+  best_params = state.params if state.best_val == -np.inf else state.best_params  # -inf: no validation ran
+  return Stage1Result(selector_policy(env, graphdef, best_params), state.params, float(state.best_val),
+                      state.history)
 
 
 def load_selector(env: Environment, workdir: pathlib.Path):
@@ -222,3 +286,8 @@ def load_selector(env: Environment, workdir: pathlib.Path):
       workdir, env.config, env.query_role_emb["train"].shape[-1], env.option_emb.shape[-1],
       model_names=env.model_names, roles=[r.name for r in env.roles])
   return graphdef, params
+
+
+def load_policy(env: Environment, workdir: pathlib.Path) -> policy.HieraMASPolicy:
+  """The best stage-1 selector of a workdir as a policy (no classifier), for this environment."""
+  return selector_policy(env, *load_selector(env, workdir))

@@ -3,7 +3,7 @@
 For every training and validation query, the frozen selector's assignment (its
 argmax under the inference rules, as HieraMAS will run it) runs on G random DAGs (density in ``graphs.stage2_density_range``);
 the DAGs are ranked by system reward, with stage 2's own c_s
-(``stage2.reward_cost_solved``), and the top-k solved ones are labelled positive. The GCN is trained with class-weighted
+(``reward.stage2_cost_solved``), and the top-k solved ones are labelled positive. The GCN is trained with class-weighted
 BCE; the epoch with the best mean per-query ROC-AUC on the validation queries is
 kept. Labels are stored in the workdir, so a resumed run does not re-execute;
 a collection with too many failed queries raises ``executor.FailedCallsError``
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ import tqdm
 from hieramas_jax import checkpointing, policy
 from hieramas_jax.models import gcn
 from hieramas_jax.train import builders, learner, metrics, rollout
+from hieramas_jax.train import hooks as hooks_lib
 from hieramas_jax.train.environment import Environment
 from hieramas_jax.train.metric_writer import MetricWriter
 from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
@@ -101,10 +102,10 @@ def collect(env: Environment, sel_graphdef, sel_params, split: str, pool: np.nda
   outcome = rollout.run_plans(env, flat_problems, rollout.make_plans(env, flat_problems, flat_actions, flat_adjs,
                                                                      sample=samples),
                               where=f"stage 2 data collection ({split} split)")
-  s1 = env.config.stage1
+  r = env.config.reward
   shape = (q_count, g, s)
-  # The labels' own c_s (paper: 500, against stage 1's 300); c_f and the counted cost are stage 1's.
-  reward = outcome.system_reward(c.reward_cost_solved, s1.reward_cost_failed, s1.system_cost).reshape(shape).mean(-1)
+  # The labels' own c_s (paper: 500, against stage 1's 300); c_f and the counted cost are the reward's.
+  reward = outcome.system_reward(r.stage2_cost_solved, r.cost_failed, r.system_cost).reshape(shape).mean(-1)
   solved = outcome.final_solved.reshape(shape).mean(-1) >= 0.5
   valid = outcome.valid.reshape(shape).all(-1)
   cost = outcome.total_cost.reshape(shape).mean(-1)
@@ -169,19 +170,54 @@ def val_auc(env: Environment, graphdef, params, data: GraphData, split: str = "v
   return metrics.mean_per_query_auc(np.asarray(scores), data.labels, data.valid)
 
 
+def _train_epoch(env: Environment, graphdef, tx, params, opt_state, train: GraphData, weights: np.ndarray,
+                 pos_weight: float, batch: int, step_impl: str, epoch: int):
+  """One epoch of full batches (one compiled shape) in the epoch's seeded order: (params, opt_state, mean loss)."""
+  q_count = train.adjs.shape[0]
+  order = np.random.default_rng([env.config.seed, _SHUFFLE_STREAM, epoch]).permutation(q_count)
+  role_mask = jnp.ones((env.num_roles,), jnp.float32)
+  query_emb = env.query_emb["train"]
+  losses = []
+  for i in range(0, q_count - batch + 1, batch):
+    idx = order[i:i + batch]
+    cb = learner.ClassifierBatch(jnp.asarray(query_emb[idx]), jnp.asarray(train.adjs[idx], jnp.float32),
+                                 jnp.asarray(train.labels[idx], jnp.float32), jnp.asarray(weights[idx]), role_mask)
+    params, opt_state, m = learner.classifier_update(graphdef, tx, params, opt_state, cb, pos_weight, impl=step_impl)
+    learner.check_finite(m, epoch, "stage 2")
+    losses.append(float(m["loss"]))
+  return params, opt_state, float(np.mean(losses))
+
+
 @dataclasses.dataclass
 class Stage2Result:
-  graphdef: Any
-  params: Any  # None when no classifier was trained (see ``skipped``)
+  """What stage 2 returns: the policy with its classifier (without one when ``skipped``) and how training went."""
+
+  policy: policy.HieraMASPolicy
   best_val_auc: float  # NaN when no validation query had both a positive and a negative DAG
   history: list[dict[str, float]]
   skipped: str = ""  # why no classifier was trained ('' when one was)
 
+  @property
+  def graphdef(self):
+    return self.policy.classifier[0] if self.policy.classifier is not None else None
 
-def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWriter, sel_graphdef, sel_params,
-                     watcher: PreemptionWatcher | None = None, *, progress: bool = True) -> Stage2Result:
-  """Runs (or resumes) stage 2 and returns the best classifier by validation ROC-AUC."""
+  @property
+  def params(self):
+    """The kept classifier parameters; None when no classifier was trained (see ``skipped``)."""
+    return self.policy.classifier[1] if self.policy.classifier is not None else None
+
+
+def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWriter, trained: policy.HieraMASPolicy,
+                     watcher: PreemptionWatcher | None = None, *, hooks: Sequence[hooks_lib.Hook] = (),
+                     progress: bool = True) -> Stage2Result:
+  """Runs (or resumes) stage 2 under ``trained``'s frozen selector; returns the policy with the best classifier.
+
+  The classifier kept is the epoch's with the best validation ROC-AUC. ``hooks``
+  are called after each epoch's validation (``train.hooks``); one that returns
+  True stops training there as a signal does.
+  """
   config, c = env.config, env.config.stage2
+  sel_graphdef, sel_params = trained.selector
   data_dir = workdir / "stage2_data"
   data_dir.mkdir(parents=True, exist_ok=True)
   pool = data_pool(env)
@@ -199,7 +235,7 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
     # Fresh parameters would score DAGs at random while claiming to be a classifier: train and save none.
     print(f"stage 2: {skipped}; inference draws a seeded random DAG per query. Delete stage2_data/ after fixing "
           "the cause (for no positive label: the stage-1 selector or the endpoints)")
-    return Stage2Result(None, None, float("nan"), [], skipped)
+    return Stage2Result(_without_classifier(trained, skipped), float("nan"), [], skipped)
 
   graphdef, params = build_classifier(env)
   tx = learner.make_optimizer(c.learning_rate, c.weight_decay, config.stage1.grad_clip)
@@ -214,39 +250,30 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
     print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
   writer.truncate_stage("stage2", start)  # rows of epochs after the checkpoint are redone
 
-  q_count = train.adjs.shape[0]
-  batch = min(c.batch_size, q_count)
-  role_mask = jnp.ones((env.num_roles,), jnp.float32)
-  query_emb = env.query_emb["train"]
+  batch = min(c.batch_size, train.adjs.shape[0])
   # The gradient step's form: the fastest parity-tested one at these shapes (validation keeps config.gcn.impl).
   step_impl = gcn.training_impl(config.gcn.impl, batch, train.adjs.shape[1], env.num_roles)
   bar = tqdm.trange(start, c.epochs, desc="stage 2 (graph classifier)", disable=not progress, initial=start,
                     total=c.epochs)
   try:
     for epoch in bar:
-      order = np.random.default_rng([config.seed, _SHUFFLE_STREAM, epoch]).permutation(q_count)
-      losses = []
-      for i in range(0, q_count - batch + 1, batch):  # full batches only: one compiled shape
-        idx = order[i:i + batch]
-        cb = learner.ClassifierBatch(jnp.asarray(query_emb[idx]), jnp.asarray(train.adjs[idx], jnp.float32),
-                                     jnp.asarray(train.labels[idx], jnp.float32),
-                                     jnp.asarray(weights[idx]), role_mask)
-        params, opt_state, m = learner.classifier_update(graphdef, tx, params, opt_state, cb, pos_weight,
-                                                         impl=step_impl)
-        learner.check_finite(m, epoch, "stage 2")
-        losses.append(float(m["loss"]))
+      params, opt_state, loss = _train_epoch(env, graphdef, tx, params, opt_state, train, weights, pos_weight, batch,
+                                             step_impl, epoch)
       auc, counted = val_auc(env, graphdef, params, val)
       if auc > best_auc:
         best_auc, best_params = auc, jax.tree_util.tree_map(jnp.copy, params)
       done = epoch + 1
       history.append({"epoch": done, "val_auc": auc})
-      writer.write("stage2", done, {"loss": float(np.mean(losses)), "val_auc": auc, "val_queries_counted": counted})
-      bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auc=f"{auc:.3f}")
+      row = {"loss": loss, "val_auc": auc, "val_queries_counted": counted}
+      writer.write("stage2", done, row)
+      bar.set_postfix(loss=f"{loss:.3f}", val_auc=f"{auc:.3f}")
       ckpt.save(done, policy.classifier_train_state(params, opt_state, best_params, best_auc),
                 policy.checkpoint_metadata(policy.PolicySpec.from_environment(env), policy.STAGE2, done, config,
                                            history), force=True)
       if watcher is not None and watcher.stop_requested:
         raise StopRequested(f"stopped by signal after stage-2 epoch {done}; checkpoint saved in {ckpt.directory}")
+      if hooks_lib.call(hooks, hooks_lib.Validation("stage2", done, row, graphdef, params)):
+        raise StopRequested(f"stopped by a hook after stage-2 epoch {done}; checkpoint saved in {ckpt.directory}")
   finally:
     bar.close()
     ckpt.close()
@@ -255,4 +282,14 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
     if c.epochs:
       print("stage 2: no validation query had both a positive and a negative DAG (ROC-AUC undefined); kept the "
             "last epoch's parameters")
-  return Stage2Result(graphdef, best_params, float(best_auc), history)
+  return Stage2Result(_with_classifier(trained, (graphdef, best_params)), float(best_auc), history)
+
+
+def _with_classifier(trained: policy.HieraMASPolicy, classifier: tuple[Any, Any]) -> policy.HieraMASPolicy:
+  return policy.HieraMASPolicy(trained.spec, trained.selector, trained.option_emb, classifier,
+                               sharding=trained.sharding)
+
+
+def _without_classifier(trained: policy.HieraMASPolicy, reason: str) -> policy.HieraMASPolicy:
+  return policy.HieraMASPolicy(trained.spec, trained.selector, trained.option_emb, sharding=trained.sharding,
+                               graph_choice_reason=reason)
