@@ -156,6 +156,58 @@ def test_cache_concurrent_users_get_correct_vectors(tmp_path):
   assert len(cache.CachedEncoder(reference, tmp_path)) == 40
 
 
+def test_cache_files_from_before_the_format_row_open_and_their_vectors_are_used(tmp_path):
+  reference = hashing.HashingEncoder(dim=8)
+  old = sqlite3.connect(tmp_path / "embeddings.sqlite")  # the layout the cache wrote before sqlite_store
+  old.execute(cache._SCHEMA)  # pylint: disable=protected-access
+  old.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?)", (reference.encoder_id, cache.text_key("a"), 8,
+                                                            reference.encode(["a"])[0].astype("<f4").tobytes()))
+  old.commit()
+  old.close()
+  inner = CountingEncoder(reference)
+  cached = cache.CachedEncoder(inner, tmp_path)
+  np.testing.assert_array_equal(cached.encode(["a"]), reference.encode(["a"]))
+  assert inner.calls == [] and len(cached) == 1
+  cached.close()
+  with sqlite3.connect(tmp_path / "embeddings.sqlite") as db:
+    assert db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == (str(cache.FORMAT),)
+    db.execute("UPDATE meta SET value = '7' WHERE name = 'format'")  # as a newer version would write it
+  with pytest.raises(cache.EmbeddingCacheError) as info:
+    cache.CachedEncoder(inner, tmp_path)
+  message = str(info.value)
+  assert "\n" not in message and str(tmp_path / "embeddings.sqlite") in message
+  assert "format 7" in message and "delete it or move it away" in message
+
+
+def test_a_corrupt_or_closed_embedding_cache_names_the_file_and_the_fix(tmp_path):
+  (tmp_path / "embeddings.sqlite").write_bytes(b"not a database at all" * 100)
+  with pytest.raises(cache.EmbeddingCacheError, match=r"embedding cache .*embeddings.sqlite: cannot open it .*"
+                                                      r"delete it or move it away"):
+    cache.CachedEncoder(hashing.HashingEncoder(dim=8), tmp_path)
+  cached = cache.CachedEncoder(hashing.HashingEncoder(dim=8), tmp_path / "fresh")
+  cached.close()
+  cached.close()  # twice is harmless
+  with pytest.raises(cache.EmbeddingCacheError, match="already closed"):
+    cached.encode(["a"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_connection(tmp_path):
+  inner = hashing.HashingEncoder(dim=8)
+  cached = cache.CachedEncoder(inner, tmp_path)
+  cached.encode(["parent"])
+  pid = os.fork()
+  if pid == 0:  # the child writes through the inherited object; it must not touch the parent's connection
+    try:
+      cached.encode(["child"])
+      os._exit(0 if len(cached) == 2 else 1)  # pylint: disable=protected-access
+    except BaseException:  # pylint: disable=broad-except
+      os._exit(2)  # pylint: disable=protected-access
+  _, status = os.waitpid(pid, 0)
+  assert os.waitstatus_to_exitcode(status) == 0
+  assert len(cached) == 2 and cached.encode(["child"]).shape == (1, 8)
+
+
 # ---- make_encoder --------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ HOST_MODULES = (
     "hieramas_jax.graphs",
     "hieramas_jax.executor",
     "hieramas_jax.results",
+    "hieramas_jax.sqlite_store",
     "hieramas_jax.jsonio",
     "hieramas_jax.config",
     "hieramas_jax.presets",

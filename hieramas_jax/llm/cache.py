@@ -1,6 +1,6 @@
 """Persistent response cache, so re-runs and resumed runs make no repeated paid calls.
 
-Responses live in one SQLite file (WAL mode) keyed by a digest of everything that
+Responses live in one SQLite file (``sqlite_store.SQLiteStore``: WAL mode) keyed by a digest of everything that
 shapes the answer: the model's wire identity (from the backend: base URL, served
 name, ...), the messages, every generation parameter and the sample index. Every
 successful response is committed as soon as it arrives, so a killed process loses
@@ -24,11 +24,11 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from typing import Any, Collection, Mapping, Sequence
 
 from hieramas_jax.llm.base import Backend, ConfigError, Message, Response
+from hieramas_jax.sqlite_store import SQLiteStore
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,115 +58,55 @@ def cache_key(model: str, messages: Sequence[Message], params: Mapping[str, Any]
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _cache_error(path: str, error: BaseException, doing: str) -> CacheError:
-  """A CacheError naming the file, the SQLite complaint and the fix."""
-  name = getattr(error, "sqlite_errorname", "") or ""
-  text = str(error)
-  if name in ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH") or "readonly" in text:
-    fix = ("the file or its directory is not writable: make both writable (the cache also writes "
-           f"{os.path.basename(path)}-wal and -shm next to it) or choose another workdir")
-  elif name == "SQLITE_FULL":
-    fix = "the disk is full: free space, then resume the run"
-  elif name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-    fix = "another process holds it locked: stop that process or use another workdir"
-  elif isinstance(error, sqlite3.ProgrammingError):
-    fix = "it was already closed: do not use a backend after closing it"
-  else:
-    fix = ("it is corrupt or not a SQLite database: delete it or move it away (the responses cached "
-           "in it are lost and will be requested again)")
-  return CacheError(f"response cache {path}: cannot {doing} ({text}); {fix}")
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+           "response TEXT NOT NULL, created REAL NOT NULL)",)
 
 
 class ResponseCache:
-  """A SQLite table of successful responses (safe for many coroutines and processes).
+  """A SQLite table of successful responses (safe for many coroutines, threads and processes).
+
+  The file is a ``sqlite_store.SQLiteStore``: WAL, one locked connection per
+  process, checked at open.
 
   Raises:
-    CacheError: at construction, if the file cannot be created, read or written.
+    CacheError: at construction, if the file cannot be created, read or written;
+      on use, if it cannot be read or written any more (or was closed).
   """
 
   def __init__(self, path: str | os.PathLike[str]):
     self.path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(self.path))
-    try:
-      os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-      raise CacheError(f"response cache {self.path}: cannot create its directory {parent} ({e.strerror}); "
-                       "choose a writable workdir or fix the permissions") from e
-    # One connection guarded by a lock: coroutines run on one thread, but a
-    # trainer may also touch the cache from a worker thread.
-    self._lock = threading.Lock()
-    self._db: sqlite3.Connection | None = None
-    try:
-      self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60.0)
-      self._open()
-    except sqlite3.Error as e:
-      if self._db is not None:
-        self._db.close()
-      raise _cache_error(self.path, e, "open it") from e
+    self._store = SQLiteStore(path, what="response cache", schema=_SCHEMA, format_key="key_format",
+                              format_version=KEY_FORMAT, on_format=self._old_keys, error_type=CacheError)
 
-  def _open(self) -> None:
-    """Sets the file up and checks that it is a sound, writable SQLite database."""
-    db = self._db
-    db.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode survives a process kill (the WAL is written before the
-    # commit returns); only a power loss can drop the last transactions.
-    db.execute("PRAGMA synchronous=NORMAL")
-    verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-    if verdict != "ok":
-      raise sqlite3.DatabaseError(f"quick_check: {verdict}")
-    db.execute("BEGIN IMMEDIATE")  # takes the write lock: an unwritable file fails here, not mid-run
-    try:
-      db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-                 "response TEXT NOT NULL, created REAL NOT NULL)")
-      db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-      row = db.execute("SELECT value FROM meta WHERE name = 'key_format'").fetchone()
-      if row is None:
-        old = int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
-        if old:
-          _LOG.warning("response cache %s: %d responses were stored under key format 1, which ignored the "
-                       "endpoint and served name; they are not used (delete the file to reclaim the space)",
-                       self.path, old)
-        db.execute("INSERT INTO meta (name, value) VALUES ('key_format', ?)", (str(KEY_FORMAT),))
-      elif int(row[0]) != KEY_FORMAT:
-        _LOG.warning("response cache %s: written with key format %s; entries of that format are not used",
-                     self.path, row[0])
-        db.execute("UPDATE meta SET value = ? WHERE name = 'key_format'", (str(KEY_FORMAT),))
-      db.execute("COMMIT")
-    except BaseException:
-      if db.in_transaction:
-        db.execute("ROLLBACK")
-      raise
+  def _old_keys(self, found: str | None, db: sqlite3.Connection) -> None:
+    """Rows of another key format stay in the file, unused; the format row is rewritten."""
+    if found is None:
+      old = int(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+      if old:
+        _LOG.warning("response cache %s: %d responses were stored under key format 1, which ignored the "
+                     "endpoint and served name; they are not used (delete the file to reclaim the space)",
+                     self.path, old)
+    else:
+      _LOG.warning("response cache %s: written with key format %s; entries of that format are not used",
+                   self.path, found)
 
   def get(self, key: str) -> Response | None:
-    try:
-      with self._lock:
-        row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
-    except sqlite3.Error as e:
-      raise _cache_error(self.path, e, "read it") from e
-    return None if row is None else Response.from_json(json.loads(row[0]), cached=True)
+    rows = self._store.read("SELECT response FROM responses WHERE key = ?", (key,))
+    return Response.from_json(json.loads(rows[0][0]), cached=True) if rows else None
 
   def put(self, key: str, response: Response) -> None:
     if not response.ok:
       return  # a failure must be retried next time, never replayed
     blob = json.dumps(response.to_json(), ensure_ascii=False)
-    try:
-      with self._lock:
-        self._db.execute("INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
-                         (key, response.model, blob, time.time()))
-    except sqlite3.Error as e:
-      raise _cache_error(self.path, e, "write to it") from e
+    self._store.write("INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
+                      [(key, response.model, blob, time.time())])
 
   def __len__(self) -> int:
-    try:
-      with self._lock:
-        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
-    except sqlite3.Error as e:
-      raise _cache_error(self.path, e, "read it") from e
+    return int(self._store.read("SELECT COUNT(*) FROM responses")[0][0])
 
   def close(self) -> None:
     """Closes the file (a second close does nothing)."""
-    with self._lock:
-      self._db.close()
+    self._store.close()
 
 
 @dataclasses.dataclass
