@@ -39,6 +39,7 @@ def test_config_entry_overrides_paper_fields_and_keeps_the_rest():
     ([], "empty"),
     ([{"name": "GPT-5-nano"}, {"name": "GPT-5-nano"}], "twice"),
     ([{"name": "GPT-5-nano", "price_out_per_m": -1.0}], "negative price"),
+    ([{"name": "GPT-5-nano", "price_out_per_m": "0.4"}], "as numbers"),
     ([{"name": "GPT-5-nano", "max_concurrency": 0}], "max_concurrency"),
     ([{"name": "my-model"}], "price_in_per_m"),
     ([{"name": "GPT-5-nano", "temperature": 0.3}], "unknown field"),
@@ -47,6 +48,28 @@ def test_config_entry_overrides_paper_fields_and_keeps_the_rest():
 def test_bad_pools_are_rejected_with_a_clear_message(entries, message):
   with pytest.raises(ConfigError, match=message):
     pool_from_config(entries, environ={})
+
+
+@pytest.mark.parametrize("pool", ["paper", "config"])
+def test_a_new_model_must_give_its_prices_in_every_pool_mode(pool):
+  """One parser for both llm.pool modes: a model the paper pool does not know is never silently free."""
+  from hieramas_jax import config as base_config  # pylint: disable=import-outside-toplevel
+  from hieramas_jax.train import environment  # pylint: disable=import-outside-toplevel
+
+  config = base_config.base_config("math", "smoke")
+  config.llm.pool = pool
+  config.llm.models = [{"name": "my-local-model", "base_url": "http://127.0.0.1:8000/v1"}]
+  with pytest.raises(ConfigError) as info:  # llm.base.ConfigError, as every pool entry error
+    environment.pool_specs(config)
+  message = str(info.value)
+  assert "\n" not in message and "'my-local-model'" in message
+  assert "price_in_per_m" in message and "price_out_per_m" in message and "0 for a free local model" in message
+  config.llm.models = [{"name": "my-local-model", "price_in_per_m": 0, "price_out_per_m": 0},
+                       {"name": "GPT-4o-mini", "base_url": "http://127.0.0.1:8000/v1"}]
+  specs = {s.name: s for s in environment.pool_specs(config)}
+  assert specs["my-local-model"].cost(Usage(10**6, 10**6)) == 0.0  # free because the entry says so
+  assert specs["GPT-4o-mini"].price_out_per_m == 0.60 and specs["GPT-4o-mini"].base_url.endswith("/v1")
+  assert (len(specs) == len(PAPER_POOL) + 1) if pool == "paper" else (list(specs) == ["my-local-model", "GPT-4o-mini"])
 
 
 def test_missing_key_variable_is_named_before_any_call():

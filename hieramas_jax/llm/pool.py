@@ -1,9 +1,10 @@
 """Model pools: which LLMs exist, where they are served, what they cost.
 
 A pool is a list of :class:`ModelSpec`. It comes from config as a list of plain
-dicts (``pool_from_config``); an entry that names a model of the paper's pool only
-needs the fields it changes (endpoint, key variable, wire name), the price and
-profile come from :data:`PAPER_POOL`. Validation happens once, before any call:
+dicts, parsed in one place (``merge_pool``, ``pool_from_config``); an entry that
+names a model of the paper's pool only needs the fields it changes (endpoint, key
+variable, wire name), the price and profile come from :data:`PAPER_POOL`; any
+other model must give its prices (0 for a free local model). Validation happens once, before any call:
 an empty pool, duplicate names, negative prices, a missing API-key variable or a
 bad request option (``max_tokens_param``, ``fixed_temperature``, ``extra_body``)
 are reported with what to fix.
@@ -307,17 +308,47 @@ def check_entry_fields(entry: Mapping[str, Any]) -> None:
                       + (f" ({'; '.join(hints)})" if hints else "") + f"; allowed fields: {sorted(_FIELDS)}")
 
 
-def spec_from_dict(entry: Mapping[str, Any]) -> ModelSpec:
-  """One ModelSpec from a config dict; a paper-pool name fills the fields left out."""
+def spec_from_dict(entry: Mapping[str, Any], base: ModelSpec | None = None) -> ModelSpec:
+  """One ModelSpec from a config pool entry: ``base`` with the entry's fields.
+
+  ``base`` defaults to the paper pool's model of that name. A model that neither
+  knows must give its prices: a price left out would make it silently free.
+  """
   check_entry_fields(entry)
-  base = paper_pool_by_name().get(entry["name"])
+  name = entry["name"]
+  base = base or paper_pool_by_name().get(name)
   if base is None:
-    missing = {"price_in_per_m", "price_out_per_m"} - set(entry)
+    missing = sorted({"price_in_per_m", "price_out_per_m"} - set(entry))
     if missing:
-      raise ConfigError(f"model {entry['name']!r} is not in the paper pool, so its config must give "
-                        f"{sorted(missing)} (USD per 1M tokens)")
-    base = ModelSpec(name=entry["name"])
+      raise ConfigError(f"model {name!r} is not in the paper pool, so its entry must give {missing} (USD per 1M "
+                        "tokens; 0 for a free local model), e.g. {'name': " + repr(name) +
+                        ", 'price_in_per_m': 0.1, 'price_out_per_m': 0.4}")
+    base = ModelSpec(name=name)
   return dataclasses.replace(base, **dict(entry))
+
+
+def merge_pool(specs: Sequence[ModelSpec], entries: Iterable[Mapping[str, Any]]) -> list[ModelSpec]:
+  """``specs`` with config pool entries merged in by name (``spec_from_dict``); a new name is appended.
+
+  The one parser of pool entries: the paper pool with ``llm.models`` overrides
+  (``specs`` = PAPER_POOL) and a pool of exactly ``llm.models`` (``specs`` empty)
+  both come from here. An entry names each model once.
+  """
+  by_name = {s.name: s for s in specs}
+  seen: set[str] = set()
+  for entry in entries:
+    if hasattr(entry, "to_dict") and not isinstance(entry, Mapping):  # an ml_collections ConfigDict
+      entry = entry.to_dict()
+    if not isinstance(entry, Mapping):
+      raise ConfigError(f"model pool entry {entry!r} is a {type(entry).__name__}; each entry is a dict such as "
+                        "{'name': 'Qwen3-8B', 'base_url': 'http://localhost:8000/v1'}")
+    check_entry_fields(entry)
+    name = entry["name"]
+    if name in seen:
+      raise ConfigError(f"model {name!r} appears twice in the pool entries; give each model one entry")
+    seen.add(name)
+    by_name[name] = spec_from_dict(entry, by_name.get(name))
+  return list(by_name.values())
 
 
 def validate_pool(specs: Sequence[ModelSpec], *, check_keys: bool = True,
@@ -340,6 +371,10 @@ def validate_pool(specs: Sequence[ModelSpec], *, check_keys: bool = True,
     if s.name in seen:
       raise ConfigError(f"model {s.name!r} appears twice in the pool; names must be unique")
     seen.add(s.name)
+    prices = (s.price_in_per_m, s.price_out_per_m)
+    if any(isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) for p in prices):
+      raise ConfigError(f"model {s.name!r} has prices {prices!r}; give price_in_per_m and price_out_per_m as "
+                        "numbers (USD per 1M tokens)")
     if s.price_in_per_m < 0 or s.price_out_per_m < 0:
       raise ConfigError(f"model {s.name!r} has a negative price "
                         f"({s.price_in_per_m}, {s.price_out_per_m} USD per 1M tokens)")
@@ -354,10 +389,10 @@ def validate_pool(specs: Sequence[ModelSpec], *, check_keys: bool = True,
                         "api_key_env to None for a local server that needs no key")
 
 
-def pool_from_config(entries: Iterable[Mapping[str, Any]], *, check_keys: bool = True,
-                     environ: Mapping[str, str] | None = None) -> list[ModelSpec]:
-  """A validated pool from config dicts (see ``spec_from_dict``)."""
-  specs = [spec_from_dict(e) for e in entries]
+def pool_from_config(entries: Iterable[Mapping[str, Any]], *, start_from: Sequence[ModelSpec] = (),
+                     check_keys: bool = True, environ: Mapping[str, str] | None = None) -> list[ModelSpec]:
+  """A validated pool: ``start_from`` (e.g. PAPER_POOL) with the config entries merged in (``merge_pool``)."""
+  specs = merge_pool(start_from, entries)
   validate_pool(specs, check_keys=check_keys, environ=environ)
   return specs
 

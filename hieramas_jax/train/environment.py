@@ -74,21 +74,11 @@ class Environment:
 
 def pool_specs(config: ml_collections.ConfigDict) -> list[llm_pool.ModelSpec]:
   """The model pool: the paper's pool with config overrides, or the config's models alone."""
-  overrides = [dict(m) for m in config.llm.models]
-  if config.llm.pool == "paper":
-    by_name = {s.name: s for s in llm_pool.PAPER_POOL}
-    for entry in overrides:
-      if "name" not in entry:
-        raise ConfigError(f"llm.models entry {entry} has no 'name'")
-      llm_pool.check_entry_fields(entry)  # an unknown field is named with the likely one, not a TypeError
-      base = by_name.get(entry["name"], llm_pool.ModelSpec(name=entry["name"]))
-      by_name[entry["name"]] = dataclasses.replace(base, **entry)
-    specs = list(by_name.values())
-  elif config.llm.pool in ("", "config"):
-    specs = [llm_pool.spec_from_dict(e) for e in overrides]
-  else:
+  if config.llm.pool not in ("paper", "", "config"):
     raise ConfigError(f"llm.pool={config.llm.pool!r}; use 'paper' (the paper's pool plus llm.models overrides) "
                       "or 'config' (exactly llm.models)")
+  start_from = llm_pool.PAPER_POOL if config.llm.pool == "paper" else ()
+  specs = llm_pool.merge_pool(start_from, config.llm.models)  # the one parser: a new model without prices fails
   return llm_routing.usable_specs(specs, config.llm.backend)  # paper models without an endpoint/file dropped
 
 
