@@ -1,5 +1,7 @@
 """LLM selector: shapes, masks, sampling distribution, log-probs, entropy."""
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from hieramas_jax import config as config_lib
 from hieramas_jax.models import selector as sel
 
 B, R, P, M, D = 3, 4, 2, 5, 16
@@ -141,3 +144,11 @@ def test_skip_gate_keeps_p_skip_independent_of_the_model_logits():
 def test_unknown_skip_head_is_an_error():
   with pytest.raises(ValueError, match="skip_head 'both' is not known"):
     sel.LLMSelector(P, D, D, skip_head="both", rngs=nnx.Rngs(0))
+
+
+def test_module_defaults_are_the_config_defaults():
+  # One default per hyperparameter: a selector built without arguments is the one the configs train.
+  params = inspect.signature(sel.LLMSelector.__init__).parameters
+  section = config_lib.selector_section()
+  for name in ("hidden_dim", "init_skip_bias", "skip_head", "input_scale"):
+    assert params[name].default == section[name], name

@@ -8,12 +8,12 @@ vector (from the model's profile embedding), plus a learnable option bias.
 
 The ``skip`` logit has two forms (``skip_head``):
 
-- ``'gate'`` (the configs' default): its own head, a per-position gate g from the query+role
+- ``'gate'`` (the default, here and in the configs): its own head, a per-position gate g from the query+role
   text, set to g + logsumexp(model logits). At T = 1 with every model allowed,
   p(skip) = sigmoid(g) whatever the model logits are, so learning *which* model
   does not move *whether* to run, and a sharper model preference does not
   starve skip of exploration.
-- ``'shared'`` (this module's default, as first built): skip is one more option of the dot product (its profile gives
+- ``'shared'`` (as first built, and the paper's form): skip is one more option of the dot product (its profile gives
   its key), plus a per-position offset. The gradient of any run/skip decision
   moves the shared context, so the skip probabilities of all positions swing
   together.
@@ -60,10 +60,10 @@ class LLMSelector(nnx.Module):
       text_dim: int,
       profile_dim: int,
       *,
-      hidden_dim: int = 128,
-      init_skip_bias: float = 0.0,
-      skip_head: str = "shared",
-      input_scale: bool = False,
+      hidden_dim: int = 256,
+      init_skip_bias: float = 1.0,
+      skip_head: str = "gate",
+      input_scale: bool = True,
       rngs: nnx.Rngs,
   ):
     if skip_head not in ("gate", "shared"):
