@@ -49,6 +49,19 @@ def test_spec_is_json_and_comes_back_equal(saved):
   assert again == spec
   assert spec.roles == ("Mathematical Analyst", "Math Solver", "Inspector") and spec.classifier_model == "gcn"
   assert len(spec.option_texts) == len(spec.model_names) + 1
+
+
+def test_the_spec_of_a_config_holds_the_option_texts_training_embedded(tmp_path):
+  config = small_config()
+  env = environment.build_environment(config, tmp_path / "run")
+  try:
+    spec = policy.PolicySpec.from_environment(env)
+    assert spec.option_texts == environment.option_texts(env.specs)
+    assert spec.option_texts[-1] == environment.SKIP_PROFILE and spec.model_names == tuple(env.model_names)
+    encoder = environment.make_text_encoder(config, tmp_path / "run")
+    np.testing.assert_array_equal(encoder.encode(list(spec.option_texts)), env.option_emb)
+  finally:
+    env.close()
   with pytest.raises(policy.PolicyLoadError, match="unknown"):
     policy.PolicySpec.from_json({**spec.to_json(), "extra": 1})
 

@@ -87,7 +87,7 @@ class PolicySpec:
                                                                                      for r in roles),
         model_names=tuple(s.name for s in specs), excluded_models=tuple(config.llm.exclude_models),
         decision_model=config.llm.decision_model,
-        option_texts=tuple(s.profile or s.name for s in specs) + (environment.SKIP_PROFILE,),
+        option_texts=environment.option_texts(specs),
         encoder_id=encoder_id, embedding_dim=int(embedding_dim), num_proposers=int(c.num_proposers),
         seed=int(config.seed),
         selector=selector_hparams(config),

@@ -25,6 +25,15 @@ from hieramas_jax.tasks.base import Problem, RoleSpec, Task
 SKIP_PROFILE = "skip: make no call at this position; costs nothing and gives no answer."
 
 
+def option_texts(specs: Sequence[llm_pool.ModelSpec]) -> tuple[str, ...]:
+  """The selector's option texts, the one definition: each model's profile (its name without one), then skip.
+
+  Training embeds them (``Environment.option_emb``) and ``PolicySpec.option_texts``
+  stores them, so the two agree by construction.
+  """
+  return tuple(s.profile or s.name for s in specs) + (SKIP_PROFILE,)
+
+
 class ConfigError(ValueError):
   """A config that cannot run; raised before any LLM call."""
 
@@ -376,7 +385,7 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
   def embed(texts):
     return np.asarray(encoder.encode(list(texts)), np.float32)
 
-  option_emb = embed([s.profile or s.name for s in specs] + [SKIP_PROFILE])
+  option_emb = embed(option_texts(specs))
   query_emb, query_role_emb = {}, {}
   for split, problems in splits.items():
     query_emb[split] = embed([p.question for p in problems])
