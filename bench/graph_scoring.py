@@ -175,7 +175,7 @@ def main() -> None:
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from hieramas_jax import graphs  # pylint: disable=g-import-not-at-top
-  from hieramas_jax.models import gcn  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.models import gcn, gcn_scoring  # pylint: disable=g-import-not-at-top
 
   load_before = os.getloadavg()[0]
   b, k, n, h = args.batch, args.pool, args.roles, args.hidden_dim
@@ -190,7 +190,7 @@ def main() -> None:
   q, pool = queries_all[:b], pool_all[:k]
 
   def scorer(impl, q, pool):
-    return lambda: gcn.score_pool(graphdef, params, q, pool, impl=impl).block_until_ready()
+    return lambda: jax.block_until_ready(gcn.score_pool(graphdef, params, q, pool, impl=impl))
 
   # The matmul rate, in cache: [3200, 64] x [64, 64] repeated inside one jitted loop (an orthogonal matrix keeps
   # the values finite); as one call; and 2048^3.
@@ -282,7 +282,7 @@ def main() -> None:
     handoff_x, handoff_w = jnp.ones((8, h), jnp.float32), jnp.eye(h, dtype=jnp.float32)
     handoff = jax.jit(lambda x, w: x @ w)
     # score_pool as it was: the graphdef a static jit argument, hashed in Python on every call.
-    static_graphdef = jax.jit(gcn._score_merged,  # pylint: disable=protected-access
+    static_graphdef = jax.jit(gcn_scoring._score_merged,  # pylint: disable=protected-access
                               static_argnames=("graphdef", "impl"))
     # The whole computation per call (parameter and pool terms included: what an uncached call runs).
     whole = gcn.pool_scorer(graphdef)._jitted  # pylint: disable=protected-access
@@ -293,7 +293,7 @@ def main() -> None:
 
     def cold_call():
       cold_index[0] = (cold_index[0] + 1) % len(cold_pools)
-      gcn.score_pool(graphdef, params, small_q, cold_pools[cold_index[0]]).block_until_ready()
+      jax.block_until_ready(gcn.score_pool(graphdef, params, small_q, cold_pools[cold_index[0]]))
 
     grid_times = median_times({
         **{point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]]) for point in points},

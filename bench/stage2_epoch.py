@@ -42,12 +42,12 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hieramas_jax import graphs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hieramas_jax.models import gcn  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hieramas_jax.models import gcn, gcn_scoring  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hieramas_jax.tasks import get_task  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hieramas_jax.train import learner, metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # score_pool as it was before PoolScorer: the graphdef a static jit argument, hashed in Python on every call.
-_STATIC_GRAPHDEF_SCORE = jax.jit(gcn._score_merged,  # pylint: disable=protected-access
+_STATIC_GRAPHDEF_SCORE = jax.jit(gcn_scoring._score_merged,  # pylint: disable=protected-access
                                  static_argnames=("graphdef", "impl"))
 
 

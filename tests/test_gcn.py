@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from hieramas_jax import graphs
-from hieramas_jax.models import gcn
+from hieramas_jax.models import gcn, gcn_fast, gcn_scoring
 
 B, K, N, D = 3, 6, 5, 24
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_full_model_forms_agree(setup):
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("pairs_per_block", [1, 7, 10_000])  # one pair per block, padded blocks, one block
 def test_fast_path_equals_reference_over_layers_and_blocks(monkeypatch, num_layers, pairs_per_block):
-  monkeypatch.setattr(gcn, "PAIRS_PER_BLOCK", pairs_per_block)
+  monkeypatch.setattr(gcn_fast, "PAIRS_PER_BLOCK", pairs_per_block)
   model = gcn.GraphClassifier(N, D, role_dim=8, hidden_dim=16, num_layers=num_layers, mlp_dim=16,
                               rngs=nnx.Rngs(num_layers))
   q = jax.random.normal(jax.random.key(4), (4, D))
@@ -93,7 +93,7 @@ def test_fast_path_equals_reference_over_layers_and_blocks(monkeypatch, num_laye
 
 
 def test_per_query_role_masks_and_padding(monkeypatch):
-  monkeypatch.setattr(gcn, "PAIRS_PER_BLOCK", 9)
+  monkeypatch.setattr(gcn_fast, "PAIRS_PER_BLOCK", 9)
   model = gcn.GraphClassifier(N + 2, D, role_dim=8, hidden_dim=16, rngs=nnx.Rngs(5))
   q = jax.random.normal(jax.random.key(6), (4, D))
   masks = jnp.array([[1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0.0]])
@@ -119,7 +119,7 @@ def test_paper_sizes_match_the_reference_within_1e_5():
 
 def test_gradients_of_the_fast_path_equal_the_reference(monkeypatch):
   """Stage 2 trains through the fast path: its gradients are the per-pair form's."""
-  monkeypatch.setattr(gcn, "PAIRS_PER_BLOCK", 10)  # several blocks under lax.map
+  monkeypatch.setattr(gcn_fast, "PAIRS_PER_BLOCK", 10)  # several blocks under lax.map
   model = gcn.GraphClassifier(N, D, role_dim=8, hidden_dim=16, mlp_dim=16, rngs=nnx.Rngs(9))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
@@ -197,8 +197,10 @@ def test_no_retrace_on_new_values(setup, monkeypatch):
   """score_pool traces once per shape through its cached PoolScorer, never for new values."""
   model, q, pool = setup
   graphdef, params = nnx.split(model)  # a graphdef object score_pool has not seen: a fresh PoolScorer
-  for name in ("_score_merged", "_scoring_tensors", "prepare_shared_pool", "score_shared_pool"):
-    monkeypatch.setattr(gcn, name, chex.assert_max_traces(getattr(gcn, name), n=1))
+  monkeypatch.setattr(gcn_scoring, "HOST_MAX_PAIRS", 0)  # every call on XLA: the traced pieces below
+  for module, name in ((gcn_scoring, "_score_merged"), (gcn_scoring, "_scoring_tensors"),
+                       (gcn_fast, "prepare_shared_pool"), (gcn_fast, "score_shared_pool")):
+    monkeypatch.setattr(module, name, chex.assert_max_traces(getattr(module, name), n=1))
   gcn.score_pool(graphdef, params, q, pool)
   new_pool = jnp.asarray(graphs.dag_pool(9, N, K), jnp.float32)
   gcn.score_pool(graphdef, params, q * 3.0, new_pool)
@@ -213,24 +215,25 @@ def test_score_pool_hashes_no_graphdef_per_call(setup, monkeypatch):
   """The per-call cost cut: a graphdef is looked up by identity, never hashed (a static jit argument was)."""
   model, q, pool = setup
   graphdef, params = nnx.split(model)
-  gcn.score_pool(graphdef, params, q, pool).block_until_ready()  # compiled and cached
+  jax.block_until_ready(gcn.score_pool(graphdef, params, q, pool))  # compiled and cached
   hashes = []
   graphdef_type = type(graphdef)
   original_hash = graphdef_type.__hash__
   monkeypatch.setattr(graphdef_type, "__hash__", lambda self: hashes.append(1) or original_hash(self))
   for _ in range(3):
-    gcn.score_pool(graphdef, params, q, pool).block_until_ready()
+    jax.block_until_ready(gcn.score_pool(graphdef, params, q, pool))
   assert not hashes
-  static = jax.jit(gcn._score_merged, static_argnames=("graphdef", "impl"))  # how score_pool was jitted before
+  static = jax.jit(gcn_scoring._score_merged, static_argnames=("graphdef", "impl"))  # how score_pool was jitted before
   static(graphdef, params, q, pool, None, impl="dense")
   assert hashes  # the check above can fail: a static graphdef is hashed per call
 
 
-def test_prepared_pools_are_cached_by_value_and_give_the_model_scores(setup):
+@pytest.mark.parametrize("host_max_pairs", [0, 10**9])  # every call on XLA; every call on the host (NumPy)
+def test_prepared_pools_are_cached_by_value_and_give_the_model_scores(setup, host_max_pairs):
   """A shared pool is prepared once per (parameters, pool, mask); new values of any of them are prepared again."""
   model, q, pool = setup
   graphdef, params = nnx.split(model)
-  scorer = gcn.PoolScorer(graphdef)
+  scorer = gcn.PoolScorer(graphdef, host_max_pairs=host_max_pairs)
   prepared = []
   original = scorer._prepare
   scorer._prepare = lambda *args: prepared.append(1) or original(*args)
@@ -257,6 +260,38 @@ def test_prepared_pools_are_cached_by_value_and_give_the_model_scores(setup):
   assert len(scorer._pools) == gcn.PoolScorer.MAX_POOLS
 
 
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_host_path_equals_the_xla_fast_path(num_layers):
+  """Small calls scored in NumPy on the caller's thread give the XLA path's scores within 1e-5, masks included."""
+  model = gcn.GraphClassifier(8, 1024, num_layers=num_layers, rngs=nnx.Rngs(num_layers))
+  graphdef, params = nnx.split(model)
+  host = gcn.PoolScorer(graphdef, host_max_pairs=10**9)
+  device = gcn.PoolScorer(graphdef, host_max_pairs=0)
+  pool = jnp.asarray(graphs.dag_pool(0, 8, 200, (0.2, 0.8)), jnp.float32)
+  mask = jnp.array([1, 1, 1, 0, 1, 1, 0, 1.0])
+  for batch, k, role_mask in ((1, 1, None), (1, 50, None), (3, 200, None), (2, 37, mask)):
+    q = jax.random.normal(jax.random.key(batch * k), (batch, 1024))
+    adjs = pool[:k] if role_mask is None else pool[:k] * role_mask[:, None] * role_mask[None, :]
+    got, want = host(params, q, adjs, role_mask), device(params, q, adjs, role_mask)
+    assert isinstance(got, np.ndarray) and isinstance(want, jax.Array) and got.shape == (batch, k)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(host(params, np.asarray(q), np.asarray(adjs), role_mask), want, atol=1e-5, rtol=0)
+
+
+def test_score_pool_takes_the_host_path_up_to_host_max_pairs(setup, monkeypatch):
+  """The default scorer runs calls of at most HOST_MAX_PAIRS pairs on the host, larger ones on XLA."""
+  model, _, _ = setup
+  monkeypatch.setattr(gcn_scoring, "HOST_MAX_PAIRS", 12)
+  graphdef, params = nnx.split(model)  # a fresh graphdef: a scorer built under the patched bound
+  q = jax.random.normal(jax.random.key(5), (3, D))
+  pool = _random_dags(5, (5,), N)
+  small, large = gcn.score_pool(graphdef, params, q[:2], pool[:5]), gcn.score_pool(graphdef, params, q, pool)
+  assert isinstance(small, np.ndarray) and isinstance(large, jax.Array)
+  np.testing.assert_allclose(small, large[:2], atol=1e-5, rtol=0)
+  per_query = jnp.broadcast_to(pool, (2, 5, N, N))  # per-query pools are never cached: always XLA
+  assert isinstance(gcn.score_pool(graphdef, params, q[:2], per_query), jax.Array)
+
+
 def test_pool_scorer_under_jit_and_with_numpy_parameters_computes_without_caching(setup):
   """Tracers and NumPy parameter leaves cannot be keyed: the whole computation runs, with the same scores."""
   model, q, pool = setup
@@ -274,10 +309,10 @@ def test_pool_scorer_under_jit_and_with_numpy_parameters_computes_without_cachin
 
 def test_pool_scorer_cache_is_bounded_and_keyed_by_identity(setup, monkeypatch):
   model, q, pool = setup
-  monkeypatch.setattr(gcn, "_SCORERS", {})
-  graphdefs = [nnx.split(model)[0] for _ in range(gcn._MAX_SCORERS + 3)]
+  monkeypatch.setattr(gcn_scoring, "_SCORERS", {})
+  graphdefs = [nnx.split(model)[0] for _ in range(gcn_scoring._MAX_SCORERS + 3)]
   scorers = [gcn.pool_scorer(g) for g in graphdefs]
-  assert len(gcn._SCORERS) == gcn._MAX_SCORERS
+  assert len(gcn_scoring._SCORERS) == gcn_scoring._MAX_SCORERS
   assert gcn.pool_scorer(graphdefs[-1]) is scorers[-1]
   assert gcn.pool_scorer(graphdefs[0]) is not scorers[0]  # evicted (oldest first), built again
   assert gcn.pool_scorer(graphdefs[-1], "segment") is not scorers[-1]
@@ -337,7 +372,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
     from hieramas_jax import graphs, system
-    from hieramas_jax.models import gcn
+    from hieramas_jax.models import gcn, gcn_fast, gcn_scoring
     assert jax.device_count() == 8, jax.devices()
     model = gcn.GraphClassifier(8, 64, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
