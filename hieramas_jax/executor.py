@@ -154,23 +154,28 @@ class _Trace:
       self._file.close()
 
 
+@dataclasses.dataclass
 class QueryCalls:
   """The calls of one query: each timed from the batch start, recorded as its one CallRecord, failures as errors.
 
   The executor and every baseline make their calls through it, so a call is
   recorded (and traced) the same way whoever makes it.
+
+  Attributes:
+    index, problem: the query's position in its batch, and the query.
+    backend, params: where its calls go, with which generation parameters.
+    t0: ``time.perf_counter()`` at the batch's start.
+    trace: the JSONL trace the records also go to, if any.
   """
 
-  def __init__(self, index: int, problem: Problem, backend: Backend, params: Mapping[str, Any], t0: float,
-               trace: _Trace | None = None):
-    self.index = index
-    self.problem = problem
-    self.backend = backend
-    self.params = params
-    self.t0 = t0
-    self.trace = trace
-    self.calls: list[CallRecord] = []
-    self.errors: list[str] = []
+  index: int
+  problem: Problem
+  backend: Backend
+  params: Mapping[str, Any]
+  t0: float
+  trace: _Trace | None = None
+  calls: list[CallRecord] = dataclasses.field(default_factory=list)
+  errors: list[str] = dataclasses.field(default_factory=list)
 
   async def complete(self, model: str, messages: Sequence[Message], *, sample_index: int, role: str | None,
                      role_index: int, kind: str, position: int, where: str) -> Response:

@@ -25,16 +25,9 @@ class CountingEncoder:
 
   def __init__(self, inner: base.Encoder):
     self.inner = inner
+    self.encoder_id, self.dim = inner.encoder_id, inner.dim
     self.calls: list[list[str]] = []
     self._lock = threading.Lock()
-
-  @property
-  def encoder_id(self) -> str:
-    return self.inner.encoder_id
-
-  @property
-  def dim(self) -> int:
-    return self.inner.dim
 
   def encode(self, texts: Sequence[str]) -> np.ndarray:
     with self._lock:

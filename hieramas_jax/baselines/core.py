@@ -26,12 +26,11 @@ from hieramas_jax.tasks.base import Problem, Task
 ROUND_STRIDE = 1000
 
 
+@dataclasses.dataclass
 class Query(executor.QueryCalls):
   """The calls of one query (``executor.QueryCalls``) and their virtual schedule, for the critical path."""
 
-  def __init__(self, index: int, problem: Problem, backend: Backend, params: Mapping[str, Any], t0: float):
-    super().__init__(index, problem, backend, params, t0)
-    self.finish = 0.0  # virtual end of the latest call
+  finish: float = 0.0  # virtual end of the latest call
 
   async def call(self, node: str, node_index: int, kind: str, position: int, model: str,
                  messages: Sequence[Message], sample_index: int, ready: float) -> tuple[Response, float]:

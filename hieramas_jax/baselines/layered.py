@@ -8,7 +8,7 @@ import dataclasses
 from hieramas_jax.baselines import prompts
 from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryResult, cycled, model_list,
                                          text_of)
-from hieramas_jax.baselines.options import MODEL_HELP, as_tuple, check_positive, option
+from hieramas_jax.baselines.options import model_option, option, settle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,15 +19,13 @@ class NeuroMASSettings:
   ``aggregator_model`` (default: the first node model) reads the last layer.
   """
 
-  model: str | tuple[str, ...] = option("", flag="baseline_model", config="llm.decision_model",
-                                        help_text=MODEL_HELP, pool_model=True)
+  model: str | tuple[str, ...] = model_option()
   depth: int = option(2, flag="neuromas_depth", help_text="NeuroMAS-style: layers.")
   width: int = option(3, flag="neuromas_width", help_text="NeuroMAS-style: nodes per layer.")
   aggregator_model: str | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "model", as_tuple(self.model))
-    check_positive(self, "depth", "width")
+    settle(self, tuples=["model"], positive=["depth", "width"])
 
 
 def neuromas(ctx: MethodContext, settings: NeuroMASSettings) -> list[QueryResult]:

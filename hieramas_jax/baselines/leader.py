@@ -8,7 +8,7 @@ import dataclasses
 from hieramas_jax.baselines import prompts
 from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryResult, cycled, model_list,
                                          text_of)
-from hieramas_jax.baselines.options import MODEL_HELP, as_tuple, check_positive, option
+from hieramas_jax.baselines.options import model_option, option, settle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,16 +19,14 @@ class MLPOSettings:
   leader's last output is final.
   """
 
-  leader_model: str = option("", flag="baseline_model", config="llm.decision_model", help_text=MODEL_HELP,
-                             pool_model=True)
+  leader_model: str = model_option()
   peers: int = option(3, flag="mlpo_peers", help_text="MLPO-style: peers besides the leader.")
   rounds: int = option(2, flag="mlpo_rounds", help_text="MLPO-style: rounds of peers answering and the leader "
                        "synthesizing.")
   peer_models: str | tuple[str, ...] | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "peer_models", as_tuple(self.peer_models))
-    check_positive(self, "peers", "rounds")
+    settle(self, tuples=["peer_models"], positive=["peers", "rounds"])
 
 
 def mlpo(ctx: MethodContext, settings: MLPOSettings) -> list[QueryResult]:

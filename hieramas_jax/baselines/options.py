@@ -9,7 +9,7 @@ the flag is empty or absent, and whether it must be a model of the pool.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 _KEY = "hieramas_option"
 # Help of a model flag shared by several methods ({methods}: the methods sharing it).
@@ -40,6 +40,11 @@ def option(default: Any, *, flag: str | None = None, config: str | None = None, 
   return dataclasses.field(default=default, metadata=meta)
 
 
+def model_option(flag: str = "baseline_model") -> Any:
+  """The pool model most methods run (``--baseline_model``, or ``flag``); default: the config's llm.decision_model."""
+  return option("", flag=flag, config="llm.decision_model", help_text=MODEL_HELP, pool_model=True)
+
+
 def option_of(field: dataclasses.Field) -> Option | None:
   """The field's Option, None for a plain field (set only from Python)."""
   return field.metadata.get(_KEY)
@@ -59,6 +64,13 @@ def check_positive(settings: Any, *names: str) -> None:
 def as_tuple(value: Any) -> Any:
   """Lists (e.g. from a config) as tuples, so settings stay hashable and comparable."""
   return tuple(value) if isinstance(value, list) else value
+
+
+def settle(settings: Any, *, tuples: Sequence[str] = (), positive: Sequence[str] = ()) -> None:
+  """A settings dataclass's ``__post_init__``: ``tuples`` fields (one model or several) as tuples, ``positive`` >= 1."""
+  for name in tuples:
+    object.__setattr__(settings, name, as_tuple(getattr(settings, name)))
+  check_positive(settings, *positive)
 
 
 def config_value(config: Any, path: str) -> Any:

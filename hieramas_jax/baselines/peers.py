@@ -8,7 +8,7 @@ import dataclasses
 from hieramas_jax.baselines import prompts
 from hieramas_jax.baselines.core import (ROUND_STRIDE, MethodContext, Query, QueryResult, cycled, model_list,
                                          text_of)
-from hieramas_jax.baselines.options import MODEL_HELP, as_tuple, check_positive, option
+from hieramas_jax.baselines.options import model_option, option, settle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,14 +19,12 @@ class DebateSettings:
   the last answers.
   """
 
-  model: str | tuple[str, ...] = option("", flag="baseline_model", config="llm.decision_model",
-                                        help_text=MODEL_HELP, pool_model=True)
+  model: str | tuple[str, ...] = model_option()
   agents: int = option(3, flag="debate_agents", help_text="Debate: agents.")
   rounds: int = option(2, flag="debate_rounds", help_text="Debate: rounds (the first is independent answers).")
 
   def __post_init__(self):
-    object.__setattr__(self, "model", as_tuple(self.model))
-    check_positive(self, "agents", "rounds")
+    settle(self, tuples=["model"], positive=["agents", "rounds"])
 
 
 def debate(ctx: MethodContext, settings: DebateSettings) -> list[QueryResult]:
@@ -63,13 +61,12 @@ def debate(ctx: MethodContext, settings: DebateSettings) -> list[QueryResult]:
 class MixtureSettings:
   """One propose-and-synthesize layer: ``proposers`` calls of ``model``, one synthesizer reads them."""
 
-  model: str = option("", flag="baseline_model", config="llm.decision_model", help_text=MODEL_HELP,
-                      pool_model=True)
+  model: str = model_option()
   proposers: int = option(3, flag="mixture_proposers", help_text="Mixture: proposers before the synthesizer.")
   synthesizer_model: str | None = None  # None: ``model``
 
   def __post_init__(self):
-    check_positive(self, "proposers")
+    settle(self, positive=["proposers"])
 
 
 def mixture(ctx: MethodContext, settings: MixtureSettings) -> list[QueryResult]:

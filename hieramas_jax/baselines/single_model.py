@@ -7,15 +7,14 @@ import dataclasses
 
 from hieramas_jax.baselines import prompts
 from hieramas_jax.baselines.core import MethodContext, Query, QueryResult, text_of
-from hieramas_jax.baselines.options import MODEL_HELP, check_positive, option
+from hieramas_jax.baselines.options import model_option, option, settle
 
 
 @dataclasses.dataclass(frozen=True)
 class SingleSettings:
   """One call of ``model`` per problem; ``chain_of_thought``: asking it to reason step by step."""
 
-  model: str = option("", flag="fixed_model", config="llm.decision_model", help_text=MODEL_HELP,
-                      pool_model=True)
+  model: str = model_option("fixed_model")
   chain_of_thought: bool = False
 
 
@@ -35,12 +34,11 @@ def single(ctx: MethodContext, settings: SingleSettings) -> list[QueryResult]:
 class SelfConsistencySettings:
   """``samples`` independent plain calls of ``model`` (distinct sample indices), majority over their answers."""
 
-  model: str = option("", flag="baseline_model", config="llm.decision_model", help_text=MODEL_HELP,
-                      pool_model=True)
+  model: str = model_option()
   samples: int = option(5, flag="sc_samples", help_text="Self-consistency: samples per query.")
 
   def __post_init__(self):
-    check_positive(self, "samples")
+    settle(self, positive=["samples"])
 
 
 def self_consistency(ctx: MethodContext, settings: SelfConsistencySettings) -> list[QueryResult]:

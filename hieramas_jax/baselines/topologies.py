@@ -15,7 +15,7 @@ import numpy as np
 
 from hieramas_jax import executor, graphs
 from hieramas_jax.baselines.core import MethodContext, QueryResult
-from hieramas_jax.baselines.options import MODEL_HELP, option
+from hieramas_jax.baselines.options import model_option, option
 from hieramas_jax.baselines.plans import execute_plans, single_call_role_plans
 from hieramas_jax.tasks.base import Problem
 
@@ -147,7 +147,7 @@ def hieramas(ctx: MethodContext, settings: HieraMASSettings) -> list[QueryResult
 class NoSelectionSettings:
   """``model`` at every position, on the classifier's DAG."""
 
-  model: str = option("", flag="fixed_model", config="llm.decision_model", help_text=MODEL_HELP, pool_model=True)
+  model: str = model_option("fixed_model")
 
 
 def hieramas_no_selection(ctx: MethodContext, settings: NoSelectionSettings) -> list[QueryResult]:
