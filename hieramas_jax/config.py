@@ -116,7 +116,9 @@ class ListParser(flags.ArgumentParser):
       return []
     try:
       value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):  # bare names: Llama-3.1-8B or A,B
+    except (ValueError, SyntaxError):  # bare names: Llama-3.1-8B, A,B or [A,B]
+      if text[0] + text[-1] in ("[]", "()"):
+        text = text[1:-1]
       return [item.strip() for item in text.split(",") if item.strip()]
     return list(value) if isinstance(value, (list, tuple)) else [value]
 

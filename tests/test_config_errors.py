@@ -74,6 +74,30 @@ def test_flag_errors_print_one_line_and_exit_1(monkeypatch, capsys, argv, expect
   assert line.startswith("launch.train: ") and expected in line, line
 
 
+def test_config_arg_assignments_go_through_the_command_line_parsers(monkeypatch):
+  monkeypatch.chdir(_REPO)
+  arg = "smoke,seed=3,graphs.density_range=(0.3,0.7),llm.exclude_models=[Llama-3.1-8B,Qwen3-8B],stage1.steps=9"
+  from_arg = base_config.load_config_file("configs/math.py", arg)
+  from_flags = _parse(["--config.seed=3", "--config.graphs.density_range=(0.3,0.7)",
+                       "--config.llm.exclude_models=Llama-3.1-8B,Qwen3-8B", "--config.stage1.steps=9"])
+  assert from_arg.to_dict() == from_flags.to_dict()
+  assert (from_arg.seed, from_arg.graphs.density_range, from_arg.stage1.steps) == (3, (0.3, 0.7), 9)
+  assert from_arg.llm.exclude_models == ["Llama-3.1-8B", "Qwen3-8B"]
+  # Assignments come last: after smoke's ceilings and a preset's values.
+  assert base_config.load_config_file("configs/math.py", "paper_gpt,smoke,stage1.steps=40").stage1.steps == 40
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("smoke,seed=three", r"seed=three: flag --config.seed=three: invalid literal for int\(\)"),
+    ("smoke,stage1.learning_rat=0.1", "unknown config field 'stage1.learning_rat'.*did you mean stage1.learning_rate"),
+    ("smoke,stage1.steps", r"unknown config arg\(s\) \['stage1.steps'\]"),
+])
+def test_bad_config_arg_assignments_say_what_to_change(monkeypatch, arg, message):
+  monkeypatch.chdir(_REPO)
+  with pytest.raises(base_config.ConfigError, match=message):
+    base_config.load_config_file("configs/math.py", arg)
+
+
 @pytest.mark.parametrize("text, expected", [
     ('["Llama-3.1-8B"]', ["Llama-3.1-8B"]),
     ("Llama-3.1-8B,GPT-5-nano", ["Llama-3.1-8B", "GPT-5-nano"]),
@@ -90,7 +114,7 @@ def test_list_fields_can_be_set_on_the_command_line(monkeypatch, text, expected)
 
 def test_list_of_dicts_on_the_command_line(monkeypatch):
   monkeypatch.chdir(_REPO)
-  models = [{"name": "Local", "base_url": "http://127.0.0.1:8000/v1", "price_in_per_m": 0.1}]
+  models = [{"name": "Local", "base_url": "http://127.0.0.1:8000/v1", "price_in_per_m": 0.1, "price_out_per_m": 0.4}]
   config = _parse([f"--config.llm.models={json.dumps(models)}"])
   assert config.llm.models == models
   assert "Local" in [s.name for s in environment.validate_config(config)]

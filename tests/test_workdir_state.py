@@ -139,6 +139,32 @@ def test_old_checkpoint_without_a_newer_field_compares_with_the_value_it_was_tra
   workdir_lib.check_resume(tiny_config(**{"selector.skip_head": "shared"}), tmp_path)
 
 
+def _old_reward_layout(config) -> dict:
+  """``config`` as a checkpoint written before the reward section saved it (c_s, c_f and the cost under stage1/2)."""
+  saved = config.to_dict()
+  reward = saved.pop("reward")
+  saved["stage1"].update(reward_cost_solved=reward["cost_solved"], reward_cost_failed=reward["cost_failed"],
+                         system_cost=reward["system_cost"])
+  saved["stage2"]["reward_cost_solved"] = reward["stage2_cost_solved"]
+  return saved
+
+
+def test_checkpoint_with_the_old_reward_fields_resumes_without_spurious_differences(tmp_path, caplog):
+  saved = _old_reward_layout(tiny_config())
+  assert workdir_lib.config_differences(saved, tiny_config()) == ([], [])
+  restored = base_config.from_saved(saved)
+  assert restored.reward.to_dict() == tiny_config().reward.to_dict()
+  assert "reward_cost_solved" not in restored.stage1 and "system_cost" not in restored.stage1
+  with checkpointing.Checkpointer(tmp_path / "checkpoints" / "stage1") as ck:
+    ck.save(1, {"x": [1.0]}, {"config": saved})
+  caplog.set_level(logging.WARNING, logger=workdir_lib.__name__)
+  workdir_lib.check_resume(tiny_config(), tmp_path)
+  assert not caplog.records
+  workdir_lib.check_resume(tiny_config(**{"reward.cost_failed": 50.0}), tmp_path)  # a real change: named
+  [record] = caplog.records
+  assert "reward.cost_failed 300.0 -> 50.0" in record.getMessage()
+
+
 def _stage1_rows(workdir):
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   rows = [json.loads(line) for line in lines]  # strict JSON: every line parses
