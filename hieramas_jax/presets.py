@@ -8,9 +8,9 @@ with the file and flag it comes from. A preset has two layers:
 - ``recipe``: how stage 1 and stage 2 train (optimizer, sizes, entropy, temperature, baseline, credit, labels,
   model widths).
 
-``--config=configs/<task>.py:paper_gpt`` applies both layers; the configs' default (no arg) applies the
-``paper_gpt`` setting only and keeps the training recipe of ``hieramas_jax/config.py`` (why: README, "Deviations
-from the paper"). What our config cannot express is listed in ``NOT_EXPRESSED``. README's table "The paper's
+``--config=configs/<task>.py:paper_gpt`` applies both layers; the configs' default (no arg) is the ``paper_gpt``
+setting with this project's training recipe, both written out in ``configs/common.py`` and ``configs/<task>.py``
+(why: README, "Deviations from the paper"; tests/test_presets.py checks they agree with this module). What our config cannot express is listed in ``NOT_EXPRESSED``. README's table "The paper's
 settings" is ``markdown_table()``; tests/test_presets.py checks the README against this module.
 """
 
