@@ -2,10 +2,17 @@
 
 Not a config file of its own: configs/<task>.py call ``experiment(task, arg)``,
 set the task's own values (proposers, DAG densities, K, inference rules, stage
-2's optimizer) and return ``base.finish(c, arg)``, which applies the arg (a
-paper_* preset, smoke's sizes, then ``field=value`` assignments). The paper's
-values, with their sources, are in hieramas_jax/presets.py; where this recipe
-differs from them and why: README, "Deviations from the paper"; the
+2's optimizer) and return ``base.finish(c, arg)``, which applies their arg
+(comma-separated, e.g. ``--config=configs/math.py:smoke,seed=3``):
+
+  smoke                   tiny sizes (a run of about a minute on 2 CPU cores)
+  files                   the benchmark files instead of synthetic problems (MATH; the others always use files)
+  openai                  real OpenAI-compatible endpoints (``llm.models``) instead of the simulator
+  paper_gpt, paper_qwen   a paper setting with the paper code's training recipe (hieramas_jax/presets.py)
+  field=value             any field, last of all (a value holding commas in brackets: graphs.density_range=(0.3,0.7))
+
+The paper's values, with their sources, are in hieramas_jax/presets.py; where
+this recipe differs from them and why: README, "Deviations from the paper"; the
 measurements behind the defaults: EXPERIMENTS.md.
 """
 

