@@ -202,6 +202,17 @@ def test_nnx_module_round_trips_the_param_dict(arch):
     decoder.Decoder.from_params(cfg, {**params, 'embed': params['embed'][:10]})
 
 
+def test_bfloat16_params_give_float32_logits_close_to_float32():
+  cfg = config_lib.tiny('qwen3')
+  params = random_params(cfg)
+  half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  tokens = np.arange(1, 13)[None]
+  logits, cache = _jit_forward(half, cfg, tokens, np.arange(12)[None], decoder.init_cache(cfg, 1, 16, jnp.bfloat16))
+  assert logits.dtype == jnp.float32 and cache.k.dtype == jnp.bfloat16
+  expected = full_logits(params, cfg, tokens[0])
+  assert np.abs(np.asarray(logits[0]) - expected).max() < 0.05 * np.abs(expected).max()
+
+
 @pytest.mark.parametrize('arch', ARCHS)
 def test_cached_decode_equals_one_full_forward(arch):
   cfg = config_lib.tiny(arch)
