@@ -317,6 +317,18 @@ def test_sampling_is_reproducible_per_key_and_tiny_top_p_is_greedy():
     np.testing.assert_allclose(logprobs, expected, atol=1e-4)
 
 
+def test_per_row_keys_make_a_rows_sample_independent_of_its_batch():
+  cfg = config_lib.tiny('qwen3')
+  params = random_params(cfg)
+  kwargs = dict(max_new_tokens=8, temperature=1.0, top_p=0.95)
+  keys = jax.random.split(jax.random.key(7), 2)
+  first = gen.generate(params, cfg, [[1, 2, 3], [4, 5, 6, 7]], key=keys, **kwargs)
+  moved = gen.generate(params, cfg, [[9, 9], [4, 5, 6, 7]], key=jnp.stack([jax.random.key(8), keys[1]]), **kwargs)
+  assert moved.tokens[1] == first.tokens[1] and moved.tokens[0] != first.tokens[0]
+  with pytest.raises(ValueError, match='one key per prompt'):
+    gen.generate(params, cfg, [[1, 2, 3]], key=keys, **kwargs)
+
+
 def test_top_p_keeps_the_smallest_nucleus():
   logits = jnp.log(jnp.array([[0.2, 0.5, 0.3], [0.2, 0.5, 0.3]]))
   kept = np.asarray(gen._top_p_filter(logits, jnp.array([[0.6], [0.5]]))) > decoder.MASKED_LOGIT / 2

@@ -7,8 +7,9 @@ fixes the cache length (prompt bucket + budget bucket). Prompt contents, lengths
 traced values, so new requests in the same buckets reuse one compiled program.
 Recompilation happens only for a new (config, bucket, greedy?, top-p?) combination.
 
-Randomness: the token of step i is drawn with ``jax.random.fold_in(key, i)``; the same
-key, prompts and settings give the same tokens.
+Randomness: the tokens of step i are drawn with ``jax.random.fold_in(key, i)``; the same
+key, prompts and settings give the same tokens. With one key per prompt, row r draws with
+``fold_in(keys[r], i)`` alone, so its tokens do not depend on the rows batched beside it.
 
 Log-probs: ``GenerationResult.logprobs`` are log softmax of the model's raw logits
 (temperature 1, no top-p filter) at each new token, i.e. what ``token_logprobs`` returns
