@@ -6,7 +6,9 @@ PyTorch (CPU build), transformers, gguf and accelerate. transformers reads the G
 itself (dequantising every block to float32 and undoing llama.cpp's Q/K permutation
 on its own), so the reference shares no loading code with ``hieramas_jax.lm.weights``.
 
-Setting up that environment (once; the constraint keeps pip from swapping in a CUDA torch):
+Setting up that environment (once; the constraint keeps pip from swapping in a CUDA torch; the
+committed fixture's torch 2.13.0+cpu came from the machine's local wheel folder, which pip
+found when the CPU index below could not be reached):
 
   python3 -m venv /tmp/torchvenv
   /tmp/torchvenv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -103,7 +106,6 @@ def main() -> None:
   # Imported here so --help works without the reference environment.
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  import gguf  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(args.threads)
   path = find_gguf()
@@ -166,7 +168,7 @@ def main() -> None:
       "greedy_text": tokenizer.decode(new_ids),
       "transformers": transformers.__version__,
       "torch": torch.__version__,
-      "gguf": gguf.__version__ if hasattr(gguf, "__version__") else "unknown",
+      "gguf": importlib.metadata.version("gguf"),
       "python": platform.python_version(),
   }
   (out_dir / "smollm2_reference.json").write_text(
