@@ -87,6 +87,13 @@ class PoolScorer:
     self._score = jax.jit(gcn_fast.score_shared_pool, static_argnums=3)
     self._tensors_entry = None  # [parameter leaves, their ids, tensors, host tensors or None]
     self._pools: dict[tuple, list] = {}  # key -> [inputs held so their ids stay theirs, prepared pool, host terms]
+    self._fast_path = None if impl == "dense" else False  # decided on the first call (see _uses_fast_path)
+
+  def _uses_fast_path(self, params) -> bool:
+    """Whether the model has the GCN's shared-pool path (``scoring_tensors``); other classifiers use ``__call__``."""
+    if self._fast_path is None:
+      self._fast_path = hasattr(nnx.merge(self.graphdef, params), "scoring_tensors")
+    return self._fast_path
 
   def _cached_tensors(self, params):
     """(tensors, [leaves, their ids, ...]) of ``params``, or (None, None) when a leaf cannot be keyed."""
@@ -138,7 +145,7 @@ class PoolScorer:
 
     A jax array, or a NumPy array for a call small enough to run on the host (see the class doc).
     """
-    if self.impl == "dense" and getattr(adjs, "ndim", 0) == 3 and getattr(role_mask, "ndim", 1) == 1 and \
+    if self._uses_fast_path(params) and getattr(adjs, "ndim", 0) == 3 and getattr(role_mask, "ndim", 1) == 1 and \
         getattr(query_emb, "ndim", 0) == 2 and getattr(query_emb, "dtype", None) == jnp.float32:
       params_entry, entry = self._pool_entry(params, adjs, role_mask, query_emb.shape[0])
       if entry is not None and query_emb.shape[1] == params_entry[2]["query_kernel"].shape[0]:
@@ -153,7 +160,7 @@ class PoolScorer:
 
     The per-query executable of a cached shared pool, or the whole computation otherwise.
     """
-    if self.impl == "dense" and adjs.ndim == 3 and (role_mask is None or role_mask.ndim == 1):
+    if self._uses_fast_path(params) and adjs.ndim == 3 and (role_mask is None or role_mask.ndim == 1):
       tensors, entry = self.prepared_pool(params, adjs, role_mask, query_emb.shape[0])
       if tensors is not None:
         return self._score.lower(tensors, entry[1], query_emb, adjs.shape[0])
