@@ -149,7 +149,9 @@ def _server_message(exc: openai.APIStatusError) -> str:
   if isinstance(body, str) and body.strip():
     return short_text(body, 200)
   message = str(getattr(exc, "message", "") or "")
-  return short_text(message.split(" - ", 1)[1] if message.startswith("Error code:") and " - " in message else message, 200)
+  if message.startswith("Error code:") and " - " in message:  # "Error code: 404 - {...}": the part after the code
+    message = message.split(" - ", 1)[1]
+  return short_text(message, 200)
 
 
 def status_failure(exc: openai.APIStatusError, spec: ModelSpec, base_url: str) -> Failure:

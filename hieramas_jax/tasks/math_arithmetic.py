@@ -272,7 +272,10 @@ def _unwrap(s: str) -> str:
 
 
 def is_plain_value(text: str) -> bool:
-  """Whether ``text`` states a final value: ``42``, ``-0.5``, ``\\frac{3}{4}``, ``3/4``, ``12\\pi``, ``\\frac{9\\pi}{4}``."""
+  """Whether ``text`` states a final value.
+
+  ``42``, ``-0.5``, ``\\frac{3}{4}``, ``3/4``, ``12\\pi`` and ``\\frac{9\\pi}{4}`` do.
+  """
   return bool(_PLAIN.fullmatch(_unwrap(_arithmetic_text(text).replace(" ", ""))))
 
 
