@@ -306,8 +306,8 @@ def _merge(defaults_: dict, saved: dict) -> dict:
   return out
 
 
-# Fields renamed or moved: old (section, field) -> new. Reward fields lived under stage1/stage2 until the reward
-# section existed (hieramas_jax 0.1.0 before policy schema 2's reward section).
+# Fields renamed or moved: old (section, field) -> new. Configs saved before the reward section held the reward's
+# fields under stage1 and stage2.
 RENAMED_FIELDS = {("stage1", "reward_cost_solved"): ("reward", "cost_solved"),
                   ("stage1", "reward_cost_failed"): ("reward", "cost_failed"),
                   ("stage1", "system_cost"): ("reward", "system_cost"),
