@@ -49,6 +49,12 @@ import time
 
 _GRID_BATCHES = (1, 8, 64, 256)
 _GRID_POOLS = (50, 200, 1000)
+# Pairs per block compared, and the points they are compared at (scores/s of cached calls).
+_BLOCK_SWEEP = (800, 1600, 3200)
+_BLOCK_SWEEP_POINTS = ((64, 50), (64, 200), (256, 1000))
+# (B, K) points where the host path (NumPy on the caller's thread) and the XLA call are timed side by side.
+_HOST_LADDER = ((1, 1), (1, 8), (64, 1), (1, 25), (1, 50), (8, 8), (1, 100), (64, 4), (8, 25), (1, 200), (8, 50),
+                (1, 400), (8, 100))
 
 
 def _calls_per_sample(fn, min_sample_s: float) -> int:
@@ -70,6 +76,57 @@ def median_times(fns: dict, repeats: int, min_sample_s: float) -> dict[str, floa
         fn()
       samples[name].append((time.perf_counter() - start) / calls[name])
   return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def host_path_figures(gcn, graphdef, params, queries_all, pool_all, repeats: int, min_sample_s: float) -> dict:
+  """Per ``_HOST_LADDER`` point: a cached call on the host path and on XLA (us), timed in turns.
+
+  ``faster_up_to_pairs``: the largest B x K up to which every ladder point was
+  faster on the host (what ``gcn_scoring.HOST_MAX_PAIRS`` is set from).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  host = gcn.PoolScorer(graphdef, host_max_pairs=10**9)
+  xla = gcn.PoolScorer(graphdef, host_max_pairs=0)
+  fns = {}
+  for b, k in _HOST_LADDER:
+    q, a = queries_all[:b], pool_all[:k]
+    fns[("host", b, k)] = lambda q=q, a=a: host(params, q, a)  # NumPy: done when it returns
+    fns[("xla", b, k)] = lambda q=q, a=a: jax.block_until_ready(xla(params, q, a))
+  times = median_times(fns, repeats, min_sample_s)
+  faster_up_to = 0
+  for b, k in sorted(_HOST_LADDER, key=lambda point: point[0] * point[1]):
+    if times[("host", b, k)] >= times[("xla", b, k)]:
+      break
+    faster_up_to = b * k
+  return {"points": {f"B{b}_K{k}": {"host_us": round(1e6 * times[("host", b, k)], 1),
+                                    "xla_us": round(1e6 * times[("xla", b, k)], 1)} for b, k in _HOST_LADDER},
+          "faster_up_to_pairs": faster_up_to, "host_max_pairs_in_use": gcn.HOST_MAX_PAIRS}
+
+
+def block_size_figures(gcn, tensors_fn, params, queries_all, pool_all, repeats: int, min_sample_s: float) -> dict:
+  """Scores/s of cached calls at ``_BLOCK_SWEEP_POINTS`` with each of ``_BLOCK_SWEEP`` pairs per block (in turns).
+
+  What ``gcn_fast.PAIRS_PER_BLOCK`` is set from: the same per-query executable
+  as ``PoolScorer``'s, on a pool prepared in that block layout.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from hieramas_jax.models import gcn_fast  # pylint: disable=g-import-not-at-top
+
+  tensors = tensors_fn(params)
+  prepare = jax.jit(gcn_fast.prepare_shared_pool, static_argnums=3)
+  score = jax.jit(gcn_fast.score_shared_pool, static_argnums=3)
+  mask = jnp.ones((pool_all.shape[-1],), jnp.float32)
+  fns = {}
+  for b, k in _BLOCK_SWEEP_POINTS:
+    for pairs in _BLOCK_SWEEP:
+      prepared = prepare(tensors, pool_all[:k], mask, gcn_fast.block_layout(k, b, pairs))
+      fns[(b, k, pairs)] = lambda q=queries_all[:b], p=prepared, k=k: score(tensors, p, q, k).block_until_ready()
+  times = median_times(fns, repeats, min_sample_s)
+  return {f"B{b}_K{k}": {str(pairs): round(b * k / times[(b, k, pairs)]) for pairs in _BLOCK_SWEEP}
+          for b, k in _BLOCK_SWEEP_POINTS} | {"pairs_per_block_in_use": gcn.PAIRS_PER_BLOCK}
 
 
 def minor_faults_per_call(fn, calls: int = 20) -> float:
@@ -162,6 +219,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=7, help="timed samples per figure (medians are reported)")
   parser.add_argument("--min_sample_s", type=float, default=0.05, help="calls are repeated to fill a sample")
   parser.add_argument("--no_grid", action="store_true", help="skip the B x K grid")
+  parser.add_argument("--host_path_only", action="store_true",
+                      help="print only the host-path vs XLA call times (what HOST_MAX_PAIRS is set from)")
   parser.add_argument("--reference_python", default=None, help="interpreter with torch (and numpy)")
   parser.add_argument("--reference_worker", metavar="NPZ", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -188,6 +247,11 @@ def main() -> None:
   pool_all = jnp.asarray(graphs.dag_pool(0, n, max_pool, (0.2, 0.8)), jnp.float32)
   queries_all = jax.random.normal(jax.random.key(2), (max(b, *_GRID_BATCHES), args.query_dim), jnp.float32)
   q, pool = queries_all[:b], pool_all[:k]
+  if args.host_path_only:
+    figures = host_path_figures(gcn, graphdef, params, queries_all, pool_all, args.repeats, args.min_sample_s)
+    print(json.dumps({"bench": "graph_scoring", "host_path": figures,
+                      "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}))
+    return
 
   def scorer(impl, q, pool):
     return lambda: jax.block_until_ready(gcn.score_pool(graphdef, params, q, pool, impl=impl))
@@ -337,7 +401,8 @@ def main() -> None:
         "call_us": round(1e6 * grid_times[(gb, gk)], 1),
         "fraction_less_handoff_floor": None if less_handoff[(gb, gk)] is None else round(less_handoff[(gb, gk)], 3),
         "fraction_less_B1_K1_call": None if less_fixed[(gb, gk)] is None else round(less_fixed[(gb, gk)], 3),
-        "scratch_bytes": scratch[(gb, gk)],
+        "scratch_bytes": scratch[(gb, gk)],  # of the XLA executable (a host-path call runs none)
+        "path": "host" if gb * gk <= gcn.HOST_MAX_PAIRS else "xla",
     } for gb, gk in points}
     result["grid_min_over_best"] = round(min(grid.values()) / best, 3)
     result["grid_argmin"] = "B{}_K{}".format(*min(grid, key=grid.get))
@@ -359,6 +424,11 @@ def main() -> None:
     result["call_us_B1_K50_new_pool_each_call"] = round(1e6 * grid_times["cold_pool_B1_K50"], 1)
     result["call_us_B1_K50_static_graphdef_jit"] = round(1e6 * grid_times["static_graphdef"], 1)
     result["prepared_pool_bytes"] = {f"K{gk}": nbytes for gk, nbytes in prepared.items()}
+    result["scores_per_s_by_pairs_per_block"] = block_size_figures(
+        gcn, gcn.pool_scorer(graphdef)._tensors, params, queries_all, pool_all,  # pylint: disable=protected-access
+        args.repeats, args.min_sample_s)
+    result["host_path"] = host_path_figures(gcn, graphdef, params, queries_all, pool_all, args.repeats,
+                                            args.min_sample_s)
 
   if args.reference_python:
     figures, torch_scores = run_torch_reference(args.reference_python, params, q, pool, args.repeats,

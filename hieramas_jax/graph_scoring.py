@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hieramas_jax import graphs
+from hieramas_jax.models import gcn_fast
 
 
 def validate_graph_stack(adjacency: Any, num_roles: int, batch: int | None = None) -> np.ndarray:
@@ -45,12 +46,14 @@ def validate_graph_stack(adjacency: Any, num_roles: int, batch: int | None = Non
   flat = a.reshape(-1, num_roles, num_roles)
   # Vectorised screening (a DAG's adjacency is nilpotent: A^N = 0); the per-graph
   # validator only runs on failures, to name the index and the problem.
-  ok = np.isin(flat, (0, 1)).all(axis=(1, 2))
-  ints = np.where(ok[:, None, None], flat, 0).astype(np.int32)
+  ok = ((flat == 0) | (flat == 1)).all(axis=(1, 2))
+  ints = np.where(ok[:, None, None], flat, 0).astype(np.int8)
   ok &= ~np.diagonal(ints, axis1=1, axis2=2).any(axis=1)
-  power = ints
-  for _ in range(num_roles):
-    power = (power @ ints > 0).astype(np.int32)
+  # Repeated squaring: A^(2^m) for 2^m >= N in log2(N) float32 products (0/1 entries, sums exact).
+  power, exponent = ints.astype(np.float32), 1
+  while exponent < num_roles:
+    power = (power @ power > 0).astype(np.float32)
+    exponent *= 2
   ok &= ~power.any(axis=(1, 2))
   if not ok.all():
     first = int(np.flatnonzero(~ok)[0])
@@ -61,7 +64,7 @@ def validate_graph_stack(adjacency: Any, num_roles: int, batch: int | None = Non
     except graphs.InvalidGraphError as e:
       raise graphs.InvalidGraphError(f"{where}: {e}") from None
     raise graphs.InvalidGraphError(f"{where} is not a DAG adjacency matrix")  # unreachable in practice
-  return ints.astype(np.int8).reshape(a.shape)
+  return ints.reshape(a.shape)
 
 
 class ShardedGraphScorer:
@@ -73,7 +76,15 @@ class ShardedGraphScorer:
   B only, never on the device count, so every device runs the same compiled
   block on the same shapes whatever the mesh size: 1 and 8 devices give
   bit-identical scores (the per-query inputs and parameters are replicated).
+
+  On the fast path ('dense') a pool shared by all queries is prepared once (its
+  blocks' ``gcn_fast.prepare_shared_pool`` terms, sharded like the pool, and the
+  parameter terms, replicated) and kept for the next calls with the same pool
+  and batch size, as ``HieraMAS.plan`` makes for the candidate pool: a call then
+  runs only ``score_shared_pool`` per block.
   """
+
+  MAX_POOLS = 4  # prepared pools kept (each O(K N H) floats per device)
 
   AXIS = "graphs"
   # The default block is ceil(K / 8): no more than 7 padded graphs on 1, 2, 4 or 8 devices.
@@ -96,6 +107,8 @@ class ShardedGraphScorer:
     self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
     self._compiled: dict[tuple[int, bool], Any] = {}
+    self._tensors = None  # the fast path's parameter terms (replicated), made on first use
+    self._pools: dict[tuple, Any] = {}  # (pool bytes, block, batch) -> prepared blocks, sharded over the mesh
 
   @property
   def num_devices(self) -> int:
@@ -128,6 +141,48 @@ class ShardedGraphScorer:
           out_specs=PartitionSpec(None, self.AXIS)))
     return self._compiled[key]
 
+  def _shared_pool_functions(self, block: int, batch: int):
+    """(prepare, score) for a shared pool on the fast path: the two halves of ``_function(block, False)``.
+
+    Per block of ``block`` graphs, ``prepare`` runs ``prepare_shared_pool`` and
+    ``score`` ``score_shared_pool``: what the model computes for that block, with
+    the query-independent half done once per pool.
+    """
+    key = ("shared", block, batch)
+    if key not in self._compiled:
+      n, layout = self.num_roles, gcn_fast.block_layout(block, batch)
+      mask = np.ones((n,), np.float32)
+
+      def prepare(tensors, adjs):  # [K_local, N, N] -> per step of ``block`` graphs, its prepared terms
+        steps = adjs.astype(jnp.float32).reshape(-1, block, n, n)
+        return jax.lax.map(lambda a: gcn_fast.prepare_shared_pool(tensors, a, jnp.asarray(mask), layout), steps)
+
+      def score(tensors, prepared, query_emb):
+        scores = jax.lax.map(lambda p: gcn_fast.score_shared_pool(tensors, p, query_emb, block), prepared)
+        return jnp.moveaxis(scores, 0, 1).reshape(query_emb.shape[0], -1)  # [B, K_local]
+
+      sharded, replicated = PartitionSpec(self.AXIS), PartitionSpec()
+      self._compiled[key] = (
+          jax.jit(jax.shard_map(prepare, mesh=self.mesh, in_specs=(replicated, sharded), out_specs=sharded)),
+          jax.jit(jax.shard_map(score, mesh=self.mesh, in_specs=(replicated, sharded, replicated),
+                                out_specs=PartitionSpec(None, self.AXIS))))
+    return self._compiled[key]
+
+  def _score_shared(self, q: np.ndarray, stack: np.ndarray, block: int) -> jax.Array:
+    """Scores of a padded shared pool [K', N, N] through its prepared blocks (prepared on first use)."""
+    prepare, score = self._shared_pool_functions(block, q.shape[0])
+    if self._tensors is None:
+      graphdef = self.graphdef
+      self._tensors = jax.jit(lambda p: nnx.merge(graphdef, p).scoring_tensors())(self.params)
+    key = (stack.tobytes(), stack.shape, block, q.shape[0])
+    prepared = self._pools.get(key)
+    if prepared is None:
+      prepared = prepare(self._tensors, jax.device_put(stack, NamedSharding(self.mesh, PartitionSpec(self.AXIS))))
+      if len(self._pools) >= self.MAX_POOLS:
+        self._pools.pop(next(iter(self._pools)))  # the oldest
+      self._pools[key] = prepared
+    return score(self._tensors, prepared, jax.device_put(q, self._replicated))
+
   def __call__(self, query_emb: Any, adjacency: Any) -> np.ndarray:
     """Logits [B, K] of query embeddings [B, D] against DAGs [K, N, N] or [B, K, N, N].
 
@@ -149,6 +204,8 @@ class ShardedGraphScorer:
     padded = -(-k // step) * step
     stack = np.zeros(a.shape[:-3] + (padded, n, n), np.int8)  # padding: empty graphs (valid, discarded)
     stack[..., :k, :, :] = a
+    if self.impl == "dense" and not per_query:
+      return np.asarray(self._score_shared(q, stack, block))[:, :k]
     spec = PartitionSpec(None, self.AXIS) if per_query else PartitionSpec(self.AXIS)
     out = self._function(block, per_query)(
         self.params, jax.device_put(q, self._replicated), jax.device_put(stack, NamedSharding(self.mesh, spec)))

@@ -175,7 +175,7 @@ def test_block_layout_covers_the_pool_with_little_padding():
       blocks, per_block = gcn.block_layout(k, b)
       assert blocks * per_block >= k and blocks * per_block - k < blocks  # less than one graph per block padded
       assert per_block == 1 or per_block * b <= 2 * gcn.PAIRS_PER_BLOCK
-  assert gcn.block_layout(200, 64) == (4, 50)
+  assert gcn.block_layout(200, 64) == (8, 25)
   assert gcn.block_layout(200, 1) == (1, 200)
 
 
@@ -411,3 +411,30 @@ def test_sharded_fast_path_on_8_devices_equals_reference_and_1_device(tmp_path):
   with np.load(tmp_path / "scores.npz") as eight:
     for name, adjs in (("shared", pool), ("per_query", per_query)):
       np.testing.assert_array_equal(system.ShardedGraphScorer(graphdef, params)(q, adjs), eight[name])
+
+
+def test_sharded_scorer_prepares_a_shared_pool_once_and_scores_as_before():
+  """HieraMAS.plan's path: a shared pool is prepared on the first call and reused for new queries; the scores are
+  those of the uncached per-block computation, bit for bit, and the per-pair reference's within 1e-5."""
+  from hieramas_jax import graph_scoring  # pylint: disable=g-import-not-at-top
+  model = gcn.GraphClassifier(8, 64, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  scorer = graph_scoring.ShardedGraphScorer(graphdef, params)
+  pool = graphs.dag_pool(0, 8, 203, (0.2, 0.8)).astype(np.int8)
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    q = rng.normal(size=(2, 64)).astype(np.float32)
+    got = scorer(q, pool)
+    block = scorer.block_size(len(pool), 2)
+    stack = np.zeros((-(-len(pool) // block) * block, 8, 8), np.int8)
+    stack[:len(pool)] = pool
+    uncached = np.asarray(scorer._function(block, False)(scorer.params, q, stack))[:, :len(pool)]
+    np.testing.assert_array_equal(got, uncached)
+    reference = gcn.score_pool(graphdef, params, jnp.asarray(q), jnp.asarray(pool, jnp.float32), impl="dense_per_pair")
+    np.testing.assert_allclose(got, reference, atol=1e-5, rtol=0)
+  assert len(scorer._pools) == 1
+  pool[:, 0, :] = 0  # changed in place: keyed by content, prepared again
+  np.testing.assert_allclose(scorer(q, pool), gcn.score_pool(graphdef, params, jnp.asarray(q), jnp.asarray(
+      pool, jnp.float32), impl="dense_per_pair"), atol=1e-5, rtol=0)
+  assert len(scorer._pools) == 2

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 IMPLEMENTATIONS = ("dense", "dense_per_pair", "segment")  # the GCN's scoring forms (see models/gcn.py)
-# Pairs per block of the fast path: measured (bench/graph_scoring.py) near the best from B=1 to B=256 on 2 cores;
-# bounds its working memory (about 2 x PAIRS_PER_BLOCK x N x H floats).
-PAIRS_PER_BLOCK = 3200
+# Pairs per block of the fast path (bench/graph_scoring.py's scores_per_s_by_pairs_per_block): 1600 was 1.2-2x
+# faster than 3200 at B=64-256 on 2 loaded cores (a block's [G, N, B, H] activations, 3.3 MB, stay nearer the
+# 1 MB-per-core L2), the same at B <= 8. Bounds working memory (about 2 x PAIRS_PER_BLOCK x N x H floats).
+PAIRS_PER_BLOCK = 1600
 
 
 def normalized_adjacency(adj: jax.Array, role_mask: jax.Array) -> jax.Array:
