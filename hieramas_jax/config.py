@@ -190,7 +190,9 @@ def selector_section() -> ml_collections.ConfigDict:
 
 def gcn_section() -> ml_collections.ConfigDict:
   """The graph classifier; ``impl`` is the scoring form ('dense' or the jraph 'segment', same function)."""
-  return ml_collections.ConfigDict(dict(role_dim=32, hidden_dim=128, num_layers=2, mlp_dim=64, impl="dense"))
+  # model: the classifier's name in policy.CLASSIFIER_MODELS (another GNN: one module + one entry there).
+  return ml_collections.ConfigDict(dict(model="gcn", role_dim=32, hidden_dim=128, num_layers=2, mlp_dim=64,
+                                        impl="dense"))
 
 
 def graphs_section() -> ml_collections.ConfigDict:
