@@ -64,8 +64,8 @@ def build_mean_aggregation(num_roles, query_dim, hparams, rngs):
   return MeanAggregationClassifier(num_roles, query_dim, hparams["hidden_dim"], rngs)
 
 
-def smoke_config(task: str = "math"):
-  c = base_config.base_config(task, "smoke")
+def smoke_config(task: str = "math", arg: str = "smoke"):
+  c = base_config.base_config(task, arg)
   c.encoder.kind = "hashing"
   c.inference.max_skipped_roles = 0  # as tests/test_train.py: stage 2 then sees DAGs that differ
   return c
@@ -76,8 +76,7 @@ def swapped_gnn_run(tmp_path_factory):
   """A smoke run of both stages whose graph classifier is ``MeanAggregationClassifier`` (registered meanwhile)."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setitem(policy.CLASSIFIER_MODELS, "mean_aggregation", build_mean_aggregation)
-    config = smoke_config()
-    config.gcn.model = "mean_aggregation"
+    config = smoke_config(arg="smoke,gcn.model=mean_aggregation")  # as --config=configs/math.py:smoke,gcn.model=...
     workdir = tmp_path_factory.mktemp("gnn") / "run"
     summary = train.train_and_evaluate(config, workdir, progress=False)
     yield {"config": config, "workdir": workdir, "summary": summary}

@@ -1,0 +1,555 @@
+"""MLPO leader training: a leader LLM (``hieramas_jax.lm`` decoder) learns with GRPO to synthesize K peers' answers.
+
+One step (``config.mlpo``; the paper is arXiv 2507.08960):
+
+  1. ``queries_per_step`` training problems, chosen from (seed, step).
+  2. For each of T rounds: the K peers answer (round 0: the plain prompt; later rounds: refine on the leader's
+     last answer), through any ``Backend`` (sim, openai, local); the leader samples a group of G completions of
+     the synthesis prompt; the task's grader gives each a reward. The prompts are those of the MLPO baseline
+     (``baselines.prompts``), so the leader trains on what ``launch.evaluate`` shows it. The peers of the next
+     round read the group's first sample (a random draw of the leader's policy).
+  3. One GRPO update (``lm.grpo``) over the B*T groups: advantages normalised within each group, clipped ratio,
+     k3 KL to the frozen starting weights, AdamW with gradient clipping (optax).
+
+Randomness derives from (seed, step): problems from a numpy generator seeded with them, the leader's sampling
+key from ``fold_in(key(seed), step)``, the peers' draws from sample indices of (step, round, peer); a resumed run
+repeats exactly what an uninterrupted one does. A query with a failed peer call is masked out of the update;
+more than ``llm.max_failed_fraction`` of them stops the run (``executor.FailedCallsError``). Checkpoints go
+through ``checkpointing.Checkpointer`` (params + optimizer state); SIGTERM saves after the current step. The
+trained leader is written to ``<workdir>/leader`` (``lm.leader_export``): a pool entry ``backend='local',
+path=<workdir>/leader`` serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from hieramas_jax import checkpointing
+from hieramas_jax import executor
+from hieramas_jax.baselines import prompts
+from hieramas_jax.baselines.core import ROUND_STRIDE, cycled
+from hieramas_jax.llm import base as llm_base
+from hieramas_jax.llm import pool as llm_pool
+from hieramas_jax.llm import preflight as llm_preflight
+from hieramas_jax.llm import routing as llm_routing
+from hieramas_jax.lm import config as lm_config
+from hieramas_jax.lm import decoder
+from hieramas_jax.lm import generate as lm_generate
+from hieramas_jax.lm import grpo
+from hieramas_jax.lm import leader_export
+from hieramas_jax.lm.byte_tokenizer import ByteTokenizer
+from hieramas_jax.tasks.base import Problem, Task
+from hieramas_jax.train import environment
+from hieramas_jax.train.metric_writer import MetricWriter
+from hieramas_jax.train.preemption import PreemptionWatcher, StopRequested
+
+ConfigError = environment.ConfigError
+STAGE = "leader"  # metrics.jsonl rows
+_BATCH_STREAM = 31  # numpy stream of the problem choice (apart from the sampling key)
+MIN_LENGTH_BUCKET = 16
+_MAX_ROUNDS = 100  # rounds per step the peers' sample indices leave room for
+# Config fields a resumed run must share with its checkpoints (anything else may change, e.g. steps).
+_RESUME_FIELDS = ("leader", "leader_dtype", "peers", "peer_models", "rounds", "group_size", "queries_per_step",
+                  "max_new_tokens", "temperature", "top_p", "clip_eps", "kl_coef", "loss_level", "updates_per_batch",
+                  "adv_eps", "learning_rate", "weight_decay", "grad_clip", "format_reward")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The GRPO loss became NaN or infinite; nothing of that step is saved."""
+
+
+# ---------------------------------------------------------------------------
+# The leader model
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LeaderModel:
+  """A decoder config, its parameters, a tokenizer and where they came from."""
+
+  config: lm_config.DecoderConfig
+  params: dict[str, Any]
+  tokenizer: Any
+  tokenizer_ref: dict[str, str]
+  source: str
+
+
+def tiny_leader(seed: int, dtype: Any = jnp.float32, **overrides: Any) -> LeaderModel:
+  """A random 2-layer, width-64 Llama-shaped decoder with a byte tokenizer (tests, smoke runs)."""
+  values = dict(max_position_embeddings=4096)
+  values.update(overrides)
+  cfg = lm_config.tiny("llama", **values)
+  params = decoder.init_params(cfg, jax.random.key(seed), dtype=dtype)
+  return LeaderModel(cfg, params, ByteTokenizer(), {"kind": "byte"}, "tiny")
+
+
+def load_leader_model(spec: str, *, seed: int, dtype: str = "float32") -> LeaderModel:
+  """'tiny', a leader folder, a .gguf file or a Hugging Face folder, in ``dtype``."""
+  if dtype not in llm_routing.LOCAL_DTYPES:
+    raise ConfigError(f"mlpo.leader_dtype={dtype!r}; choose one of {llm_routing.LOCAL_DTYPES}")
+  jdtype = jnp.dtype(dtype)
+  if spec == "tiny":
+    return tiny_leader(seed, jdtype)
+  path = pathlib.Path(spec).expanduser()
+  if not path.exists():
+    raise ConfigError(f"mlpo.leader={spec!r} does not exist; give 'tiny', a .gguf file, a Hugging Face folder or a "
+                      f"leader folder ({llm_routing.SMOLLM2_HINT})")
+  if leader_export.is_leader_dir(path):
+    cfg, params, tokenizer = leader_export.load_leader(path, jdtype)
+    meta = json.loads((path / leader_export.META_NAME).read_text())
+    return LeaderModel(cfg, params, tokenizer, dict(meta["tokenizer"]), str(path.absolute()))
+  try:
+    from hieramas_jax.lm import weights  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ConfigError(f"mlpo.leader={spec!r}: loading model files needs hieramas_jax.lm.weights ({e})") from None
+  cfg, params, tokenizer = weights.load_model(path, dtype=jdtype)
+  return LeaderModel(cfg, params, tokenizer, leader_export.tokenizer_reference(tokenizer, path),
+                     str(path.absolute()))
+
+
+def chat_ids(tokenizer: Any, messages: Sequence[llm_base.Message]) -> list[int]:
+  """Token ids of a chat prompt through the tokenizer's template (as ``lm.backend`` builds them)."""
+  return list(tokenizer.encode(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)))
+
+
+# ---------------------------------------------------------------------------
+# GRPO on token sequences (no LLM-system knowledge below this line)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+  """Sampling and update settings of GRPO (see configs/mlpo.py for each value's source)."""
+
+  group_size: int = 8
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_p: float = 1.0
+  clip_eps: float = 0.2
+  kl_coef: float = 0.04
+  loss_level: str = "sequence"
+  updates_per_batch: int = 1
+  adv_eps: float = 1e-6
+  learning_rate: float = 1e-6
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+
+  def __post_init__(self):
+    for name in ("group_size", "max_new_tokens", "updates_per_batch"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"mlpo.{name}={value!r}; it must be a whole number >= 1")
+    if self.group_size < 2:
+      raise ConfigError(f"mlpo.group_size={self.group_size}; GRPO compares samples within a group: use >= 2")
+    if self.loss_level not in grpo.LOSS_LEVELS:
+      raise ConfigError(f"mlpo.loss_level={self.loss_level!r}; choose one of {grpo.LOSS_LEVELS}")
+    if not self.temperature > 0:
+      raise ConfigError(f"mlpo.temperature={self.temperature}; GRPO samples its groups: use a temperature > 0")
+    if not 0 < self.top_p <= 1:
+      raise ConfigError(f"mlpo.top_p={self.top_p}; it must lie in (0, 1]")
+    for name in ("clip_eps", "learning_rate", "grad_clip", "adv_eps"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"mlpo.{name}={getattr(self, name)}; it must be > 0")
+    for name in ("kl_coef", "weight_decay"):
+      if not getattr(self, name) >= 0:
+        raise ConfigError(f"mlpo.{name}={getattr(self, name)}; it must be >= 0")
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> GRPOSettings:
+    return cls(**{f.name: m[f.name] for f in dataclasses.fields(cls)})
+
+
+def make_optimizer(settings: GRPOSettings) -> optax.GradientTransformation:
+  """AdamW after global-norm gradient clipping."""
+  return optax.chain(optax.clip_by_global_norm(settings.grad_clip),
+                     optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay))
+
+
+@dataclasses.dataclass
+class Samples:
+  """G completions of each prompt: token ids (stop token kept when the row stopped), texts."""
+
+  tokens: list[list[int]]  # [prompts * G], prompt-major
+  texts: list[str]
+  finish_reasons: list[str]
+
+
+def sample_groups(model: LeaderModel, params: dict[str, Any], prompt_ids: Sequence[Sequence[int]], key: jax.Array,
+                  settings: GRPOSettings) -> Samples:
+  """``settings.group_size`` completions of every prompt (one batched generation)."""
+  rows = [list(p) for p in prompt_ids for _ in range(settings.group_size)]
+  longest = max(len(r) for r in rows)
+  if longest + settings.max_new_tokens > model.config.max_position_embeddings:
+    raise ConfigError(f"a leader prompt of {longest} tokens plus mlpo.max_new_tokens={settings.max_new_tokens} "
+                      f"exceeds the leader's context of {model.config.max_position_embeddings} tokens; lower "
+                      "mlpo.max_new_tokens or the peers' llm.max_tokens")
+  stop_ids = tuple(model.tokenizer.eos_ids)
+  result = lm_generate.generate(params, model.config, rows, key=key, max_new_tokens=settings.max_new_tokens,
+                                temperature=settings.temperature, top_p=settings.top_p, stop_ids=stop_ids)
+  tokens = [list(t) + ([stop_ids[0]] if reason == "stop" else [])  # the stop token is learned too
+            for t, reason in zip(result.tokens, result.finish_reasons)]
+  texts = [model.tokenizer.decode(t) for t in result.tokens]
+  return Samples(tokens, texts, list(result.finish_reasons))
+
+
+def length_bucket(n: int) -> int:
+  """``n`` rounded up to an eighth of its power-of-two bucket: at most 8 compiled lengths per octave, <= 12.5% padding."""
+  step = max(MIN_LENGTH_BUCKET, lm_generate.bucket(n) // 8)
+  return -(-max(int(n), 1) // step) * step
+
+
+@dataclasses.dataclass
+class Batch:
+  """Padded sequences of one update: prompt + completion per row, and which positions are completion."""
+
+  tokens: np.ndarray  # [N, L] int32
+  seq_mask: np.ndarray  # [N, L] bool: real tokens
+  completion_mask: np.ndarray  # [N, L-1] float32: log-prob slot t predicts a completion token t+1
+  advantages: np.ndarray  # [N] float32
+
+
+def build_batch(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], rewards: np.ndarray,
+                valid: np.ndarray, adv_eps: float) -> Batch:
+  """Rows prompt-major (group g's samples are rows g*G..g*G+G-1); groups not ``valid`` get no weight.
+
+  Args:
+    prompt_ids: one prompt per group.
+    completions: G completions per group, group-major.
+    rewards: [groups, G].
+    valid: [groups] bool: False masks a group out (a failed peer call).
+    adv_eps: added to each group's reward std.
+  """
+  groups, size = rewards.shape
+  if len(prompt_ids) != groups or len(completions) != groups * size:
+    raise ValueError(f"build_batch: {len(prompt_ids)} prompts and {len(completions)} completions for rewards "
+                     f"{rewards.shape}; expected {groups} and {groups * size}")
+  rows = [list(prompt_ids[i // size]) + list(c) for i, c in enumerate(completions)]
+  length = length_bucket(max(len(r) for r in rows))
+  tokens = np.zeros((len(rows), length), np.int32)
+  seq_mask = np.zeros((len(rows), length), bool)
+  completion_mask = np.zeros((len(rows), length - 1), np.float32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+    seq_mask[i, :len(row)] = True
+    start = len(prompt_ids[i // size])
+    if valid[i // size]:
+      completion_mask[i, start - 1:len(row) - 1] = 1.0
+  rewards = np.where(valid[:, None], rewards, 0.0).astype(np.float32)
+  advantages = np.asarray(grpo.group_advantages(jnp.asarray(rewards), adv_eps)).reshape(-1)
+  return Batch(tokens, seq_mask, completion_mask, advantages.astype(np.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def sequence_logprobs(params: dict[str, Any], cfg: lm_config.DecoderConfig, tokens: jax.Array,
+                      seq_mask: jax.Array) -> jax.Array:
+  """[N, L-1] log-probs of each next token (``lm.generate.token_logprobs``), jitted."""
+  return lm_generate.token_logprobs(params, cfg, tokens, seq_mask)
+
+
+class GRPOLearner:
+  """The jitted GRPO update of a decoder against a frozen reference copy of its starting weights."""
+
+  def __init__(self, cfg: lm_config.DecoderConfig, settings: GRPOSettings, ref_params: dict[str, Any]):
+    self.cfg = cfg
+    self.settings = settings
+    self.ref_params = ref_params
+    self.optimizer = make_optimizer(settings)
+    self._step = jax.jit(self._update)
+
+  def init(self, params: dict[str, Any]) -> Any:
+    return self.optimizer.init(params)
+
+  def _update(self, params, opt_state, tokens, seq_mask, completion_mask, advantages, old_logprobs, ref_logprobs):
+    s = self.settings
+
+    def loss_fn(p):
+      logprobs = lm_generate.token_logprobs(p, self.cfg, tokens, seq_mask)
+      # None: the same values as this forward's (one update per batch; no KL term): no extra forward pass.
+      old = jax.lax.stop_gradient(logprobs) if old_logprobs is None else old_logprobs
+      ref = jax.lax.stop_gradient(logprobs) if ref_logprobs is None else ref_logprobs
+      return grpo.grpo_loss(logprobs, old, ref, advantages, completion_mask, clip_eps=s.clip_eps,
+                            kl_coef=s.kl_coef, loss_level=s.loss_level)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = self.optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+
+  def update(self, params: dict[str, Any], opt_state: Any, batch: Batch, *, step: int
+             ) -> tuple[dict[str, Any], Any, dict[str, float]]:
+    """``updates_per_batch`` gradient steps on one batch; raises NonFiniteLossError on a NaN/inf loss."""
+    tokens, seq_mask = jnp.asarray(batch.tokens), jnp.asarray(batch.seq_mask)
+    # The policy before this batch's first update; with one update per batch that is the update's own forward.
+    old = sequence_logprobs(params, self.cfg, tokens, seq_mask) if self.settings.updates_per_batch > 1 else None
+    # The frozen reference, needed only for the KL term (the 'kl' metric reads 0 without it).
+    ref = sequence_logprobs(self.ref_params, self.cfg, tokens, seq_mask) if self.settings.kl_coef > 0 else None
+    metrics: dict[str, Any] = {}
+    for _ in range(self.settings.updates_per_batch):
+      params, opt_state, metrics = self._step(params, opt_state, tokens, seq_mask, jnp.asarray(batch.completion_mask),
+                                              jnp.asarray(batch.advantages), old, ref)
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(f"GRPO loss is {loss} at leader step {step}; lower mlpo.learning_rate or check the "
+                                 "rewards and the leader's weights (mlpo.leader_dtype='float32' is safest)")
+    return params, opt_state, {k: float(v) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------------
+# MLPO rollouts: peers through the Backend interface, the leader in JAX
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One step's groups (B queries x T rounds, round-major within a query) and what they earned."""
+
+  prompt_ids: list[list[int]]  # [B*T]
+  samples: Samples  # [B*T*G]
+  rewards: np.ndarray  # [B*T, G]
+  correct: np.ndarray  # [B*T, G] bool
+  valid: np.ndarray  # [B*T] bool: every peer call of the query so far answered
+  final_correct: np.ndarray  # [B] bool: the leader's last-round answer (the group's first sample) right
+  peer_correct: np.ndarray  # [B] fraction of the first round's peer answers that are right
+
+
+def peer_sample_index(step: int, round_index: int, peer: int) -> int:
+  """The peers' draw of (step, round, peer): resumed runs ask the same, distinct steps ask anew."""
+  return (step * _MAX_ROUNDS + round_index) * ROUND_STRIDE + peer
+
+
+async def _peer_round(backend: llm_base.Backend, task: Task, problems: Sequence[Problem], models: Sequence[str],
+                      own: list[list[str | None]], leader: Sequence[str | None], round_index: int, step: int,
+                      params: dict[str, Any]) -> list[list[llm_base.Response]]:
+  calls = []
+  for q, problem in enumerate(problems):
+    for k, model in enumerate(models):
+      messages = (prompts.plain_messages(task, problem) if round_index == 0 else
+                  prompts.refine_messages(task, problem, own[q][k], leader[q]))
+      calls.append(backend.complete(model, messages, sample_index=peer_sample_index(step, round_index, k),
+                                    **params))
+  responses = await asyncio.gather(*calls)
+  return [list(responses[q * len(models):(q + 1) * len(models)]) for q in range(len(problems))]
+
+
+def mlpo_rollout(model: LeaderModel, params: dict[str, Any], backend: llm_base.Backend, task: Task,
+                 problems: Sequence[Problem], *, peer_models: Sequence[str], rounds: int, key: jax.Array, step: int,
+                 settings: GRPOSettings, peer_params: dict[str, Any], format_reward: float = 0.0) -> Rollout:
+  """T rounds of peers answering and the leader sampling a group per query (see the module doc)."""
+  num = len(problems)
+  own: list[list[str | None]] = [[None] * len(peer_models) for _ in problems]
+  leader: list[str | None] = [None] * num
+  ok = np.ones(num, bool)
+  prompt_ids, tokens, texts, reasons, rewards, correct = [], [], [], [], [], []
+  peer_correct = np.zeros(num)
+  for r in range(rounds):
+    answers = executor.run_sync(_peer_round(backend, task, problems, peer_models, own, leader, r, step, peer_params))
+    round_prompts = []
+    for q, responses in enumerate(answers):
+      for k, response in enumerate(responses):
+        if response.ok:
+          own[q][k] = response.text
+        else:
+          ok[q] = False
+      if r == 0:
+        peer_correct[q] = np.mean([bool(x.ok and task.grade(problems[q], x.text)) for x in responses])
+      candidates = [(f"Peer {k + 1}", own[q][k]) for k in range(len(peer_models)) if own[q][k] is not None]
+      round_prompts.append(chat_ids(model.tokenizer, prompts.synthesis_messages(task, problems[q], candidates)))
+    samples = sample_groups(model, params, round_prompts, jax.random.fold_in(key, r), settings)
+    size = settings.group_size
+    for q in range(num):
+      group_texts = samples.texts[q * size:(q + 1) * size]
+      right = [bool(task.grade(problems[q], t)) for t in group_texts]
+      formed = [task.extract(t) is not None for t in group_texts] if format_reward else [False] * size
+      rewards.append([float(a) + format_reward * float(b) for a, b in zip(right, formed)])
+      correct.append(right)
+      leader[q] = group_texts[0]
+    prompt_ids.extend(round_prompts)
+    tokens.extend(samples.tokens)
+    texts.extend(samples.texts)
+    reasons.extend(samples.finish_reasons)
+  # Reorder round-major blocks to query-major: group (q, r) at q*T + r.
+  order = [r * num + q for q in range(num) for r in range(rounds)]
+  size = settings.group_size
+  final = np.array([correct[(rounds - 1) * num + q][0] for q in range(num)], bool)
+  return Rollout(
+      prompt_ids=[prompt_ids[g] for g in order],
+      samples=Samples([tokens[g * size + j] for g in order for j in range(size)],
+                      [texts[g * size + j] for g in order for j in range(size)],
+                      [reasons[g * size + j] for g in order for j in range(size)]),
+      rewards=np.array([rewards[g] for g in order], np.float32),
+      correct=np.array([correct[g] for g in order], bool),
+      valid=np.repeat(ok, rounds),  # a query with any failed peer call is masked in every round
+      final_correct=final & ok,
+      peer_correct=peer_correct)
+
+
+# ---------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------
+
+
+def validate(config: ml_collections.ConfigDict) -> tuple[GRPOSettings, list[llm_pool.ModelSpec], list[str]]:
+  """Checks the mlpo section and the peer pool; returns (GRPO settings, pool, the K peers' models)."""
+  if "mlpo" not in config:
+    raise ConfigError("the config has no 'mlpo' section; start from configs/mlpo.py")
+  m = config.mlpo
+  settings = GRPOSettings.from_config(m)
+  for name in ("peers", "rounds", "queries_per_step"):
+    if not isinstance(m[name], int) or m[name] < 1:
+      raise ConfigError(f"mlpo.{name}={m[name]!r}; it must be a whole number >= 1")
+  if m.rounds > _MAX_ROUNDS:
+    raise ConfigError(f"mlpo.rounds={m.rounds}; at most {_MAX_ROUNDS} (the peers' sample indices hold that many)")
+  if not isinstance(m.steps, int) or m.steps < 0:
+    raise ConfigError(f"mlpo.steps={m.steps!r}; it must be a whole number >= 0")
+  if m.format_reward < 0:
+    raise ConfigError(f"mlpo.format_reward={m.format_reward}; it must be >= 0")
+  specs = environment.pool_specs(config)
+  try:
+    llm_pool.validate_pool(specs, check_keys=config.llm.backend == "openai")
+    llm_routing.check_routes(specs, config.llm.backend)
+  except llm_base.ConfigError as e:
+    raise ConfigError(str(e)) from None
+  names = {s.name for s in specs}
+  peers = list(m.peer_models) or [config.llm.decision_model]
+  unknown = sorted(set(peers) - names)
+  if unknown:
+    raise ConfigError(f"mlpo.peer_models (or llm.decision_model) names {unknown}, not in the pool {sorted(names)}")
+  if m.queries_per_step > config.task.num_train:
+    raise ConfigError(f"mlpo.queries_per_step={m.queries_per_step} exceeds task.num_train={config.task.num_train}")
+  return settings, specs, list(cycled(peers, m.peers))
+
+
+def _resume_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  m = config.mlpo.to_dict()
+  out = {name: m[name] for name in _RESUME_FIELDS}
+  out["peer_models"] = list(out["peer_models"])
+  out.update(seed=config.seed, task=config.task.name, source=config.task.source)
+  return out
+
+
+def _check_resume(saved: dict[str, Any], config: ml_collections.ConfigDict, directory: pathlib.Path) -> None:
+  now = _resume_fields(config)
+  changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
+  if changed:
+    raise ConfigError(f"the checkpoints in {directory} were trained with other settings ({'; '.join(changed)}); "
+                      "use a new --workdir, or put the saved values back")
+
+
+def train_leader(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                 backend: llm_base.Backend | None = None, task: Task | None = None,
+                 problems: Sequence[Problem] | None = None, model: LeaderModel | None = None,
+                 progress: bool = True, stop_after: int | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs (or resumes) MLPO leader training; returns a summary (steps, last metrics, leader folder).
+
+  Args:
+    config: a configs/mlpo.py config.
+    workdir: checkpoints (``leader_checkpoints/``), ``metrics.jsonl``, the response cache and ``leader/``.
+    backend: replaces the configured peers' backend (tests: a scripted one).
+    task, problems: replace the configured task and its training split.
+    model: replaces ``mlpo.leader`` (tests: a tiny decoder built elsewhere).
+    progress: print one progress line per step.
+    stop_after: stop (as on SIGTERM: save, raise StopRequested) after this many steps of this call (tests).
+    log: where progress lines go.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  settings, specs, peer_models = validate(config)
+  m = config.mlpo
+  workdir.mkdir(parents=True, exist_ok=True)
+  if task is None:
+    task = environment.load_task(config)
+  if problems is None:
+    problems = environment.load_splits(config, task)["train"]
+  if model is None:
+    model = load_leader_model(m.leader, seed=int(config.seed), dtype=m.leader_dtype)
+  built = backend is None
+  if built:
+    backend = environment.make_backend(config, specs, task, list(problems), workdir)
+  try:  # a dead peer endpoint is one clear EndpointError before any work
+    llm_base.check_models(backend, peer_models)
+    llm_preflight.preflight(backend, peer_models)
+    return _train(config, workdir, settings, peer_models, backend, task, list(problems), model, progress,
+                  stop_after, log)
+  finally:
+    if built:
+      executor.close_backend(backend)
+
+
+def _train(config, workdir, settings, peer_models, backend, task, problems, model, progress, stop_after, log):
+  m = config.mlpo
+  ref_params = model.params  # frozen: the update returns new arrays and never writes into these
+  learner = GRPOLearner(model.config, settings, ref_params)
+  params, opt_state = model.params, learner.init(model.params)
+  ckpt = checkpointing.Checkpointer(workdir / "leader_checkpoints", max_to_keep=config.checkpoint.max_to_keep)
+  start = 0
+  if ckpt.latest_step() is not None:
+    _check_resume(dict(ckpt.metadata().get("resume", {})), config, ckpt.directory)
+    state, meta = ckpt.restore(checkpointing.abstract_tree({"params": params, "opt_state": opt_state}))
+    params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
+    log(f"leader: resumed from step {start} ({ckpt.directory})")
+  writer = MetricWriter(workdir, tensorboard=False)
+  writer.truncate_stage(STAGE, start)
+  peer_params = {"temperature": float(config.llm.temperature), "max_tokens": int(config.llm.max_tokens)}
+  base_key = jax.random.key(int(config.seed))
+  last: dict[str, float] = {}
+
+  def save(step: int) -> None:
+    if step not in ckpt.all_steps():
+      ckpt.save(step, {"params": params, "opt_state": opt_state},
+                {"step": step, "resume": _resume_fields(config), "decoder_config": model.config.to_dict(),
+                 "tokenizer": model.tokenizer_ref, "leader_source": model.source}, force=True)
+
+  done = start
+  try:
+    with PreemptionWatcher() as watcher:
+      for step in range(start, int(m.steps)):
+        began = time.perf_counter()
+        rng = np.random.default_rng([int(config.seed), _BATCH_STREAM, step])
+        chosen = [problems[i] for i in rng.choice(len(problems), size=int(m.queries_per_step), replace=False)]
+        roll = mlpo_rollout(model, params, backend, task, chosen, peer_models=peer_models, rounds=int(m.rounds),
+                            key=jax.random.fold_in(base_key, step), step=step, settings=settings,
+                            peer_params=peer_params, format_reward=float(m.format_reward))
+        failed = 1.0 - float(np.mean(roll.valid))
+        if not roll.valid.any() or failed > float(config.llm.max_failed_fraction):
+          raise executor.FailedCallsError(
+              f"leader step {step + 1}: {failed:.0%} of the queries had a failed peer call; check the endpoints or "
+              f"raise llm.max_failed_fraction (now {config.llm.max_failed_fraction:g})")
+        batch = build_batch(roll.prompt_ids, roll.samples.tokens, roll.rewards, roll.valid, settings.adv_eps)
+        params, opt_state, metrics = learner.update(params, opt_state, batch, step=step + 1)
+        ok = roll.valid
+        done = step + 1
+        last = dict(metrics, reward=float(roll.rewards[ok].mean()), accuracy=float(roll.correct[ok].mean()),
+                    final_accuracy=float(roll.final_correct.mean()), peer_accuracy=float(roll.peer_correct.mean()),
+                    completion_tokens=float(np.mean([len(t) for t in roll.samples.tokens])), failed=failed,
+                    seconds=time.perf_counter() - began)
+        writer.write(STAGE, done, last)
+        if progress:
+          log(f"leader step {done}/{m.steps}: reward {last['reward']:.3f} accuracy {last['accuracy']:.3f} "
+              f"(peers {last['peer_accuracy']:.3f}) loss {last['loss']:.4f} kl {last['kl']:.4f} "
+              f"{last['seconds']:.1f}s")
+        if done % int(config.checkpoint.every_steps) == 0 or done == int(m.steps):
+          save(done)
+        if watcher.stop_requested or (stop_after is not None and done - start >= stop_after):
+          save(done)
+          raise StopRequested(f"stopped after leader step {done}; checkpoint saved in {ckpt.directory}; run the "
+                              "same command to resume")
+    save(done)
+  finally:
+    ckpt.close()
+    writer.close()
+  leader_dir = leader_export.save_leader(
+      workdir / "leader", model.config, jax.device_get(params), model.tokenizer_ref,
+      info={"step": done, "trained_from": model.source, "task": config.task.name})
+  return {"steps": done, "last": last, "leader_dir": str(leader_dir)}

@@ -1,0 +1,62 @@
+"""Trains an MLPO leader (a JAX decoder) with GRPO on K peers' answers over T rounds.
+
+  python -m launch.train_leader --config=configs/mlpo.py --workdir=runs/mlpo
+  python -m launch.train_leader --config=configs/mlpo.py:smoke --workdir=/tmp/mlpo_smoke
+
+Re-running the same command resumes from the workdir's checkpoints. The trained leader is written to
+<workdir>/leader: a pool entry {"name": "leader", "backend": "local", "path": "<workdir>/leader"} serves it
+(e.g. as the MLPO baseline's leader in launch.evaluate). A run that cannot work (a peer endpoint that does not
+answer, a config error, too many failed peer calls, a non-finite loss) prints one line on stderr naming the
+cause and the fix, and exits with status 1. SIGTERM or SIGINT saves a checkpoint after the current step,
+prints where, and exits with status 0.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from hieramas_jax import config as config_lib
+from hieramas_jax import executor
+from hieramas_jax.llm import base as llm_base
+from hieramas_jax.train import environment
+from hieramas_jax.train import leader
+from hieramas_jax.train.preemption import StopRequested
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/mlpo", "Where checkpoints, metrics, the cache and the leader go.")
+config_flags.DEFINE_config_file("config", None, "MLPO configuration file (configs/mlpo.py[:args]).",
+                                lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+# Failures a user fixes (endpoints, keys, config, failed peers, a diverged loss): one line, no traceback.
+EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, executor.FailedCallsError, FileNotFoundError,
+                     leader.NonFiniteLossError)
+
+
+def one_line(error: BaseException) -> str:
+  """The error as one stderr line: its type and message with newlines folded."""
+  lines = [" ".join(line.split()) for line in str(error).splitlines()]
+  return f"launch.train_leader: {type(error).__name__}: {'; '.join(line for line in lines if line)}"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
+  try:
+    summary = leader.train_leader(flags.FLAGS.config, _WORKDIR.value)
+  except StopRequested as stop:
+    print(str(stop))
+    sys.exit(0)  # a requested stop with its checkpoint saved is a clean exit; re-running resumes
+  except EXPECTED_FAILURES as e:
+    sys.stdout.flush()
+    sys.exit(one_line(e))  # exit status 1, the message last on stderr
+  print(f"trained {summary['steps']} steps; leader written to {summary['leader_dir']} (pool entry: backend='local', "
+        f"path='{summary['leader_dir']}')")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)  # a bad --config: one line, exit 1
