@@ -26,6 +26,12 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
   computation per call (nothing cached) at small points, a B=1, K=50 call on a
   new pool each time, and the same call through a jit with the graphdef as a
   static argument (``score_pool`` before ``PoolScorer``);
+- scores/s of cached calls with 800, 1600 and 3200 pairs per block at three
+  points (what ``PAIRS_PER_BLOCK`` is set from); a cached call's time on the host
+  path (NumPy on the calling thread) and on XLA over a ladder of small points, and
+  the largest B x K up to which the host was faster (what ``HOST_MAX_PAIRS`` is
+  set from; ``--host_path_only`` prints only these); each grid point says which
+  path ``score_pool`` took;
 - optionally (``--reference_python=<python with torch>``) the same model in
   dense PyTorch with the same weights: its scores/s and largest score difference.
 
@@ -34,6 +40,7 @@ All timings are medians over ``--repeats`` samples (each sample at least
 
     python bench/graph_scoring.py [--batch 64 --pool 200 --roles 8 --query_dim 1024]
     python bench/graph_scoring.py --reference_python=/tmp/torchvenv/bin/python
+    python bench/graph_scoring.py --host_path_only
 """
 
 from __future__ import annotations
