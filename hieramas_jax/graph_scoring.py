@@ -104,6 +104,8 @@ class ShardedGraphScorer:
     model = nnx.merge(graphdef, params)
     self.num_roles = int(model.num_roles)
     self.query_dim = int(model.query_dim)
+    # The cached shared-pool path is the GCN's (scoring_tensors); any other classifier is scored by its __call__.
+    self._fast_path = impl == "dense" and hasattr(model, "scoring_tensors")
     self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
     self._replicated = NamedSharding(self.mesh, PartitionSpec())
     self._compiled: dict[tuple[int, bool], Any] = {}
@@ -204,7 +206,7 @@ class ShardedGraphScorer:
     padded = -(-k // step) * step
     stack = np.zeros(a.shape[:-3] + (padded, n, n), np.int8)  # padding: empty graphs (valid, discarded)
     stack[..., :k, :, :] = a
-    if self.impl == "dense" and not per_query:
+    if self._fast_path and not per_query:
       return np.asarray(self._score_shared(q, stack, block))[:, :k]
     spec = PartitionSpec(None, self.AXIS) if per_query else PartitionSpec(self.AXIS)
     out = self._function(block, per_query)(
