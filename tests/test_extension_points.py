@@ -7,6 +7,7 @@
   and runs it.
 """
 
+import asyncio
 import dataclasses
 import math
 import random
@@ -116,22 +117,22 @@ def test_an_unregistered_classifier_fails_naming_the_registry():
 
 @dataclasses.dataclass(frozen=True)
 class ShortestOfSettings:
-  """``calls`` samples of ``model``; the shortest answer that came back is final."""
+  """``calls`` parallel samples of ``model``; the shortest answer that came back is final."""
 
+  calls: int = baselines.option(2, flag="shortest_of_calls", help_text="Shortest-of: samples per query.")
   model: str = baselines.option("", flag="baseline_model", config="llm.decision_model",
                                 help_text=baselines.options.MODEL_HELP, pool_model=True)
-  calls: int = baselines.option(2, flag="shortest_of_calls", help_text="Shortest-of: samples per query.")
 
 
 def shortest_of(ctx, settings):
-  """The method: ``calls`` samples per query, the shortest successful one is the answer."""
+  """The method: ``calls`` samples per query sent at once, the shortest successful one is the answer."""
 
   async def one(q):
     messages = baselines.plain_messages(ctx.task, q.problem)
-    answers = [await q.call(f"Sample {s + 1}", s, "sample", s, settings.model, messages, s, 0.0)
-               for s in range(settings.calls)]
-    texts = [response.text for response, _ in answers if response.ok]
-    return q.outcome(min(texts, key=len) if texts else None)
+    samples = await asyncio.gather(*(q.call(f"Sample {s + 1}", s, "sample", s, settings.model, messages, s, 0.0)
+                                     for s in range(settings.calls)))
+    texts = sorted((response.text for response, _ in samples if response.ok), key=len)
+    return q.outcome(texts[0] if texts else None, answered=len(texts))
 
   return ctx.run_queries([settings.model], one)
 
@@ -163,13 +164,11 @@ class ReverseWordTask(Task):
   """Reverse a word; the answer is the last ``ANSWER: <text>`` line. Subjects: word shapes; levels: lengths."""
 
   name = "reverse_word"
-  roles = (
-      RoleSpec("Speller", "You spell words letter by letter, carefully."),
-      RoleSpec("Checker", "You check a reversed word letter by letter against the original."),
-      RoleSpec("Planner", "You say how to reverse the word without losing a letter.", gives_answer=False),
-  )
   answer_instruction = "End with one line 'ANSWER: <the reversed word>'."
   task_rules = "Answer with the reversed word only, in lower case."
+  roles = (RoleSpec("Speller", "You spell words letter by letter, carefully."),
+           RoleSpec("Checker", "You check a reversed word letter by letter against the original."),
+           RoleSpec("Planner", "You say how to reverse the word without losing a letter.", gives_answer=False))
   _ANSWER = re.compile(r"ANSWER:\s*(\S+)")
 
   def load(self, split: str = "test", *, n: int = 60, seed: int = 0, **unused) -> list[Problem]:
