@@ -159,9 +159,9 @@ def test_exported_leader_answers_through_the_local_backend(tmp_path):
   cfg, params, tokenizer = leader_export.load_leader(path)
   assert cfg == model.config
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, model.params)
-  loaded = local_backend.LocalModel(config=cfg, params=params, tokenizer=tokenizer, source=str(path))
+  # The pool entry names the folder alone: the local backend loads it as it loads a .gguf file.
   spec = ModelSpec(name="leader", backend="local", path=str(path), price_in_per_m=0.0, price_out_per_m=0.0)
-  backend = local_backend.LocalBackend([spec], models={str(path): loaded})
+  backend = local_backend.LocalBackend([spec])
   try:
     response = asyncio.run(backend.complete("leader", [{"role": "user", "content": "2+3?"}], max_tokens=4,
                                             temperature=0.0))

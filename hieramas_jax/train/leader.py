@@ -63,7 +63,7 @@ _MAX_ROUNDS = 100  # rounds per step the peers' sample indices leave room for
 # Config fields a resumed run must share with its checkpoints (anything else may change, e.g. steps).
 _RESUME_FIELDS = ("leader", "leader_dtype", "peers", "peer_models", "rounds", "group_size", "queries_per_step",
                   "max_new_tokens", "temperature", "top_p", "clip_eps", "kl_coef", "loss_level", "updates_per_batch",
-                  "adv_eps", "learning_rate", "weight_decay", "grad_clip", "format_reward")
+                  "adv_eps", "learning_rate", "weight_decay", "grad_clip", "format_reward", "peer_answer_chars")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -194,7 +194,8 @@ def sample_groups(model: LeaderModel, params: dict[str, Any], prompt_ids: Sequen
   if longest + settings.max_new_tokens > model.config.max_position_embeddings:
     raise ConfigError(f"a leader prompt of {longest} tokens plus mlpo.max_new_tokens={settings.max_new_tokens} "
                       f"exceeds the leader's context of {model.config.max_position_embeddings} tokens; lower "
-                      "mlpo.max_new_tokens or the peers' llm.max_tokens")
+                      "mlpo.max_new_tokens, or set mlpo.peer_answer_chars to show the leader the ends of the peers' "
+                      "answers only")
   stop_ids = tuple(model.tokenizer.eos_ids)
   result = lm_generate.generate(params, model.config, rows, key=key, max_new_tokens=settings.max_new_tokens,
                                 temperature=settings.temperature, top_p=settings.top_p, stop_ids=stop_ids)
@@ -345,8 +346,13 @@ async def _peer_round(backend: llm_base.Backend, task: Task, problems: Sequence[
 
 def mlpo_rollout(model: LeaderModel, params: dict[str, Any], backend: llm_base.Backend, task: Task,
                  problems: Sequence[Problem], *, peer_models: Sequence[str], rounds: int, key: jax.Array, step: int,
-                 settings: GRPOSettings, peer_params: dict[str, Any], format_reward: float = 0.0) -> Rollout:
-  """T rounds of peers answering and the leader sampling a group per query (see the module doc)."""
+                 settings: GRPOSettings, peer_params: dict[str, Any], format_reward: float = 0.0,
+                 peer_answer_chars: int = 0) -> Rollout:
+  """T rounds of peers answering and the leader sampling a group per query (see the module doc).
+
+  ``peer_answer_chars`` > 0 shows the leader only the last that many characters of each peer answer (where
+  the answer is stated); 0 shows them whole, as the MLPO baseline does.
+  """
   num = len(problems)
   own: list[list[str | None]] = [[None] * len(peer_models) for _ in problems]
   leader: list[str | None] = [None] * num
@@ -364,7 +370,8 @@ def mlpo_rollout(model: LeaderModel, params: dict[str, Any], backend: llm_base.B
           ok[q] = False
       if r == 0:
         peer_correct[q] = np.mean([bool(x.ok and task.grade(problems[q], x.text)) for x in responses])
-      candidates = [(f"Peer {k + 1}", own[q][k]) for k in range(len(peer_models)) if own[q][k] is not None]
+      candidates = [(f"Peer {k + 1}", own[q][k][-peer_answer_chars:] if peer_answer_chars else own[q][k])
+                    for k in range(len(peer_models)) if own[q][k] is not None]
       round_prompts.append(chat_ids(model.tokenizer, prompts.synthesis_messages(task, problems[q], candidates)))
     samples = sample_groups(model, params, round_prompts, jax.random.fold_in(key, r), settings)
     size = settings.group_size
@@ -413,6 +420,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[GRPOSettings, list[llm_
     raise ConfigError(f"mlpo.rounds={m.rounds}; at most {_MAX_ROUNDS} (the peers' sample indices hold that many)")
   if not isinstance(m.steps, int) or m.steps < 0:
     raise ConfigError(f"mlpo.steps={m.steps!r}; it must be a whole number >= 0")
+  if not isinstance(m.peer_answer_chars, int) or m.peer_answer_chars < 0:
+    raise ConfigError(f"mlpo.peer_answer_chars={m.peer_answer_chars!r}; give a whole number >= 0 (0: whole answers)")
   if m.format_reward < 0:
     raise ConfigError(f"mlpo.format_reward={m.format_reward}; it must be >= 0")
   specs = environment.pool_specs(config)
@@ -520,7 +529,8 @@ def _train(config, workdir, settings, peer_models, backend, task, problems, mode
         chosen = [problems[i] for i in rng.choice(len(problems), size=int(m.queries_per_step), replace=False)]
         roll = mlpo_rollout(model, params, backend, task, chosen, peer_models=peer_models, rounds=int(m.rounds),
                             key=jax.random.fold_in(base_key, step), step=step, settings=settings,
-                            peer_params=peer_params, format_reward=float(m.format_reward))
+                            peer_params=peer_params, format_reward=float(m.format_reward),
+                            peer_answer_chars=int(m.peer_answer_chars))
         failed = 1.0 - float(np.mean(roll.valid))
         if not roll.valid.any() or failed > float(config.llm.max_failed_fraction):
           raise executor.FailedCallsError(
