@@ -135,7 +135,8 @@ def test_clear_errors(run):
 def test_command_line_on_8_devices_matches_1_device(run):
   """The launcher as a command, in an 8-CPU-device process: the same scores as this 1-device process."""
   root, hm = run["root"], run["system"]
-  assert jax.device_count() == 1
+  if jax.device_count() != 1:  # e.g. under XLA_FLAGS=--xla_force_host_platform_device_count=8
+    pytest.skip(f"this process has {jax.device_count()} devices; the test compares an 8-device run with 1")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "launch.score_graphs", f"--workdir={root / 'run'}",
          f"--queries={root / 'queries.jsonl'}", f"--graphs={root / 'per_query.npz'}", f"--out={root / 'cli.npz'}",
