@@ -35,12 +35,6 @@ EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, executor.Fai
                      leader.NonFiniteLossError)
 
 
-def one_line(error: BaseException) -> str:
-  """The error as one stderr line: its type and message with newlines folded."""
-  lines = [" ".join(line.split()) for line in str(error).splitlines()]
-  return f"launch.train_leader: {type(error).__name__}: {'; '.join(line for line in lines if line)}"
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -53,7 +47,7 @@ def main(argv):
     sys.exit(0)  # a requested stop with its checkpoint saved is a clean exit; re-running resumes
   except EXPECTED_FAILURES as e:
     sys.stdout.flush()
-    sys.exit(one_line(e))  # exit status 1, the message last on stderr
+    sys.exit(f"launch.train_leader: {type(e).__name__}: {config_lib.one_line(e)}")  # status 1, the last stderr line
   print(f"trained {summary['steps']} steps; leader written to {summary['leader_dir']} (pool entry: backend='local', "
         f"path='{summary['leader_dir']}')")
 
