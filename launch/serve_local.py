@@ -32,6 +32,7 @@ from aiohttp import web
 
 from hieramas_jax.llm.base import ConfigError
 from hieramas_jax.llm.pool import ModelSpec
+from hieramas_jax.llm.preflight import PROBE_MAX_TOKENS, PROBE_MESSAGES
 # The simulator server's OpenAI-format bodies and serving loop: one wire format in the project.
 from hieramas_jax.llm.sim_http import _completion as completion_body  # pylint: disable=protected-access
 from hieramas_jax.llm.sim_http import _error as error_body  # pylint: disable=protected-access
@@ -133,6 +134,18 @@ class LocalServer:
     return web.json_response(out)
 
 
+async def warm_up(backend: Any, name: str) -> None:
+  """Compiles what a preflight probe needs (a short greedy call and a sampled one) before the server listens.
+
+  A client's preflight gives every model a few seconds to answer; a first
+  request that also compiled the decoder's programs could miss that.
+  """
+  for temperature in (0.0, 1.0):
+    response = await backend.complete(name, PROBE_MESSAGES, max_tokens=PROBE_MAX_TOKENS, temperature=temperature)
+    if not response.ok:
+      raise RuntimeError(f"serve_local: the model does not answer a probe: {response.error}")
+
+
 def local_pool(model_path: str, served_names: list[str], dtype: str) -> list[ModelSpec]:
   """The backend's pool: the one file under each served name, free (a local server bills nothing)."""
   return [ModelSpec(name=name, backend="local", path=model_path, dtype=dtype) for name in served_names]
@@ -146,6 +159,8 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (loopback by d
 _PORT = flags.DEFINE_integer("port", 8001, "Port to bind; 0 picks a free one.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Most requests in one batched generation.")
 _BATCH_WAIT_MS = flags.DEFINE_float("batch_wait_ms", 5.0, "How long a batch waits for more requests after its first.")
+_WARM_UP = flags.DEFINE_bool("warm_up", True, "Compile the decoder for short greedy and sampled requests before "
+                             "listening (so a client's first requests, its preflight, answer promptly).")
 _API_KEY_ENV = flags.DEFINE_string("api_key_env", None,
                                    "If set, requests must carry the key held by this environment variable.")
 
@@ -174,6 +189,10 @@ def main(argv):
   print(f"serve_local: {_MODEL.value} ({config.arch}, {config.num_layers} layers, {_DTYPE.value}) as "
         f"{', '.join(names)}", flush=True)
   try:
+    if _WARM_UP.value:
+      start = time.perf_counter()
+      asyncio.run(warm_up(backend, names[0]))
+      print(f"serve_local: warmed up in {time.perf_counter() - start:.1f} s", flush=True)
     asyncio.run(serve(LocalServer(backend, api_key=api_key), _HOST.value, _PORT.value, name="serve_local"))
   finally:
     backend.close()

@@ -188,7 +188,10 @@ def _train_and_run(tmp_path: pathlib.Path, models: list[dict], name: str,
   assert (workdir / "summary.json").exists()
   trace = tmp_path / f"{name}_trace.jsonl"
   with HieraMAS.from_workdir(workdir) as system:
-    problems = environment.load_splits(system.config, system.task)["test"]
+    held_out = environment.load_splits(system.config, system.task)["test"]
+    # Problems training never saw: their calls miss the response cache, so they reach the model.
+    problems = [p for p in system.task.load("test", n=4, seed=system.config.seed + 7919)
+                if p.question not in {h.question for h in held_out}][:2]
     assert system.backend is not None  # built and preflighted before the server's figures are read
     before = server_stats() if server_stats else None
     results = system.run(problems, trace_path=trace)
