@@ -7,7 +7,7 @@ layers, width 64, byte tokenizer) reads them through the MLPO baseline's prompts
 GRPO by ``train.leader.train_leader``, the loop ``launch.train_leader`` runs. A leader that copies the
 majority is always right; one that guesses a letter is right a quarter of the time.
 
-  python bench/leader_grpo.py [--steps=150] [--seed=0] [--rounds=2]
+  python bench/leader_grpo.py [--steps=150] [--seed=0] [--rounds=2] [--format_reward=0.5] [--learning_rate=3e-3]
 
 Prints one JSON line per step ({"step", "reward", "accuracy", "final_accuracy", "peer_accuracy", "kl",
 "seconds"}), then a summary line with the mean reward of the first and last ten steps.
@@ -128,12 +128,16 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--format_reward", type=float, default=0.5, help="reward for writing any letter")
+  parser.add_argument("--learning_rate", type=float, default=3e-3)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as workdir:
-    rows = run(args.steps, args.seed, workdir, rounds=args.rounds)
+    rows = run(args.steps, args.seed, workdir, rounds=args.rounds, format_reward=args.format_reward,
+               learning_rate=args.learning_rate)
   head, tail = rows[:10], rows[-10:]
   mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
   print(json.dumps({"summary": True, "steps": args.steps, "seed": args.seed, "rounds": args.rounds,
+                    "format_reward": args.format_reward, "learning_rate": args.learning_rate,
                     "reward_first10": round(mean(head, "reward"), 4), "reward_last10": round(mean(tail, "reward"), 4),
                     "accuracy_first10": round(mean(head, "accuracy"), 4),
                     "accuracy_last10": round(mean(tail, "accuracy"), 4), "chance_accuracy": 0.25,

@@ -114,7 +114,10 @@ def load_leader_model(spec: str, *, seed: int, dtype: str = "float32") -> Leader
     from hieramas_jax.lm import weights  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ConfigError(f"mlpo.leader={spec!r}: loading model files needs hieramas_jax.lm.weights ({e})") from None
-  cfg, params, tokenizer = weights.load_model(path, dtype=jdtype)
+  try:
+    cfg, params, tokenizer = weights.load_model(path, dtype=jdtype)
+  except ValueError as e:  # a file that is not a model of a supported family: one line, not a traceback
+    raise ConfigError(f"mlpo.leader={spec!r}: {e}") from None
   return LeaderModel(cfg, params, tokenizer, leader_export.tokenizer_reference(tokenizer, path),
                      str(path.absolute()))
 
