@@ -18,10 +18,10 @@ from flax import nnx
 from hieramas_jax.models import gcn_fast
 
 # Calls of at most this many (query, graph) pairs on a cached shared pool run on the host (NumPy, caller's thread).
-# Set from bench/graph_scoring.py --host_path_only (EXPERIMENTS.md, 2026-12-04, issue 17 host path), 2 cores at
-# load 7-8: the host call was 2-5x faster than the XLA call up to 25 pairs, 1.0-1.9x at 50-200 (B1 K200, B8 K25),
-# and 0.3-1.0x from 256-400 on; its CPU time per call was the lower of the two up to 200 pairs.
-HOST_MAX_PAIRS = 200
+# Set from bench/graph_scoring.py's host_path figures (EXPERIMENTS.md, 2026-12-04, issue 17 host path): over three
+# runs on 2 cores at load 5-8 the host call was faster up to 64, 256 and 100 pairs (the median, 100, is used):
+# 2-5x up to 25 pairs, 1.2-1.7x at 50, about even at 200 (B1 K200, B8 K25), slower from 256-400 on.
+HOST_MAX_PAIRS = 100
 
 
 def _scoring_tensors(graphdef, params) -> dict:
