@@ -34,13 +34,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import threading
 import time
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from hieramas_jax.llm.base import ConfigError, Message, Response, UnknownModelError, Usage, error_response
 from hieramas_jax.llm.pool import MAX_TOKENS_PARAMS, ModelSpec
 from hieramas_jax.llm.routing import LOCAL_DTYPES, SMOLLM2_HINT
+from hieramas_jax.lm.batching import BatchStats, Batcher, Completion, GenerateFn, Pending  # noqa: F401  (re-exported)
 
 # Request fields a local call takes besides the token cap; anything else is refused in words.
 _ACCEPTED_PARAMS = ("temperature", "top_p", "stop", "seed", "n") + MAX_TOKENS_PARAMS
@@ -164,28 +164,6 @@ def request_seed(model: str, prompt: Sequence[int], request: GenerationRequest, 
   return int.from_bytes(hashlib.blake2b(payload.encode(), digest_size=8).digest(), "little")
 
 
-@dataclasses.dataclass(frozen=True)
-class Completion:
-  """What generation gave one call, cut to its own limits."""
-
-  text: str
-  prompt_tokens: int
-  completion_tokens: int
-  finish_reason: str
-
-
-@dataclasses.dataclass
-class _Pending:
-  prompt: list[int]
-  max_new_tokens: int
-  request: GenerationRequest
-  seed: int
-  future: concurrent.futures.Future
-
-
-GenerateFn = Callable[..., Any]
-
-
 def jax_generate(model: LocalModel, prompts: list[list[int]], *, seeds: Sequence[int], max_new_tokens: int,
                  temperature: float, top_p: float, stop_ids: Sequence[int]) -> Any:
   """Batched generation with ``lm.generate.generate``, one sampling key per row (from its seed)."""
@@ -197,139 +175,6 @@ def jax_generate(model: LocalModel, prompts: list[list[int]], *, seeds: Sequence
   keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s >> 32), s & 0xFFFFFFFF) for s in seeds])
   return generate.generate(model.params, model.config, prompts, key=keys, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_p=top_p, stop_ids=tuple(stop_ids))
-
-
-@dataclasses.dataclass
-class BatchStats:
-  """How calls were grouped into generations (one per loaded model)."""
-
-  generations: int = 0  # calls of the generate function
-  requests: int = 0  # calls answered through them
-  largest_batch: int = 0
-
-
-class _Batcher:
-  """One loaded model's request queue and the worker thread that runs it in batches.
-
-  A batch starts with the oldest waiting call and takes the waiting calls of the
-  same temperature and top_p, in arrival order, up to ``max_batch``; the worker
-  waits up to ``wait_s`` after picking up the first call for more to arrive.
-  """
-
-  def __init__(self, model: LocalModel, generate_fn: GenerateFn, *, max_batch: int, wait_s: float):
-    self.model = model
-    self.generate_fn = generate_fn
-    self.max_batch = max_batch
-    self.wait_s = wait_s
-    self.stats = BatchStats()
-    self._queue: list[_Pending] = []
-    self._cond = threading.Condition()
-    self._thread: threading.Thread | None = None
-    self._closed = False
-
-  def submit(self, pending: _Pending) -> None:
-    with self._cond:
-      self._closed = False  # usable again after close(), like the HTTP backends
-      if self._thread is None or not self._thread.is_alive():
-        self._thread = threading.Thread(target=self._work, name="local-llm-batcher", daemon=True)
-        self._thread.start()
-      self._queue.append(pending)
-      self._cond.notify_all()
-
-  def close(self, timeout_s: float = 30.0) -> None:
-    """Stops the worker after the batch it runs; calls still queued fail with an error."""
-    with self._cond:
-      self._closed = True
-      queued, self._queue = self._queue, []
-      self._cond.notify_all()
-      thread = self._thread
-    for pending in queued:
-      if pending.future.set_running_or_notify_cancel():
-        pending.future.set_exception(RuntimeError("the local backend was closed before this call ran"))
-    if thread is not None and thread is not threading.current_thread():
-      thread.join(timeout_s)
-
-  def _group(self, pending: _Pending) -> tuple[float, float]:
-    return pending.request.temperature, pending.request.top_p
-
-  def _take_batch(self) -> list[_Pending] | None:
-    """Waits for a batch; None when closed."""
-    with self._cond:
-      while not self._queue and not self._closed:
-        self._cond.wait()
-      if self._closed:
-        return None
-      group = self._group(self._queue[0])
-      deadline = time.monotonic() + self.wait_s
-      while not self._closed:
-        if sum(self._group(p) == group for p in self._queue) >= self.max_batch:
-          break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-          break
-        self._cond.wait(remaining)
-      if self._closed:
-        return None
-      batch, rest = [], []
-      context = int(self.model.config.max_position_embeddings)
-      longest, budget = 0, 0
-      for p in self._queue:
-        # The batch runs max(budget) steps past max(prompt): a call that would push it past the context waits.
-        fits = max(longest, len(p.prompt)) + max(budget, p.max_new_tokens) <= context
-        if self._group(p) == group and len(batch) < self.max_batch and (fits or not batch):
-          batch.append(p)
-          longest, budget = max(longest, len(p.prompt)), max(budget, p.max_new_tokens)
-        else:
-          rest.append(p)
-      self._queue = rest
-    return [p for p in batch if p.future.set_running_or_notify_cancel()]  # cancelled calls drop out
-
-  def _work(self) -> None:
-    while True:
-      batch = self._take_batch()
-      if batch is None:
-        return
-      if batch:
-        self._run(batch)
-
-  def _run(self, batch: list[_Pending]) -> None:
-    first = batch[0].request
-    try:
-      result = self.generate_fn(
-          self.model, [p.prompt for p in batch], seeds=[p.seed for p in batch],
-          max_new_tokens=max(p.max_new_tokens for p in batch), temperature=first.temperature, top_p=first.top_p,
-          stop_ids=tuple(self.model.tokenizer.eos_ids))
-      self.stats.generations += 1
-      self.stats.requests += len(batch)
-      self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-      for i, pending in enumerate(batch):
-        pending.future.set_result(
-            _completion(self.model.tokenizer, pending, list(result.tokens[i]), result.finish_reasons[i]))
-    except Exception as e:  # pylint: disable=broad-except  # every caller gets the failure as its answer
-      for pending in batch:
-        if not pending.future.done():
-          pending.future.set_exception(e)
-
-
-def _completion(tokenizer: Any, pending: _Pending, tokens: list[int], finish_reason: str) -> Completion:
-  """One row of a batch cut to its own ``max_new_tokens`` and stop strings, with exact token counts."""
-  limit = pending.max_new_tokens
-  # The end-of-sequence token takes a step of the budget: with as many tokens as the budget, the row's
-  # own run would have stopped for length before it.
-  if len(tokens) >= limit:
-    tokens, finish_reason = tokens[:limit], "length"
-  ended_by_eos = finish_reason == "stop"
-  text = tokenizer.decode(tokens)
-  stop_strings = pending.request.stop
-  hits = [(text.find(s), s) for s in stop_strings if s in text]
-  if hits:
-    at, _ = min(hits)
-    text = text[:at]
-    # The tokens it took to complete the first stop string are counted; the rest were never asked for.
-    used = next(k for k in range(1, len(tokens) + 1) if any(s in tokenizer.decode(tokens[:k]) for s in stop_strings))
-    return Completion(text, len(pending.prompt), used, "stop")
-  return Completion(text, len(pending.prompt), len(tokens) + (1 if ended_by_eos else 0),
-                    "stop" if ended_by_eos else "length")
 
 
 class LocalBackend:
@@ -359,8 +204,8 @@ class LocalBackend:
       raise ConfigError(f"batch_wait_s={batch_wait_s}; it must be >= 0")
     models = dict(models or {})
     self.specs: dict[str, ModelSpec] = {}
-    self._batchers: dict[tuple[str, str], _Batcher] = {}
-    self._batcher_of: dict[str, _Batcher] = {}
+    self._batchers: dict[tuple[str, str], Batcher] = {}
+    self._batcher_of: dict[str, Batcher] = {}
     for spec in pool:
       if spec.name in self.specs:
         raise ConfigError(f"model {spec.name!r} appears twice in the local pool; names must be unique")
@@ -380,7 +225,7 @@ class LocalBackend:
           except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"model {spec.name!r}: cannot load {spec.path!r} ({type(e).__name__}: {e}); give a "
                               f".gguf file or a Hugging Face model directory of a Llama or Qwen3 model") from e
-        self._batchers[key] = _Batcher(model, generate_fn, max_batch=max_batch, wait_s=batch_wait_s)
+        self._batchers[key] = Batcher(model, generate_fn, max_batch=max_batch, wait_s=batch_wait_s)
       self._batcher_of[spec.name] = self._batchers[key]
 
   def known_models(self) -> Collection[str]:
@@ -390,7 +235,7 @@ class LocalBackend:
     """The loaded model behind pool name ``name``."""
     return self._batcher(name).model
 
-  def _batcher(self, name: str) -> _Batcher:
+  def _batcher(self, name: str) -> Batcher:
     batcher = self._batcher_of.get(name)
     if batcher is None:
       raise UnknownModelError(f"unknown model {name!r}; this backend serves {sorted(self.specs)}")
@@ -435,7 +280,7 @@ class LocalBackend:
     room = context - len(prompt)  # as OpenAI-compatible servers do: no cap means up to the context's end
     max_new = room if request.max_tokens is None else min(request.max_tokens, room)
     future: concurrent.futures.Future = concurrent.futures.Future()
-    batcher.submit(_Pending(prompt, max_new, request, request_seed(model, prompt, request, sample_index), future))
+    batcher.submit(Pending(prompt, max_new, request, request_seed(model, prompt, request, sample_index), future))
     try:
       done: Completion = await asyncio.wrap_future(future)
     except Exception as e:  # pylint: disable=broad-except  # a failed generation is an error answer, never a raise
