@@ -181,7 +181,7 @@ def test_block_layout_covers_the_pool_with_little_padding():
 
 def test_scratch_memory_stays_bounded_as_the_pool_grows():
   """Working memory is a few blocks' worth, not B x K x N x H: no fresh large buffer per call."""
-  model = gcn.GraphClassifier(8, 64, rngs=nnx.Rngs(0))
+  model = gcn.GraphClassifier(8, 64, hidden_dim=64, rngs=nnx.Rngs(0))  # H=64: block_bytes below
   graphdef, params = nnx.split(model)
   q = jnp.zeros((64, 64))
   temp = {}
@@ -438,3 +438,16 @@ def test_sharded_scorer_prepares_a_shared_pool_once_and_scores_as_before():
   np.testing.assert_allclose(scorer(q, pool), gcn.score_pool(graphdef, params, jnp.asarray(q), jnp.asarray(
       pool, jnp.float32), impl="dense_per_pair"), atol=1e-5, rtol=0)
   assert len(scorer._pools) == 2
+
+
+def test_module_defaults_are_the_config_defaults():
+  # One default per hyperparameter: a classifier built without arguments is the one the configs train.
+  import inspect  # pylint: disable=g-import-not-at-top
+  from hieramas_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  section = config_lib.gcn_section()
+  params = inspect.signature(gcn.GraphClassifier.__init__).parameters
+  for name in ("role_dim", "hidden_dim", "num_layers", "mlp_dim"):
+    assert params[name].default == section[name], name
+  for fn in (gcn.aggregate, gcn.GraphClassifier.score_graph, gcn.GraphClassifier.__call__, gcn.score_pool):
+    assert inspect.signature(fn).parameters["impl"].default == section.impl, fn.__name__
+

@@ -67,7 +67,7 @@ def _aggregate_dense(nodes: jax.Array, adj_hat: jax.Array) -> jax.Array:
   return in_norm[:, None] * (adj_hat.T @ (out_norm[:, None] * nodes))
 
 
-def aggregate(nodes: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str = "segment") -> jax.Array:
+def aggregate(nodes: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str = "dense") -> jax.Array:
   """One GCN propagation of nodes [N, H] over adjacency [N, N] with self-loops on active roles.
 
   ``impl`` is the aggregation form: 'segment' (jraph) or 'dense' (matrix products).
@@ -95,7 +95,7 @@ class GraphClassifier(nnx.Module):
       query_dim: int,
       *,
       role_dim: int = 32,
-      hidden_dim: int = 64,
+      hidden_dim: int = 128,
       num_layers: int = 2,
       mlp_dim: int = 64,
       rngs: nnx.Rngs,
@@ -120,7 +120,7 @@ class GraphClassifier(nnx.Module):
     query_part = self.query_in(query_emb)  # [B, H]
     return role_part[None, :, :] + query_part[:, None, :]
 
-  def score_graph(self, inputs: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str = "segment") -> jax.Array:
+  def score_graph(self, inputs: jax.Array, adj: jax.Array, role_mask: jax.Array, impl: str = "dense") -> jax.Array:
     """Logit of one graph (the per-pair form): inputs [N, H], adj [N, N], role_mask [N] -> [].
 
     ``impl`` is the aggregation form, 'segment' or 'dense'.
@@ -189,7 +189,7 @@ class GraphClassifier(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "impl"))
-def score_single(graphdef, params, query_emb, adj, role_mask=None, impl: str = "segment"):
+def score_single(graphdef, params, query_emb, adj, role_mask=None, impl: str = "dense"):
   """Jitted scorer of one (query [D], graph [N, N]) pair; the per-graph reference."""
   return nnx.merge(graphdef, params)(query_emb[None], adj[None], role_mask, impl=impl)[0, 0]
 
