@@ -5,9 +5,10 @@ scripted peers (a ``Backend``) answer with a letter, and in every round at least
 (all three with probability 1/2, else one random peer names a wrong letter). A tiny random leader (2
 layers, width 64, byte tokenizer) reads them through the MLPO baseline's prompts and is trained with
 GRPO by ``train.leader.train_leader``, the loop ``launch.train_leader`` runs. A leader that copies the
-majority is always right; one that guesses a letter is right a quarter of the time.
+majority is always right; one that guesses a letter is right a quarter of the time. The reward is 1 for the
+right letter, plus ``--format_reward`` for any letter (0 by default: the reward is the accuracy).
 
-  python bench/leader_grpo.py [--steps=150] [--seed=0] [--rounds=2] [--format_reward=0.5] [--learning_rate=3e-3]
+  python bench/leader_grpo.py [--steps=150] [--seed=0] [--rounds=2] [--format_reward=0] [--learning_rate=3e-3]
 
 Prints one JSON line per step ({"step", "reward", "accuracy", "final_accuracy", "peer_accuracy", "kl",
 "seconds"}), then a summary line with the mean reward of the first and last ten steps.
@@ -128,7 +129,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--format_reward", type=float, default=0.5, help="reward for writing any letter")
+  parser.add_argument("--format_reward", type=float, default=0.0, help="reward for writing any letter")
   parser.add_argument("--learning_rate", type=float, default=3e-3)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as workdir:
