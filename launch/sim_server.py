@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
 
 from absl import app
 from absl import flags
 
 from hieramas_jax.llm.sim import SimulatedBackend, default_world
+from hieramas_jax.llm import sim_http
 from hieramas_jax.llm.sim_http import FAULT_KINDS, FaultConfig, SimServer, serve
 
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (loopback by default).")
@@ -78,11 +78,10 @@ def main(argv):
       first_attempts=_FIRST_ATTEMPTS.value,
       first_kind=_FIRST_KIND.value, model_faults=json.loads(_MODEL_FAULTS.value), retry_after_s=_RETRY_AFTER.value,
       stall_s=_STALL.value, seed=_SEED.value, probe_faults=_PROBE_FAULTS.value)
-  api_key = None
-  if _API_KEY_ENV.value:
-    api_key = os.environ.get(_API_KEY_ENV.value)
-    if not api_key:
-      raise app.UsageError(f"--api_key_env={_API_KEY_ENV.value} but that environment variable is not set")
+  try:
+    api_key = sim_http.api_key_from_env(_API_KEY_ENV.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   try:
     server = SimServer(backend, latency_s=_LATENCY.value, latency_jitter_s=_JITTER.value,
                        latency_scale=_SCALE.value, faults=faults, api_key=api_key, strict_models=_STRICT_MODELS.value)

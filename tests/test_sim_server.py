@@ -78,3 +78,13 @@ def test_cli_with_a_key_rejects_a_wrong_one_and_unknown_models_before_the_run():
     with urllib.request.urlopen(f"{url.rsplit('/v1', 1)[0]}/stats", timeout=5) as r:
       stats = json.load(r)
     assert stats["probes"] == 1 and stats["completed"] == 0 and stats["rejected"] == 3
+
+
+def test_api_key_from_env_names_the_missing_variable(monkeypatch):
+  from hieramas_jax.llm import sim_http  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("HIERAMAS_TEST_SERVER_KEY", raising=False)
+  assert sim_http.api_key_from_env(None) is None
+  with pytest.raises(ValueError, match="--api_key_env=HIERAMAS_TEST_SERVER_KEY but that environment variable"):
+    sim_http.api_key_from_env("HIERAMAS_TEST_SERVER_KEY")
+  monkeypatch.setenv("HIERAMAS_TEST_SERVER_KEY", "s3cret")
+  assert sim_http.api_key_from_env("HIERAMAS_TEST_SERVER_KEY") == "s3cret"

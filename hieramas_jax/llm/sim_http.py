@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import threading
 import time
@@ -104,6 +105,23 @@ class ServerStats:
     return dataclasses.asdict(self)
 
 
+def api_key_from_env(env_name: str | None) -> str | None:
+  """The key a server requires, read from the environment variable a launcher's --api_key_env names."""
+  if not env_name:
+    return None
+  key = os.environ.get(env_name)
+  if not key:
+    raise ValueError(f"--api_key_env={env_name} but that environment variable is not set")
+  return key
+
+
+def models_response(names: Collection[str], owned_by: str) -> web.Response:
+  """The OpenAI ``GET /v1/models`` body for the served model ids."""
+  created = int(time.time())
+  return web.json_response({"object": "list", "data": [
+      {"id": m, "object": "model", "created": created, "owned_by": owned_by} for m in names]})
+
+
 def _error(status: int, message: str, kind: str, headers: Mapping[str, str] | None = None,
            code: str | None = None, param: str | None = None) -> web.Response:
   body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
@@ -171,10 +189,7 @@ class SimServer:
   # -- handlers -------------------------------------------------------------
   async def _models(self, request: web.Request) -> web.Response:
     del request
-    created = int(time.time())
-    data = [{"id": m, "object": "model", "created": created, "owned_by": "simulator"}
-            for m in self.backend.known_models()]
-    return web.json_response({"object": "list", "data": data})
+    return models_response(self.backend.known_models(), "simulator")
 
   async def _stats(self, request: web.Request) -> web.Response:
     del request
