@@ -21,7 +21,9 @@ from hieramas_jax import config as base
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config("math", arg, setting="paper_gpt")
+  parsed = base.parse_arg(arg)
+  # The flags now; field=value assignments last, once the mlpo section exists (e.g. :smoke,mlpo.steps=8).
+  c = base.base_config("math", base.ConfigArg(flags=parsed.flags), setting="paper_gpt")
   m = c.mlpo = ml_collections.ConfigDict()
   # The model trained: 'tiny' (a random 2-layer decoder with a byte tokenizer: plumbing only, it cannot learn
   # MATH) or a .gguf file / Hugging Face folder / leader folder of an earlier run.
@@ -56,4 +58,4 @@ def get_config(arg: str | None = None):
     m.learning_rate = 1e-3
     c.checkpoint.every_steps = 2
     m.peer_answer_chars = 120
-  return c
+  return base.override(c, parsed.assignments)
