@@ -6,9 +6,11 @@ import json
 import os
 import pathlib
 import socket
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -233,3 +235,42 @@ def test_a_few_grpo_steps_on_smollm2():
     params, opt_state, metrics = learner.update(params, opt_state, batch, step=step)
     assert np.isfinite(metrics["loss"]) and metrics["tokens"] > 0
   assert not np.array_equal(np.asarray(params["embed"]), np.asarray(model.params["embed"]))
+
+
+def _leader_command(workdir: pathlib.Path, steps: int) -> list[str]:
+  return [sys.executable, "-m", "launch.train_leader", "--config=configs/mlpo.py:smoke",
+          f"--config.mlpo.steps={steps}", "--config.checkpoint.every_steps=1", f"--workdir={workdir}"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_ends_equal_to_the_uninterrupted_run(tmp_path):
+  """A leader run killed with SIGKILL mid-training and re-run with the same command ends where one run ends."""
+  steps, env = 6, dict(os.environ, JAX_PLATFORMS="cpu")
+  straight = subprocess.run(_leader_command(tmp_path / "straight", steps), cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env=env)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_leader_command(killed, steps), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=env)
+  deadline = time.monotonic() + 400
+  # Kill once two steps are logged (their checkpoints written), before the run ends.
+  while proc.poll() is None and time.monotonic() < deadline:
+    if (killed / "metrics.jsonl").exists() and len(_rows(killed)) >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed; raise steps"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = len(_rows(killed))
+  assert 2 <= killed_at < steps
+  rerun = subprocess.run(_leader_command(killed, steps), cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=env)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  _, params_a, _ = leader_export.load_leader(tmp_path / "straight" / "leader")
+  _, params_b, _ = leader_export.load_leader(killed / "leader")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params_a, params_b)
+  drop = ("time", "seconds")
+  rows_a = [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "straight")]
+  rows_b = [{k: v for k, v in r.items() if k not in drop} for r in _rows(killed)]
+  assert [r["step"] for r in rows_b] == list(range(1, steps + 1))  # steps redone after the kill logged once
+  assert rows_a == rows_b
