@@ -99,6 +99,7 @@ def _toy_run(workdir, steps, stop_after=None):
                              model=leader.tiny_leader(0), progress=False, stop_after=stop_after)
 
 
+@pytest.mark.slow  # 30 s; the default run keeps the fast loop tests
 def test_resume_after_a_stop_equals_the_uninterrupted_run(tmp_path):
   straight = _toy_run(tmp_path / "straight", 4)
   with pytest.raises(StopRequested, match="stopped after leader step 2"):

@@ -170,6 +170,7 @@ def run_train(task: str, preset: str, workdir: pathlib.Path) -> dict:
   return json.loads((workdir / "summary.json").read_text())
 
 
+@pytest.mark.slow  # about 14 s per preset
 @pytest.mark.parametrize("preset", presets.PRESETS)
 def test_math_presets_train_offline(tmp_path, preset):
   summary = run_train("math", preset, tmp_path / "run")

@@ -103,6 +103,7 @@ def _task_config(name):
   return c
 
 
+@pytest.mark.slow  # 17 s; the tiny end-to-end run stays in the default suite
 def test_mmlu_redux_config_trains_end_to_end(tmp_path, shared_data):
   del shared_data  # the MMLU-Redux CSVs must be there
   summary = train.train_and_evaluate(_task_config("mmlu_redux"), tmp_path / "mmlu", progress=False)
