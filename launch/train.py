@@ -10,19 +10,18 @@ the cause and the fix, and exits with status 1. SIGTERM or SIGINT saves a
 checkpoint after the current step, prints where, and exits with status 0.
 """
 
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from launch import common
 
 from hieramas_jax import config as config_lib
 from hieramas_jax import executor
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.train import driver
 from hieramas_jax.train import environment
-from hieramas_jax.train.preemption import StopRequested
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics, caches and traces go.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:args]).",
@@ -33,26 +32,11 @@ flags.mark_flags_as_required(["config"])
 EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, executor.FailedCallsError, FileNotFoundError)
 
 
-def one_line(error: BaseException) -> str:
-  """The error as one stderr line: its type and message with newlines folded."""
-  lines = [" ".join(line.split()) for line in str(error).splitlines()]
-  return f"launch.train: {type(error).__name__}: {'; '.join(line for line in lines if line)}"
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
-  try:
-    summary = driver.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except StopRequested as stop:
-    print(str(stop))
-    sys.exit(0)  # a requested stop with its checkpoint saved is a clean exit; re-running resumes
-  except EXPECTED_FAILURES as e:
-    sys.stdout.flush()
-    sys.exit(one_line(e))  # exit status 1, the message last on stderr
-  print("\n".join(driver.summary_lines(summary)))
+  common.run_training("launch.train", lambda: driver.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value),
+                      EXPECTED_FAILURES, lambda summary: print("\n".join(driver.summary_lines(summary))))
 
 
 if __name__ == "__main__":

@@ -11,19 +11,18 @@ cause and the fix, and exits with status 1. SIGTERM or SIGINT saves a checkpoint
 prints where, and exits with status 0.
 """
 
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from launch import common
 
 from hieramas_jax import config as config_lib
 from hieramas_jax import executor
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.train import environment
 from hieramas_jax.train import leader
-from hieramas_jax.train.preemption import StopRequested
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mlpo", "Where checkpoints, metrics, the cache and the leader go.")
 config_flags.DEFINE_config_file("config", None, "MLPO configuration file (configs/mlpo.py[:args]).",
@@ -38,18 +37,13 @@ EXPECTED_FAILURES = (llm_base.ConfigError, environment.ConfigError, executor.Fai
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
-  try:
-    summary = leader.train_leader(flags.FLAGS.config, _WORKDIR.value)
-  except StopRequested as stop:
-    print(str(stop))
-    sys.exit(0)  # a requested stop with its checkpoint saved is a clean exit; re-running resumes
-  except EXPECTED_FAILURES as e:
-    sys.stdout.flush()
-    sys.exit(f"launch.train_leader: {type(e).__name__}: {config_lib.one_line(e)}")  # status 1, the last stderr line
-  print(f"trained {summary['steps']} steps; leader written to {summary['leader_dir']} (pool entry: backend='local', "
-        f"path='{summary['leader_dir']}')")
+
+  def report(summary):
+    print(f"trained {summary['steps']} steps; leader written to {summary['leader_dir']} (pool entry: "
+          f"backend='local', path='{summary['leader_dir']}')")
+
+  common.run_training("launch.train_leader", lambda: leader.train_leader(flags.FLAGS.config, _WORKDIR.value),
+                      EXPECTED_FAILURES, report)
 
 
 if __name__ == "__main__":
