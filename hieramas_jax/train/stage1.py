@@ -191,13 +191,16 @@ def _advantages(env: Environment, outcome: rollout.Outcome, credit: np.ndarray, 
   return adv, role_adv, sys_reward
 
 
-def _train_step(env: Environment, graphdef, tx, state: _Training, pool: np.ndarray, step: int) -> dict[str, float]:
-  """Samples, runs and grades one batch and updates ``state`` in place; returns the step's metrics row."""
+def _train_step(env: Environment, graphdef, tx, state: _Training, pool: np.ndarray, step: int, option_emb,
+                valid) -> dict[str, float]:
+  """Samples, runs and grades one batch and updates ``state`` in place; returns the step's metrics row.
+
+  ``option_emb`` (on device) and the selection mask ``valid`` are the same every step: the caller makes them once.
+  """
   c, config = env.config.stage1, env.config
   index, adjs, samples, group = _episodes(env, pool, step)
   temperature = float(rewards.cosine_temperature(step, c.steps, c.temperature_start, c.temperature_end))
-  qr, option_emb = jnp.asarray(env.query_role_emb["train"][index]), jnp.asarray(env.option_emb)
-  valid = rollout.selection_mask(env, c.batch_size).valid
+  qr = jnp.asarray(env.query_role_emb["train"][index])
   logits = sel.selector_logits(graphdef, state.params, qr, option_emb)
   actions = _sample(rollout.sample_key(config.seed, _SAMPLE_STREAM, step), logits, valid, temperature)
   problems = [env.splits["train"][i] for i in index]
@@ -248,6 +251,7 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
   state = _start(env, ckpt, params, tx)
   writer.truncate_stage("stage1", state.start)  # rows of steps after the checkpoint are redone
   spec = policy.PolicySpec.from_environment(env)
+  option_emb, valid = jnp.asarray(env.option_emb), rollout.selection_mask(env, c.batch_size).valid
 
   def save(step: int) -> None:
     if step not in ckpt.all_steps():  # else the periodic save of this step already happened
@@ -258,7 +262,7 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
                     total=c.steps)
   try:
     for step in bar:
-      row = _train_step(env, graphdef, tx, state, pool, step)
+      row = _train_step(env, graphdef, tx, state, pool, step, option_emb, valid)
       done, stop = step + 1, False
       if done % c.eval_every == 0 or done == c.steps:
         _validate_and_keep(env, graphdef, state, pool, done, row)
