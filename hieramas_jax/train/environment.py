@@ -379,18 +379,23 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
     if built:
       executor.close_backend(backend)  # no HTTP session outlives a failed start
     raise
-  if encoder is None:
+  built_encoder = encoder is None
+  if built_encoder:
     encoder = make_text_encoder(config, workdir)
 
   def embed(texts):
     return np.asarray(encoder.encode(list(texts)), np.float32)
 
-  option_emb = embed(option_texts(specs))
-  query_emb, query_role_emb = {}, {}
-  for split, problems in splits.items():
-    query_emb[split] = embed([p.question for p in problems])
-    qr = embed([query_role_text(p, r) for p in problems for r in roles])
-    query_role_emb[split] = qr.reshape(len(problems), len(roles), -1)
+  try:
+    option_emb = embed(option_texts(specs))
+    query_emb, query_role_emb = {}, {}
+    for split, problems in splits.items():
+      query_emb[split] = embed([p.question for p in problems])
+      qr = embed([query_role_text(p, r) for p in problems for r in roles])
+      query_role_emb[split] = qr.reshape(len(problems), len(roles), -1)
+  finally:
+    if built_encoder and hasattr(encoder, "close"):
+      encoder.close()  # its SQLite cache file: everything is embedded now
   excluded = set(config.llm.exclude_models)
   return Environment(
       config=config, task=task, roles=roles, specs=list(specs), backend=backend, splits=splits,
