@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class Validation:
@@ -41,4 +43,5 @@ Hook = Callable[[Validation], Any]
 def call(hooks: Sequence[Hook], event: Validation) -> bool:
   """Calls every hook with ``event``; True when one of them asks to stop."""
   answers = [hook(event) for hook in hooks]  # a list, not any(): every hook runs
-  return any(answer is True for answer in answers)
+  # True or numpy's True (a hook returning a comparison); anything else, e.g. None, continues.
+  return any(isinstance(answer, (bool, np.bool_)) and bool(answer) for answer in answers)
