@@ -111,7 +111,9 @@ def _generate_padded(params, prompt_tokens, prompt_lengths, active, key, max_new
   TRACE_COUNTS['generate'] += 1
   batch, prompt_bucket = prompt_tokens.shape
   dtype = params['embed'].dtype
-  cache = decoder.init_cache(cfg, batch, prompt_bucket + new_tokens_bucket, dtype)
+  # generate() checked longest prompt + budget <= the context: two rounded-up buckets need not exceed it.
+  cache_len = min(prompt_bucket + new_tokens_bucket, max(cfg.max_position_embeddings, prompt_bucket))
+  cache = decoder.init_cache(cfg, batch, cache_len, dtype)
   positions = jnp.broadcast_to(jnp.arange(prompt_bucket, dtype=jnp.int32), prompt_tokens.shape)
   prompt_mask = positions < prompt_lengths[:, None]
   hidden, cache = decoder.hidden_states(params, cfg, prompt_tokens, positions, cache, prompt_mask)
