@@ -177,12 +177,12 @@ class ShardedGraphScorer:
       graphdef = self.graphdef
       self._tensors = jax.jit(lambda p: nnx.merge(graphdef, p).scoring_tensors())(self.params)
     key = (stack.tobytes(), stack.shape, block, q.shape[0])
-    prepared = self._pools.get(key)
+    prepared = self._pools.pop(key, None)  # re-inserted below: the least recently used entry goes first
     if prepared is None:
       prepared = prepare(self._tensors, jax.device_put(stack, NamedSharding(self.mesh, PartitionSpec(self.AXIS))))
       if len(self._pools) >= self.MAX_POOLS:
-        self._pools.pop(next(iter(self._pools)))  # the oldest
-      self._pools[key] = prepared
+        self._pools.pop(next(iter(self._pools)))  # the least recently used
+    self._pools[key] = prepared
     return score(self._tensors, prepared, jax.device_put(q, self._replicated))
 
   def __call__(self, query_emb: Any, adjacency: Any) -> np.ndarray:

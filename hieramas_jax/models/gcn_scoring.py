@@ -118,14 +118,14 @@ class PoolScorer:
       return None, None  # not cacheable, or wrong shapes (the model's checks say what is wrong)
     layout = gcn_fast.block_layout(adjs.shape[0], batch)
     key = (params_entry[1], pool_key, mask_key, layout)
-    entry = self._pools.get(key)
+    entry = self._pools.pop(key, None)  # re-inserted below: the least recently used entry goes first
     if entry is None:
       mask = jnp.ones((n,), jnp.float32) if role_mask is None else jnp.asarray(role_mask, jnp.float32)
       held = (params_entry[0], adjs, role_mask)  # keeps the keyed ids from being reused while the entry lives
       entry = [held, self._prepare(tensors, jnp.asarray(adjs, jnp.float32), mask, layout), None]
       if len(self._pools) >= self.MAX_POOLS:
-        self._pools.pop(next(iter(self._pools)))  # the oldest
-      self._pools[key] = entry
+        self._pools.pop(next(iter(self._pools)))  # the least recently used
+    self._pools[key] = entry
     return params_entry, entry
 
   def prepared_pool(self, params, adjs, role_mask, batch: int):
