@@ -293,7 +293,8 @@ def _train(config, workdir, settings, peer_models, backend, task, problems, mode
         ok = roll.valid
         done = step + 1
         last = dict(metrics, reward=float(roll.rewards[ok].mean()), accuracy=float(roll.correct[ok].mean()),
-                    final_accuracy=float(roll.final_correct.mean()), peer_accuracy=float(roll.peer_correct.mean()),
+                    final_accuracy=float(roll.final_correct[roll.valid[::int(m.rounds)]].mean()),  # answered queries
+                    peer_accuracy=float(roll.peer_correct.mean()),
                     completion_tokens=float(np.mean([len(t) for t in roll.samples.tokens])), failed=failed,
                     seconds=time.perf_counter() - began)
         writer.write(STAGE, done, last)
