@@ -114,9 +114,9 @@ class LocalServer:
       parse_params(params)  # a bad value is the client's error (400), not a failed generation
     except ValueError as e:
       return self._reject(error_body(400, str(e), "invalid_request_error"))
-    sample_index = params.get("seed", 0)
     messages = [{"role": str(m.get("role", "")), "content": str(m.get("content") or "")} for m in messages]
-    response = await self.backend.complete(model, messages, sample_index=sample_index, **params)
+    # A request's seed already fixes the draw (lm.backend.request_seed); without one, draw 0 as in-process calls.
+    response = await self.backend.complete(model, messages, sample_index=0, **params)
     if not response.ok:
       if (response.error or "").startswith(("bad request", "the prompt has")):
         return self._reject(error_body(400, response.error or "", "invalid_request_error"))
