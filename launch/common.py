@@ -9,7 +9,9 @@ from absl import flags
 from absl import logging
 
 from hieramas_jax import config as config_lib
+from hieramas_jax import distributed
 from hieramas_jax.train.preemption import StopRequested
+from launch import multihost
 
 
 def run_training(name: str, train: Callable[[], Any], expected_failures: tuple[type[BaseException], ...],
@@ -18,15 +20,27 @@ def run_training(name: str, train: Callable[[], Any], expected_failures: tuple[t
 
   A requested stop (SIGTERM, a hook) exits 0 with its checkpoint saved, so re-running resumes; a failure a
   user fixes (``expected_failures``) exits 1 with ``<name>: <Type>: <message>`` as the last stderr line.
+  In a multi-host run (``launch.multihost``) every process does the same; process 0 alone reports.
   """
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 brings it back
+  multihost.join(name)
   try:
     summary = train()
   except StopRequested as stop:
     print(str(stop))
+    if distributed.is_multi_process():
+      distributed.fail_fast("", 0)
     sys.exit(0)
   except expected_failures as e:
+    line = f"{name}: {type(e).__name__}: {config_lib.one_line(e)}"
+    if distributed.is_multi_process():
+      distributed.fail_fast(line)  # every process raised the same error; none waits for the others
     sys.stdout.flush()
-    sys.exit(f"{name}: {type(e).__name__}: {config_lib.one_line(e)}")
-  report(summary)
+    sys.exit(line)
+  except distributed.PeerLostError as e:
+    distributed.fail_fast(f"{name}: PeerLostError: {config_lib.one_line(e)}")
+  primary = distributed.is_primary()
+  distributed.finish()
+  if primary:
+    report(summary)

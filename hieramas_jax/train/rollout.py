@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hieramas_jax import executor, policy, rewards
+from hieramas_jax import distributed, executor, policy, rewards
 from hieramas_jax.executor import check_failures
 from hieramas_jax.models import selector as sel
 from hieramas_jax.results import QueryResult
@@ -71,40 +71,60 @@ def run_plans(env: Environment, problems: Sequence[Problem], plans: Sequence[exe
               trace_path=None, *, where: str = "a batch") -> Outcome:
   """Executes plans and grades every role output and final answer of the queries without a failed call.
 
+  In a multi-host run each process executes and grades its contiguous share of
+  the plans against its own endpoints, and every process gets the whole graded
+  batch back (``distributed.run_shares``); a trace goes to one file per process.
   Raises FailedCallsError (naming ``where``, the count and the first error) when
-  too many queries failed; see ``check_failures``.
+  too many queries failed; see ``check_failures``. Every process raises it alike.
   """
-  results = executor.execute(plans, env.backend, env.task, params=env.generation_params(), trace_path=trace_path)
+  if trace_path is not None and distributed.process_count() > 1:
+    trace_path = f"{trace_path}.process-{distributed.process_index()}"
+  rows = distributed.run_shares(list(zip(problems, plans)), lambda items: _run_and_grade(env, items, trace_path),
+                                f"graded queries of {where}")
+  results = [row[0] for row in rows]
   check_failures(results, float(env.config.llm.max_failed_fraction), where)
   b, r = len(plans), env.num_roles
-  node_solved = np.zeros((b, r), bool)
-  role_ran = np.zeros((b, r), bool)
-  final_solved = np.zeros(b, bool)
+  node_solved = np.array([row[1] for row in rows], bool).reshape(b, r)
+  role_ran = np.array([row[2] for row in rows], bool).reshape(b, r)
+  final_solved = np.array([row[3] for row in rows], bool).reshape(b)
   valid = np.array([not res.failed for res in results], bool)
-  # Grade everything in one call so tasks with expensive graders can parallelise; failed queries are never graded.
-  items, slots = [], []
-  for i, res in enumerate(results):
-    for j, text in enumerate(res.role_outputs):
-      role_ran[i, j] = text is not None
-    if not valid[i]:
-      continue
-    items.append((problems[i], res.final_text))
-    slots.append((i, -1))
-    for j, text in enumerate(res.role_outputs):
-      if text is not None and env.gives_answer[j]:
-        items.append((problems[i], text))
-        slots.append((i, j))
-  verdicts = env.task.grade_many([p for p, _ in items], [t for _, t in items]) if items else []
-  for (i, j), ok in zip(slots, verdicts):
-    if j < 0:
-      final_solved[i] = ok
-      results[i].correct = bool(ok)
-    else:
-      node_solved[i, j] = ok
   node_cost = np.array([res.role_costs() for res in results], np.float64).reshape(b, r)
   total = np.array([res.cost_usd for res in results], np.float64)
   decision = np.array([res.decision_cost for res in results], np.float64)
   return Outcome(results, node_solved, role_ran, final_solved, valid, node_cost, total, decision)
+
+
+def _run_and_grade(env: Environment, items: Sequence[tuple[Problem, executor.Plan]],
+                   trace_path) -> list[tuple[QueryResult, list[bool], list[bool], bool]]:
+  """(result, node solved [R], role ran [R], final solved) per (problem, plan); failed queries are not graded."""
+  if not items:
+    return []
+  problems = [p for p, _ in items]
+  results = executor.execute([plan for _, plan in items], env.backend, env.task, params=env.generation_params(),
+                             trace_path=trace_path)
+  r = env.num_roles
+  node_solved = [[False] * r for _ in results]
+  final_solved = [False] * len(results)
+  # Grade everything in one call so tasks with expensive graders can parallelise; failed queries are never graded.
+  graded, slots = [], []
+  for i, res in enumerate(results):
+    if res.failed:
+      continue
+    graded.append((problems[i], res.final_text))
+    slots.append((i, -1))
+    for j, text in enumerate(res.role_outputs):
+      if text is not None and env.gives_answer[j]:
+        graded.append((problems[i], text))
+        slots.append((i, j))
+  verdicts = env.task.grade_many([p for p, _ in graded], [t for _, t in graded]) if graded else []
+  for (i, j), ok in zip(slots, verdicts):
+    if j < 0:
+      final_solved[i] = bool(ok)
+      results[i].correct = bool(ok)
+    else:
+      node_solved[i][j] = bool(ok)
+  return [(res, node_solved[i], [text is not None for text in res.role_outputs], final_solved[i])
+          for i, res in enumerate(results)]
 
 
 def credit(env: Environment, outcome: Outcome, alpha: float) -> np.ndarray:
