@@ -6,6 +6,11 @@ versions). Restoring goes into an abstract target whose leaves carry explicit
 shardings, so a checkpoint written on one device layout (8 GPUs, say) restores
 on another (1 CPU): orbax reads each array and lays it out as the target says.
 
+In a multi-host run every process calls ``save`` and ``restore`` with the same
+values (the state is replicated); orbax writes it once, collectively, into a
+folder every process sees (a shared filesystem or a bucket), and process 0
+writes the manifests. A checkpoint written by N processes restores in M.
+
 Every finished step gets a manifest of its files (size and CRC-32). Restoring
 checks it first: a step with a truncated or changed file (a full disk, a copy
 cut short) is moved out of the way, with a warning, and the newest intact step
@@ -30,6 +35,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from hieramas_jax import distributed
 
 _VERSIONED_PACKAGES = ("hieramas_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "jraph")
 MANIFEST_NAME = "hieramas_manifest.json"  # in each step's folder, beside orbax's files
@@ -128,6 +135,10 @@ class Checkpointer:
     meta = dict(metadata or {})
     meta.setdefault("step", int(step))
     meta.setdefault("versions", package_versions())
+    if distributed.is_multi_process():
+      # Every process holds the same state on its own devices; orbax writes a multi-host run's arrays only when
+      # they are global, and numpy values once (from process 0), which is what a replicated state needs.
+      state = jax.tree_util.tree_map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, state)
     saved = self._manager.save(
         int(step),
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(meta)),
@@ -220,10 +231,12 @@ class Checkpointer:
     target, n = aside / str(step), 1
     while target.exists():
       target, n = aside / f"{step}.{n}", n + 1
-    try:
-      shutil.move(str(self._step_dir(step)), str(target))
-    except FileNotFoundError:  # removed meanwhile (another reader, or orbax's max_to_keep)
-      pass
+    if distributed.is_primary():  # the folder is shared by every process of a multi-host run: one mover
+      try:
+        shutil.move(str(self._step_dir(step)), str(target))
+      except FileNotFoundError:  # removed meanwhile (another reader, or orbax's max_to_keep)
+        pass
+    distributed.barrier(f"checkpoint step {step} moved aside")
     self._manager.reload()
     return target
 
@@ -240,6 +253,8 @@ class Checkpointer:
     for step in pending:
       if jax.process_index() == 0 and self._step_dir(step).is_dir():  # one writer; not dropped by max_to_keep
         write_manifest(self._step_dir(step))
+    if pending:
+      distributed.barrier("checkpoint manifests written")  # no process restores a step before its manifest exists
 
   def close(self) -> None:
     self.wait()

@@ -31,6 +31,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -369,6 +370,13 @@ def finish() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   barrier("finish")
   stop_watching()
+  if is_primary():
+    # Process 0 hosts the coordination service: it leaves last, or a process still disconnecting loses the
+    # service and XLA aborts it (recoverable tasks skip JAX's own shutdown barrier).
+    client, everyone = _client(), list(range(process_count()))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(client.get_live_nodes(everyone)) > 1:
+      time.sleep(0.05)
   jax.distributed.shutdown()
   _STATE.multi = False
 
