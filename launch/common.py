@@ -29,8 +29,7 @@ def run_training(name: str, train: Callable[[], Any], expected_failures: tuple[t
     summary = train()
   except StopRequested as stop:
     print(str(stop))
-    if distributed.is_multi_process():
-      distributed.fail_fast("", 0)
+    distributed.finish()  # every process agreed on the stop (distributed.any_process) and saved the same step
     sys.exit(0)
   except expected_failures as e:
     line = f"{name}: {type(e).__name__}: {config_lib.one_line(e)}"
