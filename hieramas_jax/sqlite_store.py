@@ -13,7 +13,10 @@ same behaviour:
   fails there, not mid-run), the schema created and the file's format checked
   against the ``meta`` table;
 * every SQLite failure as one error naming the file, what was being done and
-  the fix (``error_type``, the caller's error class).
+  the fix (``error_type``, the caller's error class);
+* ``read_only=True`` opens an existing file for lookups only (no WAL switch, no
+  write lock, no schema or format row written): a file other processes read
+  while none writes it, e.g. the merged response cache of a multi-process run.
 
 Keep the file on a local disk: SQLite's locking is unreliable on network file
 systems. No JAX here (host side).
@@ -22,6 +25,7 @@ systems. No JAX here (host side).
 from __future__ import annotations
 
 import os
+import pathlib
 import sqlite3
 import threading
 import time
@@ -66,13 +70,16 @@ class SQLiteStore:
       another version raises ``error_type`` naming both versions.
     error_type: the exception class every failure is raised as.
     timeout_s: how long a writer waits for another process's write lock.
+    read_only: open an existing file for reads only (``write`` raises); a missing
+      file raises ``error_type``.
   """
 
   def __init__(self, path: str | os.PathLike[str], *, what: str, schema: Sequence[str], format_key: str,
                format_version: int, error_type: Callable[[str], Exception],
                on_format: Callable[[str | None, sqlite3.Connection], None] | None = None,
-               timeout_s: float = 60.0):
+               timeout_s: float = 60.0, read_only: bool = False):
     self.path = os.fspath(path)
+    self.read_only = bool(read_only)
     self.what = what
     self.error_type = error_type
     self.timeout_s = float(timeout_s)
@@ -80,6 +87,8 @@ class SQLiteStore:
     self._format_key, self._format_version = format_key, int(format_version)
     self._on_format = on_format or self._refuse_other_format
     parent = os.path.dirname(os.path.abspath(self.path))
+    if self.read_only and not os.path.isfile(self.path):
+      raise error_type(f"{what} {self.path}: cannot open it for reading (no such file); check the path")
     try:
       os.makedirs(parent, exist_ok=True)
     except OSError as e:
@@ -95,6 +104,12 @@ class SQLiteStore:
   def _connect(self, setup: bool) -> sqlite3.Connection:
     db = None
     try:
+      if self.read_only:  # a URI, so SQLite never creates the file nor writes to it
+        db = sqlite3.connect(f"{pathlib.Path(self.path).absolute().as_uri()}?mode=ro", uri=True,
+                             check_same_thread=False, isolation_level=None, timeout=self.timeout_s)
+        if setup:
+          self._check_read_only(db)
+        return db
       db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=self.timeout_s)
       if setup:
         self._set_wal(db)
@@ -146,6 +161,17 @@ class SQLiteStore:
         db.execute("ROLLBACK")
       raise
 
+  def _check_read_only(self, db: sqlite3.Connection) -> None:
+    """Checks the file is sound and tells ``on_format`` its format; writes nothing."""
+    verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    if verdict != "ok":
+      raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    row = db.execute("SELECT value FROM meta WHERE name = ?", (self._format_key,)).fetchone() if has_meta else None
+    found = None if row is None else str(row[0])
+    if found != str(self._format_version):
+      self._on_format(found, db)
+
   def _refuse_other_format(self, found: str | None, db: sqlite3.Connection) -> None:
     del db  # nothing to migrate
     if found is not None:
@@ -171,6 +197,9 @@ class SQLiteStore:
 
   def write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
     """One statement for each row, committed together (one transaction)."""
+    if self.read_only:
+      raise self.error_type(f"{self.what} {self.path} is open read-only: write through a store opened without "
+                            "read_only")
     try:
       with self._lock:
         db = self._connection()
