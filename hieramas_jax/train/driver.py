@@ -10,6 +10,14 @@ step, saves a checkpoint and raises ``preemption.StopRequested``. The driver
 prints nothing of its own; ``launch.train`` prints ``summary_lines`` on success,
 turns a failure into one stderr line with exit status 1, and a stop into its
 message with exit status 0.
+
+Multi-host (``hieramas_jax.distributed``, one process per host): every process
+runs this with the same config and the same workdir path, which must be one
+folder they all see (a shared filesystem). Each process runs its share of every
+batch's LLM calls against its own endpoints; the updates are data-parallel over
+every device of every process; process 0 alone locks the workdir and writes
+metrics.jsonl, stage2_data/ and summary.json; checkpoints are written by all
+together. Every process returns the same summary.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import pathlib
 
 import ml_collections
 
-from hieramas_jax import jsonio
+from hieramas_jax import distributed, jsonio
 from hieramas_jax.train import environment, evaluation, stage1, stage2
 from hieramas_jax.train import workdir as workdir_lib
 from hieramas_jax.train.metric_writer import MetricWriter
@@ -38,7 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     preemption.StopRequested: a signal asked to stop; the last step's checkpoint is saved.
   """
   workdir = pathlib.Path(workdir).absolute()
-  workdir_lib.prepare(config, workdir)  # writable, locked for this process, saved config agrees
+  workdir_lib.prepare(config, workdir)  # writable, locked for this run, saved config agrees
   env = environment.build_environment(config, workdir, backend=backend, encoder=encoder)
   writer = MetricWriter(workdir)
   summary: dict = {"workdir": str(workdir), "metrics": str(writer.path)}
@@ -64,7 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if backend is None:  # the caller's backend is the caller's to close
       env.close()
   summary["checkpoints"] = str(workdir / "checkpoints")
-  (workdir / "summary.json").write_text(jsonio.strict_json(summary))
+  if distributed.is_primary():  # every process holds the same summary: one writes it
+    (workdir / "summary.json").write_text(jsonio.strict_json(summary))
   return summary
 
 

@@ -4,6 +4,10 @@
 before any LLM call, loads the task and its splits, builds the LLM backend (the
 simulated pool or OpenAI-compatible endpoints) behind the response cache, and
 embeds the query, query+role and model-profile texts once (on-disk cache).
+
+In a multi-host run every process builds its own backend and checks its own
+endpoints (a failure on any process is raised on every one); process 0 embeds
+first, filling the workdir's embedding cache, and the others then read it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from hieramas_jax import executor, graphs
+from hieramas_jax import distributed, executor, graphs
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.llm import preflight as llm_preflight
 from hieramas_jax.llm import pool as llm_pool
@@ -36,6 +40,17 @@ def option_texts(specs: Sequence[llm_pool.ModelSpec]) -> tuple[str, ...]:
 
 class ConfigError(ValueError):
   """A config that cannot run; raised before any LLM call."""
+
+
+def on_every_process(fn, name: str) -> Any:
+  """``fn()`` on every process of the run; an exception in any process is raised in all (the lowest one's).
+
+  ``name`` labels the collective. One process: ``fn()`` itself.
+  """
+  if not distributed.is_multi_process():
+    return fn()
+  return distributed.run_shares(list(range(distributed.process_count())), lambda mine: [fn() for _ in mine],
+                                name)[distributed.process_index()]
 
 
 @dataclasses.dataclass
@@ -372,34 +387,47 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
   built = backend is None
   if built:
     backend = make_backend(config, specs, task, all_problems, workdir)
-  try:  # one call per endpoint before any work: a dead endpoint or a wrong key is one clear EndpointError
+
+  def check_endpoints() -> None:  # one call per endpoint before any work: a dead endpoint is one EndpointError
     llm_base.check_models(backend, [s.name for s in specs])
     llm_preflight.preflight(backend, [s.name for s in specs])
+
+  try:  # each process checks the endpoints it calls
+    on_every_process(check_endpoints, "endpoints checked")
   except Exception:
     if built:
       executor.close_backend(backend)  # no HTTP session outlives a failed start
     raise
-  built_encoder = encoder is None
-  if built_encoder:
-    encoder = make_text_encoder(config, workdir)
 
-  def embed(texts):
-    return np.asarray(encoder.encode(list(texts)), np.float32)
+  def embed_everything():
+    """(encoder id, option, query and query+role embeddings), with the configured encoder unless one was given."""
+    text_encoder = make_text_encoder(config, workdir) if encoder is None else encoder
 
-  try:
-    option_emb = embed(option_texts(specs))
-    query_emb, query_role_emb = {}, {}
-    for split, problems in splits.items():
-      query_emb[split] = embed([p.question for p in problems])
-      qr = embed([query_role_text(p, r) for p in problems for r in roles])
-      query_role_emb[split] = qr.reshape(len(problems), len(roles), -1)
-  finally:
-    if built_encoder and hasattr(encoder, "close"):
-      encoder.close()  # its SQLite cache file: everything is embedded now
+    def embed(texts):
+      return np.asarray(text_encoder.encode(list(texts)), np.float32)
+
+    try:
+      option_emb = embed(option_texts(specs))
+      query_emb, query_role_emb = {}, {}
+      for split, problems in splits.items():
+        query_emb[split] = embed([p.question for p in problems])
+        qr = embed([query_role_text(p, r) for p in problems for r in roles])
+        query_role_emb[split] = qr.reshape(len(problems), len(roles), -1)
+    finally:
+      if encoder is None and hasattr(text_encoder, "close"):
+        text_encoder.close()  # its SQLite cache file: everything is embedded now
+    return text_encoder.encoder_id, option_emb, query_emb, query_role_emb
+
+  # Process 0 first: its embeddings fill the on-disk cache the other processes then read (no text is paid twice).
+  embedded = []
+  distributed.on_primary(lambda: embedded.append(embed_everything()), "texts embedded by process 0")
+  if not embedded:
+    embedded.append(embed_everything())
+  encoder_id, option_emb, query_emb, query_role_emb = embedded[0]
   excluded = set(config.llm.exclude_models)
   return Environment(
       config=config, task=task, roles=roles, specs=list(specs), backend=backend, splits=splits,
-      encoder_id=encoder.encoder_id, option_emb=option_emb, query_emb=query_emb,
+      encoder_id=encoder_id, option_emb=option_emb, query_emb=query_emb,
       query_role_emb=query_role_emb,
       model_allowed=np.array([s.name not in excluded for s in specs], bool),
       gives_answer=np.array([r.gives_answer for r in roles], bool), workdir=workdir)

@@ -3,7 +3,8 @@
 ``metrics.jsonl`` is strict JSON, one object a line: NaN and infinities are
 written as null (``json.loads`` in any language reads every line). A resumed
 run drops the rows of the steps it repeats (``truncate_stage``), so each
-(stage, step) appears once.
+(stage, step) appears once. In a multi-host run process 0 alone writes (the
+workdir is one folder every process sees); on the others the writer is a no-op.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pathlib
 import time
 from typing import Any, Mapping
 
+from hieramas_jax import distributed
 from hieramas_jax.jsonio import strict_json_value
 
 
@@ -25,16 +27,24 @@ def _number_or_value(value: Any) -> Any:
 
 
 class MetricWriter:
-  """Appends one JSON object per call to ``metrics.jsonl`` in the workdir."""
+  """Appends one JSON object per call to ``metrics.jsonl`` in the workdir.
 
-  def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True):
+  ``enabled`` (default: this is process 0 of the run, ``distributed.is_primary``)
+  False makes every method a no-op, so each process of a multi-host run calls
+  the writer alike and the file gets each row once.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True, enabled: bool | None = None):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.enabled = distributed.is_primary() if enabled is None else bool(enabled)
+    self._tb = None
+    if not self.enabled:
+      return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._file = open(self.path, "a", encoding="utf-8")
     if self._file.tell() and _last_byte(self.path) != b"\n":
       self._file.write("\n")  # a killed run's cut last line must not swallow this run's first row
     self._earlier_bytes = self._file.tell()  # rows before this offset were written by earlier runs
-    self._tb = None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -51,6 +61,8 @@ class MetricWriter:
     return None if self._tb is None else self.path.parent / "tensorboard"
 
   def write(self, stage: str, step: int, values: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
     row = {"stage": stage, "step": int(step), "time": round(time.time(), 3)}
     row.update({str(k): _number_or_value(v) for k, v in values.items()})
     self._file.write(json.dumps(row, allow_nan=False) + "\n")
@@ -68,6 +80,8 @@ class MetricWriter:
     again. Rows of other stages, and this run's rows, stay. A line that is not
     JSON (the last one of a killed run, cut mid-write) goes too.
     """
+    if not self.enabled:
+      return 0
     self._file.flush()
     with open(self.path, "rb") as f:
       earlier, ours = f.read(self._earlier_bytes), f.read()
@@ -99,6 +113,8 @@ class MetricWriter:
     return dropped
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._file.close()
     if self._tb is not None:
       self._tb.close()

@@ -13,6 +13,12 @@ the best seen (``keeps_latest``). Checkpoints every ``checkpoint.every_steps``
 and on SIGTERM. Queries with a failed LLM call are masked out of the loss, the
 baselines and every average; a step (or validation) with too many of them raises
 ``executor.FailedCallsError`` before its update, so no checkpoint holds it.
+
+Multi-host: every process draws the same episodes (the draws are step-derived),
+runs its share of them (``rollout.run_plans``) and gets the whole graded batch;
+the update is data-parallel over every device of every process
+(``distributed.data_parallel``), so 1 and N processes train alike (to float
+rounding). A stop signal on any process stops every process after the same step.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hieramas_jax import checkpointing, graphs, policy, rewards
+from hieramas_jax import checkpointing, distributed, graphs, policy, rewards
 from hieramas_jax.models import selector as sel
 from hieramas_jax.train import builders, learner, rollout
 from hieramas_jax.train import hooks as hooks_lib
@@ -145,7 +151,8 @@ def _start(env: Environment, ckpt: checkpointing.Checkpointer, params, tx) -> _T
   if ckpt.latest_step() is None:
     return state
   restored, meta = policy.restore_train_state(ckpt, state.saved(env.option_emb))
-  print(f"stage 1: resumed from step {int(meta['step'])} ({ckpt.directory})")
+  if distributed.is_primary():
+    print(f"stage 1: resumed from step {int(meta['step'])} ({ckpt.directory})")
   return _Training(restored["params"], restored["opt_state"], np.asarray(restored["baseline"]),
                    restored["best_params"], float(restored["best_val"]), list(meta.get("history", [])),
                    int(meta["step"]))
@@ -191,6 +198,26 @@ def _advantages(env: Environment, outcome: rollout.Outcome, credit: np.ndarray, 
   return adv, role_adv, sys_reward
 
 
+def update_selector(graphdef, tx, params, opt_state, batch: learner.SelectorBatch, temperature: float,
+                    entropy_coef: float, lr_scale: float):
+  """``learner.selector_update``: (params, opt_state, metrics), with host-local outputs.
+
+  Multi-host: data-parallel, the batch's rows split over every device of every
+  process (padded to a multiple of their count with rows of zero weight and
+  zero advantage, which add nothing to the loss or its gradient), the parameters
+  replicated; the gradient is the one-process batch's (to float rounding).
+  """
+  if not distributed.is_multi_process():
+    return learner.selector_update(graphdef, tx, params, opt_state, batch, temperature, entropy_coef, lr_scale)
+  rows, _ = distributed.pad_rows(batch._replace(option_emb=None), distributed.total_devices())
+
+  def update(params, opt_state, option_emb, rows):
+    return learner.selector_update(graphdef, tx, params, opt_state, rows._replace(option_emb=option_emb),
+                                   temperature, entropy_coef, lr_scale)
+
+  return distributed.data_parallel(update, [params, opt_state, batch.option_emb], rows)
+
+
 def _train_step(env: Environment, graphdef, tx, state: _Training, pool: np.ndarray, step: int, option_emb,
                 valid) -> dict[str, float]:
   """Samples, runs and grades one batch and updates ``state`` in place; returns the step's metrics row.
@@ -213,8 +240,8 @@ def _train_step(env: Environment, graphdef, tx, state: _Training, pool: np.ndarr
   batch = learner.SelectorBatch(qr, option_emb, valid, actions, jnp.asarray(adv, jnp.float32),
                                 jnp.asarray(role_adv, jnp.float32), jnp.asarray(outcome.valid, jnp.float32))
   lr_scale = float(rewards.cosine_schedule(step, c.steps, 1.0, 0.0)) if c.lr_schedule == "cosine" else 1.0
-  state.params, state.opt_state, metrics = learner.selector_update(graphdef, tx, state.params, state.opt_state, batch,
-                                                                   temperature, c.entropy_coef, lr_scale)
+  state.params, state.opt_state, metrics = update_selector(graphdef, tx, state.params, state.opt_state, batch,
+                                                          temperature, c.entropy_coef, lr_scale)
   learner.check_finite(metrics, step, "stage 1")
   if c.baseline == "ema":
     state.baseline = np.asarray(rewards.ema_update(jnp.asarray(state.baseline), credit, weights, c.ema_decay))
@@ -258,7 +285,8 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
       ckpt.save(step, state.saved(env.option_emb),
                 policy.checkpoint_metadata(spec, policy.STAGE1, step, config, state.history), force=True)
 
-  bar = tqdm.trange(state.start, c.steps, desc="stage 1 (selector)", disable=not progress, initial=state.start,
+  shown = progress and distributed.is_primary()  # one bar per run, not one per process
+  bar = tqdm.trange(state.start, c.steps, desc="stage 1 (selector)", disable=not shown, initial=state.start,
                     total=c.steps)
   try:
     for step in bar:
@@ -267,11 +295,13 @@ def train_selector(env: Environment, workdir: pathlib.Path, writer: MetricWriter
       if done % c.eval_every == 0 or done == c.steps:
         _validate_and_keep(env, graphdef, state, pool, done, row)
         stop = hooks_lib.call(hooks, hooks_lib.Validation("stage1", done, row, graphdef, state.params))
+        stop = distributed.any_process(stop, f"stage-1 hooks after step {done}")  # every process stops alike
       writer.write("stage1", done, row)
       bar.set_postfix(reward=f"{row['reward']:.3f}", T=f"{row['temperature']:.2f}")
       if done % config.checkpoint.every_steps == 0 or done == c.steps or stop:
         save(done)
-      if watcher is not None and watcher.stop_requested:
+      signalled = watcher is not None and watcher.stop_requested
+      if distributed.any_process(signalled, f"stop signal after stage-1 step {done}"):  # a signal to any stops all
         save(done)
         raise StopRequested(f"stopped by signal after stage-1 step {done}; checkpoint saved in {ckpt.directory}")
       if stop:

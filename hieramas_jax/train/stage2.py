@@ -13,6 +13,11 @@ label (no solved run), or without a query that has both, cannot teach a
 classifier: stage 2 then says so, trains and saves none, and
 inference draws the documented seeded random DAG per query (``untrained_reason``
 tells loaders why, also for workdirs written before this check).
+
+Multi-host: the collection runs each process's share of the (query, DAG) runs
+(``rollout.run_plans``); process 0 alone stores the labels and the others get
+its stored data; the gradient steps are data-parallel over every device of
+every process, so 1 and N processes train alike (to float rounding).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from hieramas_jax import checkpointing, policy
+from hieramas_jax import checkpointing, distributed, policy
 from hieramas_jax.models import gcn
 from hieramas_jax.train import builders, learner, metrics, rollout
 from hieramas_jax.train import hooks as hooks_lib
@@ -155,12 +160,16 @@ def untrained_reason(workdir: pathlib.Path | str) -> str:
 
 
 def _load_or_collect(env, path: pathlib.Path, sel_graphdef, sel_params, split, pool) -> GraphData:
-  if path.exists():
-    return load_graph_data(path)
+  """The stored data of ``split``, else collected and stored (multi-host: process 0 reads and writes the file)."""
+  stored = distributed.on_primary(lambda: load_graph_data(path) if path.exists() else None,
+                                  f"stored stage-2 data {path.name}")
+  if stored is not None:
+    return stored
   data = collect(env, sel_graphdef, sel_params, split, pool)
-  tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, **dataclasses.asdict(data))
-  tmp.replace(path)  # atomic: a kill never leaves half a file
+  if distributed.is_primary():
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **dataclasses.asdict(data))
+    tmp.replace(path)  # atomic: a kill never leaves half a file
   return data
 
 
@@ -168,6 +177,26 @@ def val_auc(env: Environment, graphdef, params, data: GraphData, split: str = "v
   scores = gcn.score_pool(graphdef, params, jnp.asarray(env.query_emb[split]),
                           jnp.asarray(data.adjs, jnp.float32), impl=env.config.gcn.impl)
   return metrics.mean_per_query_auc(np.asarray(scores), data.labels, data.valid)
+
+
+def update_classifier(graphdef, tx, params, opt_state, batch: learner.ClassifierBatch, pos_weight: float,
+                      impl: str):
+  """``learner.classifier_update``: (params, opt_state, metrics), with host-local outputs.
+
+  Multi-host: data-parallel, the batch's queries split over every device of
+  every process (padded to a multiple of their count with queries of zero
+  weight, which add nothing to the loss or its gradient), the parameters
+  replicated; the gradient is the one-process batch's (to float rounding).
+  """
+  if not distributed.is_multi_process():
+    return learner.classifier_update(graphdef, tx, params, opt_state, batch, pos_weight, impl=impl)
+  rows, _ = distributed.pad_rows(batch._replace(role_mask=None), distributed.total_devices())
+  step = learner.classifier_step(graphdef, tx, impl)
+
+  def update(params, opt_state, role_mask, rows):
+    return step(params, opt_state, rows._replace(role_mask=role_mask), pos_weight)
+
+  return distributed.data_parallel(update, [params, opt_state, batch.role_mask], rows)
 
 
 def _train_epoch(env: Environment, graphdef, tx, params, opt_state, train: GraphData, weights: np.ndarray,
@@ -182,7 +211,7 @@ def _train_epoch(env: Environment, graphdef, tx, params, opt_state, train: Graph
     idx = order[i:i + batch]
     cb = learner.ClassifierBatch(jnp.asarray(query_emb[idx]), jnp.asarray(train.adjs[idx], jnp.float32),
                                  jnp.asarray(train.labels[idx], jnp.float32), jnp.asarray(weights[idx]), role_mask)
-    params, opt_state, m = learner.classifier_update(graphdef, tx, params, opt_state, cb, pos_weight, impl=step_impl)
+    params, opt_state, m = update_classifier(graphdef, tx, params, opt_state, cb, pos_weight, step_impl)
     learner.check_finite(m, epoch, "stage 2")
     losses.append(float(m["loss"]))
   return params, opt_state, float(np.mean(losses))
@@ -219,7 +248,8 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   config, c = env.config, env.config.stage2
   sel_graphdef, sel_params = trained.selector
   data_dir = workdir / "stage2_data"
-  data_dir.mkdir(parents=True, exist_ok=True)
+  if distributed.is_primary():  # the one writer of stage2_data/
+    data_dir.mkdir(parents=True, exist_ok=True)
   pool = data_pool(env)
   train = _load_or_collect(env, data_dir / "train.npz", sel_graphdef, sel_params, "train", pool)
   val = _load_or_collect(env, data_dir / "val.npz", sel_graphdef, sel_params, "val", pool)
@@ -233,8 +263,9 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   skipped = no_positives_reason(train, data_dir / "train.npz")
   if skipped:
     # Fresh parameters would score DAGs at random while claiming to be a classifier: train and save none.
-    print(f"stage 2: {skipped}; inference draws a seeded random DAG per query. Delete stage2_data/ after fixing "
-          "the cause (for no positive label: the stage-1 selector or the endpoints)")
+    if distributed.is_primary():
+      print(f"stage 2: {skipped}; inference draws a seeded random DAG per query. Delete stage2_data/ after fixing "
+            "the cause (for no positive label: the stage-1 selector or the endpoints)")
     return Stage2Result(_without_classifier(trained, skipped), float("nan"), [], skipped)
 
   graphdef, params = build_classifier(env)
@@ -247,13 +278,15 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
     restored, meta = policy.restore_train_state(ckpt, policy.classifier_train_state(params, opt_state, best_params, 0.0))
     params, opt_state, best_params = restored["params"], restored["opt_state"], restored["best_params"]
     best_auc, start, history = float(restored["best_auc"]), int(meta["step"]), list(meta.get("history", []))
-    print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
+    if distributed.is_primary():
+      print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
   writer.truncate_stage("stage2", start)  # rows of epochs after the checkpoint are redone
 
   batch = min(c.batch_size, train.adjs.shape[0])
   # The gradient step's form: the fastest parity-tested one at these shapes (validation keeps config.gcn.impl).
   step_impl = gcn.training_impl(config.gcn.impl, batch, train.adjs.shape[1], env.num_roles)
-  bar = tqdm.trange(start, c.epochs, desc="stage 2 (graph classifier)", disable=not progress, initial=start,
+  shown = progress and distributed.is_primary()  # one bar per run, not one per process
+  bar = tqdm.trange(start, c.epochs, desc="stage 2 (graph classifier)", disable=not shown, initial=start,
                     total=c.epochs)
   try:
     for epoch in bar:
@@ -270,16 +303,18 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
       ckpt.save(done, policy.classifier_train_state(params, opt_state, best_params, best_auc),
                 policy.checkpoint_metadata(policy.PolicySpec.from_environment(env), policy.STAGE2, done, config,
                                            history), force=True)
-      if watcher is not None and watcher.stop_requested:
+      signalled = watcher is not None and watcher.stop_requested
+      if distributed.any_process(signalled, f"stop signal after stage-2 epoch {done}"):  # a signal to any stops all
         raise StopRequested(f"stopped by signal after stage-2 epoch {done}; checkpoint saved in {ckpt.directory}")
-      if hooks_lib.call(hooks, hooks_lib.Validation("stage2", done, row, graphdef, params)):
+      stop = hooks_lib.call(hooks, hooks_lib.Validation("stage2", done, row, graphdef, params))
+      if distributed.any_process(stop, f"stage-2 hooks after epoch {done}"):  # every process stops alike
         raise StopRequested(f"stopped by a hook after stage-2 epoch {done}; checkpoint saved in {ckpt.directory}")
   finally:
     bar.close()
     ckpt.close()
   if best_auc == -np.inf:  # no epoch, or no validation query with both classes: keep the last parameters
     best_params, best_auc = params, float("nan")
-    if c.epochs:
+    if c.epochs and distributed.is_primary():
       print("stage 2: no validation query had both a positive and a negative DAG (ROC-AUC undefined); kept the "
             "last epoch's parameters")
   return Stage2Result(_with_classifier(trained, (graphdef, best_params)), float(best_auc), history)

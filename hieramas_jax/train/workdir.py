@@ -12,6 +12,11 @@
    stream, the data, the pool and the parameter shapes. A difference there is one
    error naming the fields; a difference elsewhere (learning rate, number of
    steps, timeouts) is allowed and named in a warning.
+
+In a multi-host run the workdir is one folder every process sees at the same
+path (a shared filesystem): process 0 alone checks it and holds the lock, and
+every process reads the saved config (reading checkpoints is collective), so a
+mismatch is the same error on every process.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import ml_collections
 
 from hieramas_jax import checkpointing
 from hieramas_jax import config as config_lib
+from hieramas_jax import distributed
 from hieramas_jax.train import environment
 
 LOCK_NAME = ".lock"
@@ -69,9 +75,12 @@ class ResumeMismatchError(environment.ConfigError):
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
-  """Checks the workdir is writable, locks it for this process, and checks the saved config (see module doc)."""
-  workdir = lock(workdir)
-  check_resume(config, workdir)
+  """Checks the workdir is writable, locks it for this run, and checks the saved config (see module doc).
+
+  Multi-host: process 0 checks and locks; an error of either check is raised on every process.
+  """
+  workdir = distributed.on_primary(lambda: lock(workdir), "workdir checked and locked by process 0")
+  environment.on_every_process(lambda: check_resume(config, workdir), "saved config checked")
   return workdir
 
 
@@ -149,7 +158,8 @@ def _check_writable(workdir: pathlib.Path) -> None:
 def saved_checkpoint_config(workdir: str | pathlib.Path, stage: str) -> tuple[int, dict[str, Any]] | None:
   """(step, config dict) of the newest readable checkpoint of ``stage`` in ``workdir``; None without one."""
   folder = pathlib.Path(workdir) / "checkpoints" / stage
-  if not folder.is_dir():  # checked first: opening a Checkpointer would create the folder
+  # Checked first: opening a Checkpointer would create the folder. Process 0's answer, as opening one is collective.
+  if not distributed.broadcast_object(folder.is_dir(), f"{stage} checkpoints exist"):
     return None
   with checkpointing.Checkpointer(folder) as ckpt:
     if ckpt.latest_step() is None:
@@ -198,7 +208,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
           f"workdir {workdir} holds a {stage} checkpoint (step {step}) of another experiment: {changes}. "
           f"Use a new --workdir for the new settings, or resume with the old values"
           f"{f' ({restore})' if restore else ''}")
-    if other and not warned:
+    if other and not warned and distributed.is_primary():  # one warning per run, not one per process
       warned = True
       logger.warning("resuming in %s (%s step %d) with changed settings: %s", workdir, stage, step,
                      "; ".join(f"{field} {_show(a)} -> {_show(b)}" for field, a, b in other))
