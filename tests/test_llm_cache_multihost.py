@@ -161,6 +161,15 @@ def test_process_one_of_two_writes_its_own_file_and_finds_merged_answers(tmp_pat
   assert len(texts(shared)) == 1  # the shared file is only read during a multi-process run
 
 
+def test_a_process_that_cannot_open_its_own_file_fails_with_the_reason(tmp_path, monkeypatch):
+  shared = tmp_path / "llm_cache.sqlite"
+  monkeypatch.setattr(llm_cache.distributed, "process_count", lambda: 2)
+  monkeypatch.setattr(llm_cache.distributed, "process_index", lambda: 1)
+  llm_cache.process_file(shared, 1, 2).mkdir()  # a folder where its file should be
+  with pytest.raises(CacheError, match=r"process-1-of-2\.sqlite: cannot open it"):
+    CachedBackend(CountingBackend(), shared)
+
+
 def merge_tool(*args):
   return subprocess.run([sys.executable, "-m", "launch.merge_cache", *args], cwd=multihost.REPO,
                         env=multihost.process_env(1), capture_output=True, text=True, timeout=120, check=False)

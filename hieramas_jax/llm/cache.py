@@ -334,17 +334,27 @@ def open_cache(path: str | os.PathLike[str]) -> ResponseCache | ProcessCache:
     return ResponseCache(path)
   # on_primary returns on every process only once process 0 is done: it is the barrier before anyone opens a file.
   distributed.on_primary(merge, "llm_cache_merge")
-  missing = [i for i, seen in enumerate(distributed.gather_objects(os.path.isfile(path), "llm_cache_visible"))
-             if not seen]
-  if missing:
-    raise CacheError(f"response cache {path}: process 0 merged it but process(es) {missing} of {count} cannot see "
-                     "it; put the workdir on a file system every host mounts (checkpoints need that too)")
-  own = ResponseCache(process_file(path, index, count))
+  opened: ProcessCache | None = None
+  problem = None
   try:
-    return ProcessCache(own, ResponseCache(path, read_only=True))
-  except BaseException:
-    own.close()
-    raise
+    if not os.path.isfile(path):
+      raise CacheError(f"response cache {path}: process 0 merged it but process {index} of {count} cannot see it; "
+                       "put the workdir on a file system every host mounts (checkpoints need that too)")
+    own = ResponseCache(process_file(path, index, count))
+    try:
+      opened = ProcessCache(own, ResponseCache(path, read_only=True))
+    except BaseException:
+      own.close()
+      raise
+  except CacheError as e:
+    problem = str(e)
+  # Every process fails alike (with the lowest process's reason) rather than one leaving the others waiting.
+  problems = [p for p in distributed.gather_objects(problem, "llm_cache_opened") if p is not None]
+  if problems:
+    if opened is not None:
+      opened.close()
+    raise CacheError(problems[0])
+  return opened
 
 
 @dataclasses.dataclass
