@@ -21,28 +21,41 @@ from hieramas_jax import graphs
 from hieramas_jax.models import gcn_fast
 
 
-def validate_graph_stack(adjacency: Any, num_roles: int, batch: int | None = None) -> np.ndarray:
+def check_graph_stack_shape(shape: Sequence[int], dtype: Any, num_roles: int, batch: int | None = None) -> None:
+  """Checks the shape and dtype of candidate DAGs [K, N, N] or [B, K, N, N] before their entries are read.
+
+  ``launch.score_graphs`` checks a file's header with it before reading only
+  some of its rows. Raises graphs.InvalidGraphError naming the expected shape.
+  """
+  shape, dtype = tuple(shape), np.dtype(dtype)
+  want = f"[K, {num_roles}, {num_roles}] (one pool for all queries) or [B, K, {num_roles}, {num_roles}] (per query)"
+  if len(shape) not in (3, 4) or shape[-2:] != (num_roles, num_roles):
+    raise graphs.InvalidGraphError(f"the graphs have shape {shape}; expected {want} for this system's "
+                                   f"{num_roles} roles")
+  if len(shape) == 4 and batch is not None and shape[0] != batch:
+    raise graphs.InvalidGraphError(f"per-query graphs have shape {shape} for {batch} queries; expected "
+                                   f"[{batch}, K, {num_roles}, {num_roles}]")
+  if shape[-3] == 0:
+    raise graphs.InvalidGraphError(f"the graph pool is empty (shape {shape}); give at least one graph")
+  if not (np.issubdtype(dtype, np.number) or dtype == bool):
+    raise graphs.InvalidGraphError(f"the graphs have dtype {dtype}; expected 0/1 numbers")
+
+
+def validate_graph_stack(adjacency: Any, num_roles: int, batch: int | None = None,
+                         first_query: int = 0) -> np.ndarray:
   """Checks candidate DAGs [K, N, N] (shared) or [B, K, N, N] (per query); returns them as int8.
 
   Raises graphs.InvalidGraphError naming the expected shape, or the index of
   the first bad graph and what is wrong with it (entry not 0/1, self-loop, cycle).
+  ``first_query``: the index of the first row of a [B, K, N, N] slice in the
+  whole stack (error messages count queries from there).
   """
   try:
     a = np.asarray(adjacency)
   except ValueError as e:  # ragged nested lists
     raise graphs.InvalidGraphError(f"the graphs cannot be read as one array ({e}); every adjacency must be "
                                    f"[{num_roles}, {num_roles}]") from None
-  want = f"[K, {num_roles}, {num_roles}] (one pool for all queries) or [B, K, {num_roles}, {num_roles}] (per query)"
-  if a.ndim not in (3, 4) or a.shape[-2:] != (num_roles, num_roles):
-    raise graphs.InvalidGraphError(f"the graphs have shape {a.shape}; expected {want} for this system's "
-                                   f"{num_roles} roles")
-  if a.ndim == 4 and batch is not None and a.shape[0] != batch:
-    raise graphs.InvalidGraphError(f"per-query graphs have shape {a.shape} for {batch} queries; expected "
-                                   f"[{batch}, K, {num_roles}, {num_roles}]")
-  if a.shape[-3] == 0:
-    raise graphs.InvalidGraphError(f"the graph pool is empty (shape {a.shape}); give at least one graph")
-  if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-    raise graphs.InvalidGraphError(f"the graphs have dtype {a.dtype}; expected 0/1 numbers")
+  check_graph_stack_shape(a.shape, a.dtype, num_roles, batch)
   flat = a.reshape(-1, num_roles, num_roles)
   # Vectorised screening (a DAG's adjacency is nilpotent: A^N = 0); the per-graph
   # validator only runs on failures, to name the index and the problem.
@@ -58,7 +71,7 @@ def validate_graph_stack(adjacency: Any, num_roles: int, batch: int | None = Non
   if not ok.all():
     first = int(np.flatnonzero(~ok)[0])
     where = (f"graph {first}" if a.ndim == 3 else
-             f"graph {first % a.shape[1]} of query {first // a.shape[1]}")
+             f"graph {first % a.shape[1]} of query {first_query + first // a.shape[1]}")
     try:
       graphs.validate_adjacency(flat[first], num_roles)
     except graphs.InvalidGraphError as e:
