@@ -18,6 +18,13 @@ selector's models" are its argmax under the config's inference section
 (inference.max_skipped_roles, inference.rotate_top_n), the rules HieraMAS.plan
 applies; graphs.candidate_density_range gives the candidate DAGs the classifier
 scores and the random-DAG baselines' densities.
+
+On several processes (a multi-host run joined through ``hieramas_jax.distributed``)
+every process runs :func:`evaluate` alike: each method's queries are split by
+process (``baselines.MethodContext``), each process calls its own endpoints and
+gets every result back, so every row is the one a single process computes;
+process 0 alone logs, draws the topologies and writes the report, and every
+process returns its content.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from hieramas_jax import baselines, executor, report
+from hieramas_jax import baselines, distributed, executor, report
 from hieramas_jax.baselines import options as options_lib
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.train import environment
@@ -220,6 +227,12 @@ def _open_system(config: ml_collections.ConfigDict, workdir: pathlib.Path, task:
   return system
 
 
+def _embed_queries(system, problems) -> None:
+  """The embeddings planning needs, computed once (they land in the encoder's on-disk cache)."""
+  system.query_embeddings(problems)
+  system.query_role_embeddings(problems)
+
+
 def _write(out: pathlib.Path, rows: list[report.MethodRow], views: list[report.TopologyView], extra: dict[str, Any],
            title: str) -> dict[str, Any]:
   """Marks the Pareto front, writes the report files; returns results.json's content plus paths and table."""
@@ -242,8 +255,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
              flag_values: Mapping[str, Any] | None = None, topology_queries: int = 4, backend: Any = None,
              encoder: Any = None, log: Callable[[str], None] | None = None,
              registry: baselines.Registry | None = None) -> dict[str, Any]:
-  """Runs the methods on a split and writes the report; returns results.json's content plus ``paths``."""
+  """Runs the methods on a split and writes the report; returns results.json's content plus ``paths``.
+
+  In a multi-host run every process calls it; process 0 alone calls ``log`` and writes ``out``.
+  """
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  if not distributed.is_primary():
+    log = lambda s: None  # every process computes process 0's rows: one of them tells
   registry = registry or baselines.METHODS
   started = time.perf_counter()
   workdir = pathlib.Path(workdir).absolute()
@@ -259,6 +277,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
   try:
     system = _open_system(config, workdir, task, backend, encoder, log)
     problems = list(system.problems(problems))
+    if distributed.is_multi_process():
+      # Process 0 embeds first: a paid encoder's cache in the workdir then serves the others (no text paid twice).
+      distributed.on_primary(lambda: _embed_queries(system, problems), "evaluated queries embedded by process 0")
     planned = plan_rows(registry, chosen, flags, config, list(system.model_names), bool(system.has_classifier))
     if not system.has_classifier:
       # The system then draws a seeded random candidate per query; say so where the classifier would act.
@@ -269,7 +290,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
     ctx = baselines.MethodContext(problems=problems, backend=system.backend, task=system.task, params=params,
                                   trained=baselines.TrainedSystem(system, problems))
     rows, verdicts = run_rows(planned, ctx, float(config.llm.max_failed_fraction), split, log)
-    views = _topology_views(system, problems[:max(0, topology_queries)], verdicts.get("hieramas"))
     extra = {
         "workdir": str(workdir), "split": split, "queries": len(problems), "methods": [r.method for r in rows],
         "has_classifier": bool(system.has_classifier),
@@ -278,7 +298,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
         "wall_s": time.perf_counter() - started,  # loading and every method, before the report is drawn
         "per_query": {"uids": [p.uid for p in problems], "solved": verdicts},
     }
-    return _write(out, rows, views, extra, f"{task.name} ({split}, {len(problems)} queries): accuracy against cost")
+    title = f"{task.name} ({split}, {len(problems)} queries): accuracy against cost"
+
+    def write_report() -> dict[str, Any]:
+      views = _topology_views(system, problems[:max(0, topology_queries)], verdicts.get("hieramas"))
+      return _write(out, rows, views, extra, title)
+
+    # One writer; a failure to write is raised on every process alike.
+    return distributed.on_primary(write_report, "evaluation report")
   finally:
     if own_backend:
       executor.close_backend(backend)
@@ -288,16 +315,26 @@ def command_line(program: str, config: ml_collections.ConfigDict, workdir: str, 
   """``evaluate`` for a launcher: prints the table, the front and the files; a failure a user fixes is one line.
 
   Expected failures (``EXPECTED_FAILURES``) exit with status 1 and one line on
-  stderr, ``<program>: <ErrorType>: <cause and fix>``, without a traceback.
+  stderr, ``<program>: <ErrorType>: <cause and fix>``, without a traceback. In a
+  multi-host run (joined before this call) every process evaluates, a failure
+  raised alike on every process ends each of them with that line, and process 0
+  alone prints.
   """
   started = time.perf_counter()
   try:
     results = evaluate(config, workdir, out, **kwargs)
-  except EXPECTED_FAILURES as e:
-    sys.stdout.flush()
+  except (*EXPECTED_FAILURES, distributed.PeerLostError) as e:
     lines = [" ".join(line.split()) for line in str(e).splitlines()]
     # Status 1 with one line (one clause per failing model), no traceback.
-    sys.exit(f"{program}: {type(e).__name__}: {'; '.join(line for line in lines if line)}")
+    line = f"{program}: {type(e).__name__}: {'; '.join(line for line in lines if line)}"
+    if distributed.is_multi_process():
+      distributed.fail_fast(line)  # no shutdown handshake: the other processes end on their own line
+    sys.stdout.flush()
+    sys.exit(line)
+  primary = distributed.is_primary()
+  distributed.finish()
+  if not primary:
+    return
   print(results["table"])
   front, named = results.get("hieramas_on_front"), results.get("hieramas_on_front_named_methods")
   if front is not None:

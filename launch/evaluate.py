@@ -9,6 +9,10 @@ the pool is called once before any work; a failure a user fixes (endpoint,
 config, request, too many failed calls) prints one line on stderr naming the
 cause and the fix, and exits with status 1. The methods and their flags come
 from the registry, hieramas_jax.baselines.METHODS (see --methods).
+
+On several hosts (launch.multihost's flags, or a cluster JAX detects) start the
+same command once per host: each process calls its own endpoints for its share
+of every method's queries, and process 0 alone prints and writes the report.
 """
 
 from absl import app
@@ -18,6 +22,7 @@ from ml_collections import config_flags
 
 from hieramas_jax import baselines, evaluation
 from hieramas_jax import config as config_lib
+from launch import multihost
 
 config_flags.DEFINE_config_file("config", None, "Configuration file of the run (configs/*.py[:args]); its task, "
                                 "sizes and seed define the split, its llm section the backend, its inference "
@@ -39,6 +44,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  multihost.join("launch.evaluate")  # before anything touches a JAX device
   flag_values = {f.name: flags.FLAGS[f.name].value for f in baselines.METHODS.flags()}
   evaluation.command_line("launch.evaluate", flags.FLAGS.config, _WORKDIR.value, _OUT.value or None,
                           methods=_METHODS.value, split=_SPLIT.value, limit=_LIMIT.value, flag_values=flag_values,

@@ -7,6 +7,11 @@ Latency of a query is its critical path: calls start as soon as their inputs
 exist and take the latency the backend reports for them (``Response.latency``),
 so it is the time from the first call's start to the last call's end without the
 queueing that a whole batch sent at once adds.
+
+In a multi-host run (``hieramas_jax.distributed``) every process runs the same
+method: ``MethodContext.run_queries`` and ``run_plans`` make this process's
+calls for its contiguous share of the queries only, on its own backend, and
+every process gets every query's result back, in the order of one process.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import dataclasses
 import time
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from hieramas_jax import executor
+from hieramas_jax import distributed, executor
 from hieramas_jax.llm.base import Backend, Message, Response, check_models
 from hieramas_jax.results import QueryResult
 from hieramas_jax.tasks.base import Problem, Task
@@ -69,15 +74,30 @@ class MethodContext:
   trained: Any = None
 
   def run_queries(self, models: Sequence[str], one: QueryFn) -> list[QueryResult]:
-    """Runs ``one`` on every problem concurrently (the executor's loop); checks the models first."""
-    check_models(self.backend, list(models))
-    return executor.run_sync(self._gather(one))
+    """Runs ``one`` on every problem concurrently (the executor's loop); checks the models first.
 
-  async def _gather(self, one: QueryFn) -> list[QueryResult]:
+    In a multi-host run each process runs its share of the problems and every
+    process returns every result (``distributed.run_shares``).
+    """
+    check_models(self.backend, list(models))
+    indexed = list(enumerate(self.problems))  # the global index: each Query is numbered as in one process
+    return distributed.run_shares(indexed, lambda share: executor.run_sync(self._gather(one, share)),
+                                  "baselines.run_queries")
+
+  async def _gather(self, one: QueryFn, indexed: Sequence[tuple[int, Problem]]) -> list[QueryResult]:
     t0 = time.perf_counter()
     params = dict(self.params)
-    return list(await asyncio.gather(*(one(Query(i, p, self.backend, params, t0))
-                                       for i, p in enumerate(self.problems))))
+    return list(await asyncio.gather(*(one(Query(i, p, self.backend, params, t0)) for i, p in indexed)))
+
+  def run_plans(self, plans: Sequence[executor.Plan]) -> list[QueryResult]:
+    """Executes plans with the executor on this context's backend, task and parameters.
+
+    In a multi-host run each process executes its share of the plans and every
+    process returns every result. The plans must be the same on every process.
+    """
+    return distributed.run_shares(
+        list(plans), lambda share: executor.execute(share, self.backend, self.task, params=self.params),
+        "baselines.run_plans")
 
   def require_trained(self, method: str) -> Any:
     """The trained system, or an error saying the method needs one."""

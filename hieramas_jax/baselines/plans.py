@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hieramas_jax import executor
 from hieramas_jax.baselines.core import MethodContext
 from hieramas_jax.executor import Plan
 from hieramas_jax.results import QueryResult
@@ -34,5 +33,5 @@ def single_call_role_plans(problems: Sequence[Problem], roles: Sequence[Any], mo
 
 
 def execute_plans(ctx: MethodContext, plans: Sequence[Plan]) -> list[QueryResult]:
-  """Runs plans with the executor on the context's backend, task and generation parameters."""
-  return executor.execute(plans, ctx.backend, ctx.task, params=ctx.params)
+  """Runs plans with the executor on the context's backend, task and generation parameters (``ctx.run_plans``)."""
+  return ctx.run_plans(plans)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hieramas_jax import executor, graphs
+from hieramas_jax import distributed, executor, graphs
 from hieramas_jax.baselines.core import MethodContext, QueryResult
 from hieramas_jax.baselines.options import model_option, option
 from hieramas_jax.baselines.plans import execute_plans, single_call_role_plans
@@ -60,8 +60,15 @@ class TrainedSystem:
             for p, a, adj in zip(self.problems, assignments, adjacencies)]
 
   def run(self) -> list[QueryResult]:
-    """HieraMAS itself (``HieraMAS.run``) on the problems."""
-    return self.system.run(self.problems, grade=False)  # the evaluation grades every method alike
+    """HieraMAS itself (``HieraMAS.run``) on the problems.
+
+    Every process plans every problem (planning is deterministic, so the plans
+    agree) and, in a multi-host run, runs only its share of them.
+    """
+    plans = self.system.plan(self.problems)
+    # The evaluation grades every method alike: run ungraded.
+    return distributed.run_shares(plans, lambda share: self.system.run(share, grade=False) if share else [],
+                                  "baselines.hieramas")
 
 
 def paper_random_dag(seed: int, num_roles: int, density: tuple[float, float]) -> np.ndarray:

@@ -1,0 +1,63 @@
+"""A multi-host program for tests/test_evaluate_multihost.py: hieramas_jax.evaluation.evaluate, every LLM call counted.
+
+Each process evaluates --methods on the first --limit test problems of the run in
+--workdir (the smoke config with the hashing encoder) through a backend that
+counts the calls this process makes, and prints one JSON line: its index, its
+call count and the report's rows it got back.
+"""
+
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+
+from launch import multihost
+
+from hieramas_jax import config as base_config
+from hieramas_jax import distributed, evaluation, executor
+from hieramas_jax.train import environment
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Where process 0 writes the report.", required=True)
+_METHODS = flags.DEFINE_string("methods", "single", "Comma list of methods.")
+_LIMIT = flags.DEFINE_integer("limit", 5, "Test problems evaluated.")
+
+
+class CountingBackend:
+  """Passes every call to ``backend`` and counts them (``backend``: the simulator finds it to register problems)."""
+
+  def __init__(self, backend):
+    self.backend, self.calls = backend, 0
+
+  def known_models(self):
+    return self.backend.known_models()
+
+  async def complete(self, model, messages, **kwargs):
+    self.calls += 1
+    return await self.backend.complete(model, messages, **kwargs)
+
+
+def main(argv):
+  del argv
+  multihost.join("evaluate_calls")
+  config = base_config.base_config("math", "smoke")
+  config.encoder.kind = "hashing"
+  task = environment.load_task(config)
+  specs = environment.validate_config(config, num_roles=len(task.roles))
+  problems = [p for split in environment.load_splits(config, task).values() for p in split]
+  inner = environment.make_backend(config, specs, task, problems, pathlib.Path(_WORKDIR.value))
+  backend = CountingBackend(inner)
+  try:
+    results = evaluation.evaluate(config, _WORKDIR.value, _OUT.value, methods=_METHODS.value, limit=_LIMIT.value,
+                                  backend=backend, topology_queries=0, log=lambda s: None)
+  finally:
+    executor.close_backend(inner)
+  rows = [{"method": r["method"], "calls": r["calls"], "queries": r["queries"], "accuracy": r["accuracy"],
+           "cost_usd": r["cost_usd"]} for r in results["rows"]]
+  print(json.dumps({"process": distributed.process_index(), "calls": backend.calls, "rows": rows}), flush=True)
+  distributed.finish()
+
+
+if __name__ == "__main__":
+  app.run(main)
