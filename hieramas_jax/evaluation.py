@@ -227,6 +227,21 @@ def _open_system(config: ml_collections.ConfigDict, workdir: pathlib.Path, task:
   return system
 
 
+def _alike_on_every_process(fn: Callable[[], Any], name: str) -> Any:
+  """``fn()`` on this process; an exception on any process is raised on every one (the lowest process's).
+
+  ``fn``'s value stays on its process (it need not pickle); only exceptions travel.
+  """
+  try:
+    value, error = fn(), None
+  except Exception as e:  # pylint: disable=broad-except  # re-raised below, on every process
+    value, error = None, e
+  failures = [e for e in distributed.gather_objects(error, name) if e is not None]
+  if failures:
+    raise failures[0]
+  return value
+
+
 def _embed_queries(system, problems) -> None:
   """The embeddings planning needs, computed once (they land in the encoder's on-disk cache)."""
   system.query_embeddings(problems)
@@ -269,13 +284,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
   chosen = parse_methods(methods, registry)
   flags = resolve_flags(registry, flag_values, config)
   task, specs, splits, problems = _load_problems(config, split, limit)
-  own_backend = backend is None
-  if own_backend:
-    # The run's backend: the simulator (every split's problems registered) or the endpoints, behind the
-    # response cache in the workdir, so problems seen in training are not paid for twice.
-    backend = environment.make_backend(config, specs, task, [p for s in splits.values() for p in s], workdir)
+  built = []  # the backend built here (not the caller's), closed at the end
+
+  def open_system():
+    run_backend = backend
+    if run_backend is None:
+      # The run's backend: the simulator (every split's problems registered) or the endpoints, behind the
+      # response cache in the workdir, so problems seen in training are not paid for twice.
+      run_backend = environment.make_backend(config, specs, task, [p for s in splits.values() for p in s], workdir)
+      built.append(run_backend)
+    return _open_system(config, workdir, task, run_backend, encoder, log)
+
   try:
-    system = _open_system(config, workdir, task, backend, encoder, log)
+    # Each process builds its backend and checks its endpoints: a failure on one host stops every process alike.
+    system = _alike_on_every_process(open_system, "trained system opened")
     problems = list(system.problems(problems))
     if distributed.is_multi_process():
       # Process 0 embeds first: a paid encoder's cache in the workdir then serves the others (no text paid twice).
@@ -307,8 +329,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
     # One writer; a failure to write is raised on every process alike.
     return distributed.on_primary(write_report, "evaluation report")
   finally:
-    if own_backend:
-      executor.close_backend(backend)
+    for run_backend in built:
+      executor.close_backend(run_backend)
 
 
 def command_line(program: str, config: ml_collections.ConfigDict, workdir: str, out: str | None, **kwargs) -> None:

@@ -4,7 +4,9 @@ Each process of a multi-host evaluation calls its own endpoints (here the
 simulator) for its share of every method's queries; the report's rows must be
 those of one process, and process 0 alone prints and writes the report. Each
 process runs in its own folder with a relative --out, so a file written by
-process 1 would show.
+process 1 would show. ``tests/multihost_programs/evaluate_calls.py`` counts the
+calls at each process's backend (no query runs twice) and fails one process's
+endpoints (every process stops with that error).
 """
 
 from __future__ import annotations
@@ -102,6 +104,18 @@ def test_each_process_makes_the_calls_of_its_share_only(trained, tmp_path):
   assert first["rows"] == second["rows"] and all(r["queries"] == 5 for r in first["rows"])
   assert first["calls"] + second["calls"] == round(sum(r["calls"] * r["queries"] for r in first["rows"]))
   assert first["calls"] > second["calls"] > 0  # shares of 3 and 2 queries
+
+
+@pytest.mark.slow
+def test_a_dead_endpoint_on_one_process_stops_every_process_with_the_same_error(trained, tmp_path):
+  two = multihost.run_processes([EVALUATE_CALLS, f"--workdir={trained}", f"--out={tmp_path / 'eval'}",
+                                 "--dead_endpoint_on=1"], 2, timeout_s=120)
+  assert [p.returncode for p in two] == [1, 1], two[0].stderr[-3000:] + two[1].stderr[-3000:]
+  errors = [_last_json(p.stdout)["error"] for p in two]
+  assert errors[0] == errors[1] and errors[0].startswith("EndpointError: model ")
+  assert "http://host-1:8000/v1" in errors[0] and "connection refused" in errors[0]
+  assert not any("stopped" in p.stderr for p in two)  # each left on the error, not on a lost peer
+  assert not (tmp_path / "eval").exists()
 
 
 @pytest.mark.slow

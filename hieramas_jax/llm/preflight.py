@@ -33,6 +33,9 @@ class EndpointError(ConfigError):
     self.failures = list(failures)
     super().__init__("\n".join(f"model {model!r} at {url}: {cause}" for model, url, cause in self.failures))
 
+  def __reduce__(self):  # pickled from its failures: a multi-host run sends it to the other processes
+    return type(self), (self.failures,)
+
 
 def _unwrap(backend: Any) -> Any:
   """The backend under any response caches (a probe must reach the endpoint)."""
