@@ -11,9 +11,17 @@ One step (``config.mlpo``; the paper is arXiv 2507.08960):
   3. One GRPO update (``lm.grpo``) over the B*T groups: advantages normalised within each group, clipped ratio,
      k3 KL to the frozen starting weights, AdamW with gradient clipping (optax).
 
-Randomness derives from (seed, step): problems from a numpy generator seeded with them, the leader's sampling
-key from ``fold_in(key(seed), step)``, the peers' draws from sample indices of (step, round, peer); a resumed run
-repeats exactly what an uninterrupted one does. A query with a failed peer call is masked out of the update;
+Randomness derives from (seed, step): problems from a numpy generator seeded with them, each leader sample's
+key from (seed, stream, step, query, round, sample) (``leader_row_keys``), the peers' draws from sample indices of
+(step, round, peer); a resumed run repeats exactly what an uninterrupted one does, and no draw depends on which
+queries were batched together.
+
+Several processes (``distributed``, one per host): each runs its contiguous share of a step's queries (peer
+calls through its own backend, the leader's sampling on its own devices, grading); the graded rollouts are
+gathered, and the GRPO update runs data-parallel over every device of every process, so a run on N processes
+draws the same samples and ends with the same leader (to float rounding) as one process. Process 0 alone writes
+metrics, progress lines and the exported leader; checkpoints are written collectively; a stop signal (SIGTERM)
+on any process stops all of them after the same step. A query with a failed peer call is masked out of the update;
 more than ``llm.max_failed_fraction`` of them stops the run (``executor.FailedCallsError``). Checkpoints go
 through ``checkpointing.Checkpointer`` (params + optimizer state); SIGTERM saves after the current step. The
 trained leader is written to ``<workdir>/leader`` (``lm.leader_export``): a pool entry ``backend='local',
@@ -33,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from hieramas_jax import checkpointing
+from hieramas_jax import distributed
 from hieramas_jax import executor
 from hieramas_jax.baselines import prompts
 from hieramas_jax.baselines.core import ROUND_STRIDE, cycled
@@ -52,6 +61,7 @@ from hieramas_jax.train.leader_grpo import (  # noqa: F401  (the loop's parts, i
 ConfigError = environment.ConfigError
 STAGE = "leader"  # metrics.jsonl rows
 _BATCH_STREAM = 31  # numpy stream of the problem choice (apart from the sampling key)
+_SAMPLE_STREAM = 32  # the leader's sampling keys: fold_in(key(seed), _SAMPLE_STREAM), then step, query, round, sample
 _MAX_ROUNDS = 100  # rounds per step the peers' sample indices leave room for
 # Config fields a resumed run must share with its checkpoints (anything else may change, e.g. steps).
 _RESUME_FIELDS = ("leader", "leader_dtype", "peers", "peer_models", "rounds", "group_size", "queries_per_step",
@@ -76,6 +86,47 @@ class Rollout:
   final_correct: np.ndarray  # [B] bool: the leader's last-round answer (the group's first sample) right
   peer_correct: np.ndarray  # [B] fraction of the first round's peer answers that are right
 
+  def queries(self, rounds: int, group_size: int) -> list[Rollout]:
+    """One Rollout per query, in order (what a process hands to the others)."""
+    t, g = rounds, group_size
+    return [Rollout(prompt_ids=self.prompt_ids[q * t:(q + 1) * t],
+                    samples=Samples(self.samples.tokens[q * t * g:(q + 1) * t * g],
+                                    self.samples.texts[q * t * g:(q + 1) * t * g],
+                                    self.samples.finish_reasons[q * t * g:(q + 1) * t * g]),
+                    rewards=self.rewards[q * t:(q + 1) * t], correct=self.correct[q * t:(q + 1) * t],
+                    valid=self.valid[q * t:(q + 1) * t], final_correct=self.final_correct[q:q + 1],
+                    peer_correct=self.peer_correct[q:q + 1])
+            for q in range(len(self.final_correct))]
+
+  @classmethod
+  def join(cls, parts: Sequence[Rollout]) -> Rollout:
+    """The Rollout of consecutive queries' Rollouts (the inverse of ``queries``)."""
+    return cls(prompt_ids=[p for r in parts for p in r.prompt_ids],
+               samples=Samples([t for r in parts for t in r.samples.tokens],
+                               [t for r in parts for t in r.samples.texts],
+                               [t for r in parts for t in r.samples.finish_reasons]),
+               rewards=np.concatenate([r.rewards for r in parts]), correct=np.concatenate([r.correct for r in parts]),
+               valid=np.concatenate([r.valid for r in parts]),
+               final_correct=np.concatenate([r.final_correct for r in parts]),
+               peer_correct=np.concatenate([r.peer_correct for r in parts]))
+
+
+def step_key(seed: int, step: int) -> jax.Array:
+  """The key every leader sample of ``step`` derives from (``leader_row_keys``)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SAMPLE_STREAM), step)
+
+
+def leader_row_keys(key: jax.Array, query_indices: Sequence[int], round_index: int, group_size: int) -> jax.Array:
+  """One key per leader sample [len(query_indices) * group_size]: (query, round, sample) folded into ``key``.
+
+  ``query_indices`` are the queries' places in the step's batch, so a sample's draw is the same whichever
+  process (or batch) generates it.
+  """
+  queries = np.repeat(np.asarray(query_indices, np.uint32), group_size)
+  samples = np.tile(np.arange(group_size, dtype=np.uint32), len(query_indices))
+  fold = jax.random.fold_in
+  return jax.vmap(lambda q, j: fold(fold(fold(key, q), round_index), j))(queries, samples)
+
 
 def peer_sample_index(step: int, round_index: int, peer: int) -> int:
   """The peers' draw of (step, round, peer): resumed runs ask the same, distinct steps ask anew."""
@@ -99,13 +150,18 @@ async def _peer_round(backend: llm_base.Backend, task: Task, problems: Sequence[
 def mlpo_rollout(model: LeaderModel, params: dict[str, Any], backend: llm_base.Backend, task: Task,
                  problems: Sequence[Problem], *, peer_models: Sequence[str], rounds: int, key: jax.Array, step: int,
                  settings: GRPOSettings, peer_params: dict[str, Any], format_reward: float = 0.0,
-                 peer_answer_chars: int = 0) -> Rollout:
+                 peer_answer_chars: int = 0, query_indices: Sequence[int] | None = None) -> Rollout:
   """T rounds of peers answering and the leader sampling a group per query (see the module doc).
 
-  ``peer_answer_chars`` > 0 shows the leader only the last that many characters of each peer answer (where
-  the answer is stated); 0 shows them whole, as the MLPO baseline does.
+  ``key`` is the step's key (``step_key``); ``query_indices`` are the problems' places in the step's batch
+  (default 0, 1, ...: the whole batch), which fix each sample's key. ``peer_answer_chars`` > 0 shows the leader
+  only the last that many characters of each peer answer (where the answer is stated); 0 shows them whole, as
+  the MLPO baseline does.
   """
   num = len(problems)
+  query_indices = list(range(num)) if query_indices is None else list(query_indices)
+  if len(query_indices) != num:
+    raise ValueError(f"mlpo_rollout: {len(query_indices)} query indices for {num} problems")
   own: list[list[str | None]] = [[None] * len(peer_models) for _ in problems]
   leader: list[str | None] = [None] * num
   ok = np.ones(num, bool)
@@ -125,7 +181,8 @@ def mlpo_rollout(model: LeaderModel, params: dict[str, Any], backend: llm_base.B
       candidates = [(f"Peer {k + 1}", own[q][k][-peer_answer_chars:] if peer_answer_chars else own[q][k])
                     for k in range(len(peer_models)) if own[q][k] is not None]
       round_prompts.append(chat_ids(model.tokenizer, prompts.synthesis_messages(task, problems[q], candidates)))
-    samples = sample_groups(model, params, round_prompts, jax.random.fold_in(key, r), settings)
+    samples = sample_groups(model, params, round_prompts,
+                            leader_row_keys(key, query_indices, r, settings.group_size), settings)
     size = settings.group_size
     for q in range(num):
       group_texts = samples.texts[q * size:(q + 1) * size]
@@ -238,14 +295,54 @@ def train_leader(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   built = backend is None
   if built:
     backend = environment.make_backend(config, specs, task, list(problems), workdir)
-  try:  # a dead peer endpoint is one clear EndpointError before any work
-    llm_base.check_models(backend, peer_models)
-    llm_preflight.preflight(backend, peer_models)
+  try:  # a dead peer endpoint is one clear EndpointError before any work (on every process of a multi-host run)
+    _on_every_process(lambda: (llm_base.check_models(backend, peer_models),
+                               llm_preflight.preflight(backend, peer_models)), "peer preflight")
     return _train(config, workdir, settings, peer_models, backend, task, list(problems), model, progress,
                   stop_after, log)
   finally:
     if built:
       executor.close_backend(backend)
+
+
+def _on_every_process(fn: Callable[[], Any], what: str) -> None:
+  """``fn()`` on every process; a failure on one of them stops all of them, each with one line.
+
+  The failing process raises its own exception; the others raise ``distributed.PeerLostError`` naming it (the
+  exception travels as text: not every exception survives pickling).
+  """
+  if not distributed.is_multi_process():
+    fn()
+    return
+  error, failure = None, None
+  try:
+    fn()
+  except Exception as e:  # pylint: disable=broad-except  # re-raised below, here and (as text) on the others
+    error, failure = e, f"{type(e).__name__}: {' '.join(str(e).split())}"
+  failures = distributed.gather_objects(failure, what)
+  if error is not None:
+    raise error
+  for index, text in enumerate(failures):
+    if text is not None:
+      raise distributed.PeerLostError(f"process {index} failed its {what} ({text}); fix that and start every "
+                                      "process again")
+
+
+def _step_rollout(config, model, params, backend, task, chosen, peer_models, step, settings, peer_params):
+  """The step's rollout: this process's share of the queries run here, the whole batch gathered on every process."""
+  m = config.mlpo
+  key = step_key(int(config.seed), step)
+
+  def run_share(items):
+    if not items:  # more processes than queries: nothing to run here
+      return []
+    roll = mlpo_rollout(model, params, backend, task, [p for _, p in items], peer_models=peer_models,
+                        rounds=int(m.rounds), key=key, step=step, settings=settings, peer_params=peer_params,
+                        format_reward=float(m.format_reward), peer_answer_chars=int(m.peer_answer_chars),
+                        query_indices=[q for q, _ in items])
+    return roll.queries(int(m.rounds), settings.group_size)
+
+  return Rollout.join(distributed.run_shares(list(enumerate(chosen)), run_share, f"leader step {step + 1} rollout"))
 
 
 def _train(config, workdir, settings, peer_models, backend, task, problems, model, progress, stop_after, log):
@@ -254,16 +351,18 @@ def _train(config, workdir, settings, peer_models, backend, task, problems, mode
   learner = GRPOLearner(model.config, settings, ref_params)
   params, opt_state = model.params, learner.init(model.params)
   ckpt = checkpointing.Checkpointer(workdir / "leader_checkpoints", max_to_keep=config.checkpoint.max_to_keep)
+  primary = distributed.is_primary()
   start = 0
   if ckpt.latest_step() is not None:
     _check_resume(dict(ckpt.metadata().get("resume", {})), config, ckpt.directory)
     state, meta = ckpt.restore(checkpointing.abstract_tree({"params": params, "opt_state": opt_state}))
     params, opt_state, start = state["params"], state["opt_state"], int(meta["step"])
-    log(f"leader: resumed from step {start} ({ckpt.directory})")
-  writer = MetricWriter(workdir, tensorboard=False)
-  writer.truncate_stage(STAGE, start)
+    if primary:
+      log(f"leader: resumed from step {start} ({ckpt.directory})")
+  writer = MetricWriter(workdir, tensorboard=False) if primary else None  # process 0 alone writes metrics
+  if writer is not None:
+    writer.truncate_stage(STAGE, start)
   peer_params = {"temperature": float(config.llm.temperature), "max_tokens": int(config.llm.max_tokens)}
-  base_key = jax.random.key(int(config.seed))
   last: dict[str, float] = {}
 
   def save(step: int) -> None:
@@ -279,10 +378,7 @@ def _train(config, workdir, settings, peer_models, backend, task, problems, mode
         began = time.perf_counter()
         rng = np.random.default_rng([int(config.seed), _BATCH_STREAM, step])
         chosen = [problems[i] for i in rng.choice(len(problems), size=int(m.queries_per_step), replace=False)]
-        roll = mlpo_rollout(model, params, backend, task, chosen, peer_models=peer_models, rounds=int(m.rounds),
-                            key=jax.random.fold_in(base_key, step), step=step, settings=settings,
-                            peer_params=peer_params, format_reward=float(m.format_reward),
-                            peer_answer_chars=int(m.peer_answer_chars))
+        roll = _step_rollout(config, model, params, backend, task, chosen, peer_models, step, settings, peer_params)
         failed = 1.0 - float(np.mean(roll.valid))
         if not roll.valid.any() or failed > float(config.llm.max_failed_fraction):
           raise executor.FailedCallsError(
@@ -297,22 +393,26 @@ def _train(config, workdir, settings, peer_models, backend, task, problems, mode
                     peer_accuracy=float(roll.peer_correct.mean()),
                     completion_tokens=float(np.mean([len(t) for t in roll.samples.tokens])), failed=failed,
                     seconds=time.perf_counter() - began)
-        writer.write(STAGE, done, last)
-        if progress:
+        if writer is not None:
+          writer.write(STAGE, done, last)
+        if progress and primary:
           log(f"leader step {done}/{m.steps}: reward {last['reward']:.3f} accuracy {last['accuracy']:.3f} "
               f"(peers {last['peer_accuracy']:.3f}) loss {last['loss']:.4f} kl {last['kl']:.4f} "
               f"{last['seconds']:.1f}s")
         if done % int(config.checkpoint.every_steps) == 0 or done == int(m.steps):
           save(done)
-        if watcher.stop_requested or (stop_after is not None and done - start >= stop_after):
+        stop = watcher.stop_requested or (stop_after is not None and done - start >= stop_after)
+        if distributed.any_process(stop, f"leader step {done} stop"):  # a signal to one process stops every one
           save(done)
           raise StopRequested(f"stopped after leader step {done}; checkpoint saved in {ckpt.directory}; run the "
                               "same command to resume")
     save(done)
   finally:
     ckpt.close()
-    writer.close()
-  leader_dir = leader_export.save_leader(
-      workdir / "leader", model.config, jax.device_get(params), model.tokenizer_ref,
-      info={"step": done, "trained_from": model.source, "task": config.task.name})
+    if writer is not None:
+      writer.close()
+  host_params = jax.device_get(params)
+  leader_dir = distributed.on_primary(lambda: leader_export.save_leader(
+      workdir / "leader", model.config, host_params, model.tokenizer_ref,
+      info={"step": done, "trained_from": model.source, "task": config.task.name}), "leader export")
   return {"steps": done, "last": last, "leader_dir": str(leader_dir)}

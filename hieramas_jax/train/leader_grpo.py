@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from hieramas_jax import distributed
 from hieramas_jax.llm import base as llm_base
 from hieramas_jax.llm import routing as llm_routing
 from hieramas_jax.lm import config as lm_config
@@ -159,7 +160,11 @@ class Samples:
 
 def sample_groups(model: LeaderModel, params: dict[str, Any], prompt_ids: Sequence[Sequence[int]], key: jax.Array,
                   settings: GRPOSettings) -> Samples:
-  """``settings.group_size`` completions of every prompt (one batched generation)."""
+  """``settings.group_size`` completions of every prompt (one batched generation).
+
+  ``key``: one key for the batch, or one per row ([len(prompt_ids) * group_size], prompt-major): each row then
+  draws with its own key, whatever is batched beside it.
+  """
   rows = [list(p) for p in prompt_ids for _ in range(settings.group_size)]
   longest = max(len(r) for r in rows)
   if longest + settings.max_new_tokens > model.config.max_position_embeddings:
@@ -230,27 +235,45 @@ def sequence_logprobs(params: dict[str, Any], cfg: lm_config.DecoderConfig, toke
   return lm_generate.token_logprobs(params, cfg, tokens, seq_mask)
 
 
+def _same_values(a: Any, b: Any) -> jax.Array:
+  """Whether two parameter trees hold the same values (a traced bool)."""
+  return jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                                   jax.tree_util.tree_leaves(b))]))
+
+
 class GRPOLearner:
-  """The jitted GRPO update of a decoder against a frozen reference copy of its starting weights."""
+  """The jitted GRPO update of a decoder against a frozen reference copy of its starting weights.
+
+  One batch is one program: the reference's log-probs (for the KL term) and the policy's before the first
+  update (for the ratio of later ones), then ``updates_per_batch`` gradient steps. While the weights are the
+  reference's (the first step) the KL term is exactly zero with a zero gradient: the reference's log-probs,
+  computed apart, differ from the loss's forward by float rounding, and Adam would scale that noise up to a
+  full step on every weight (and differently on each device layout). In a multi-process run
+  (``distributed``) the batch's rows are split over every device of every process and XLA averages the
+  gradients.
+  """
 
   def __init__(self, cfg: lm_config.DecoderConfig, settings: GRPOSettings, ref_params: dict[str, Any]):
     self.cfg = cfg
     self.settings = settings
     self.ref_params = ref_params
     self.optimizer = make_optimizer(settings)
-    self._step = jax.jit(self._update)
+    self._batch_step = jax.jit(self._batch_updates)
 
   def init(self, params: dict[str, Any]) -> Any:
     return self.optimizer.init(params)
 
-  def _update(self, params, opt_state, tokens, seq_mask, completion_mask, advantages, old_logprobs, ref_logprobs):
+  def _update(self, params, opt_state, tokens, seq_mask, completion_mask, advantages, old_logprobs, ref_logprobs,
+              ref_params=None):
     s = self.settings
+    at_reference = False if ref_params is None else _same_values(params, ref_params)
 
     def loss_fn(p):
       logprobs = lm_generate.token_logprobs(p, self.cfg, tokens, seq_mask)
       # None: the same values as this forward's (one update per batch; no KL term): no extra forward pass.
       old = jax.lax.stop_gradient(logprobs) if old_logprobs is None else old_logprobs
       ref = jax.lax.stop_gradient(logprobs) if ref_logprobs is None else ref_logprobs
+      ref = jnp.where(at_reference, jax.lax.stop_gradient(logprobs), ref)  # the policy is the reference: KL 0
       return grpo.grpo_loss(logprobs, old, ref, advantages, completion_mask, clip_eps=s.clip_eps,
                             kl_coef=s.kl_coef, loss_level=s.loss_level)
 
@@ -259,20 +282,47 @@ class GRPOLearner:
     params = optax.apply_updates(params, updates)
     return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
 
+  def _batch_updates(self, params, opt_state, ref_params, rows):
+    """Every update of one batch; returns (params, opt_state, the last update's metrics, every update's loss)."""
+    tokens, seq_mask = rows["tokens"], rows["seq_mask"]
+    # The policy before this batch's first update; with one update per batch that is the update's own forward.
+    old = None
+    if self.settings.updates_per_batch > 1:
+      old = jax.lax.stop_gradient(lm_generate.token_logprobs(params, self.cfg, tokens, seq_mask))
+    # The frozen reference, needed only for the KL term (the 'kl' metric reads 0 without it).
+    ref = None
+    if ref_params is not None:
+      ref = jax.lax.stop_gradient(lm_generate.token_logprobs(ref_params, self.cfg, tokens, seq_mask))
+
+    def one_update(carry, _):
+      params, opt_state = carry
+      params, opt_state, metrics = self._update(params, opt_state, tokens, seq_mask, rows["completion_mask"],
+                                                rows["advantages"], old, ref, ref_params)
+      return (params, opt_state), metrics
+
+    (params, opt_state), metrics = jax.lax.scan(one_update, (params, opt_state), None,
+                                                length=self.settings.updates_per_batch)
+    return params, opt_state, jax.tree_util.tree_map(lambda x: x[-1], metrics), metrics["loss"]
+
   def update(self, params: dict[str, Any], opt_state: Any, batch: Batch, *, step: int
              ) -> tuple[dict[str, Any], Any, dict[str, float]]:
-    """``updates_per_batch`` gradient steps on one batch; raises NonFiniteLossError on a NaN/inf loss."""
-    tokens, seq_mask = jnp.asarray(batch.tokens), jnp.asarray(batch.seq_mask)
-    # The policy before this batch's first update; with one update per batch that is the update's own forward.
-    old = sequence_logprobs(params, self.cfg, tokens, seq_mask) if self.settings.updates_per_batch > 1 else None
-    # The frozen reference, needed only for the KL term (the 'kl' metric reads 0 without it).
-    ref = sequence_logprobs(self.ref_params, self.cfg, tokens, seq_mask) if self.settings.kl_coef > 0 else None
-    metrics: dict[str, Any] = {}
-    for _ in range(self.settings.updates_per_batch):
-      params, opt_state, metrics = self._step(params, opt_state, tokens, seq_mask, jnp.asarray(batch.completion_mask),
-                                              jnp.asarray(batch.advantages), old, ref)
-      loss = float(metrics["loss"])
+    """``updates_per_batch`` gradient steps on one batch; raises NonFiniteLossError on a NaN/inf loss.
+
+    In a multi-process run every process passes the same (gathered) batch and gets the same parameters back.
+    """
+    rows = {"tokens": batch.tokens, "seq_mask": batch.seq_mask, "completion_mask": batch.completion_mask,
+            "advantages": batch.advantages}
+    ref = self.ref_params if self.settings.kl_coef > 0 else None  # read only when the KL term needs it
+    if distributed.is_multi_process():
+      # Rows over every device of every process; padding rows (no completion tokens, advantage 0) weigh nothing.
+      rows, _ = distributed.pad_rows(rows, distributed.total_devices())
+      params, opt_state, metrics, losses = distributed.data_parallel(self._batch_step, [params, opt_state, ref],
+                                                                     rows)
+    else:
+      params, opt_state, metrics, losses = self._batch_step(params, opt_state, ref,
+                                                            jax.tree_util.tree_map(jnp.asarray, rows))
+    for loss in np.asarray(losses):
       if not np.isfinite(loss):
-        raise NonFiniteLossError(f"GRPO loss is {loss} at leader step {step}; lower mlpo.learning_rate or check the "
-                                 "rewards and the leader's weights (mlpo.leader_dtype='float32' is safest)")
+        raise NonFiniteLossError(f"GRPO loss is {loss} at leader step {step}; lower mlpo.learning_rate or check "
+                                 "the rewards and the leader's weights (mlpo.leader_dtype='float32' is safest)")
     return params, opt_state, {k: float(v) for k, v in metrics.items()}
