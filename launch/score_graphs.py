@@ -490,10 +490,10 @@ def main(argv):
     summary = score_files(f.workdir, f.out, queries=f.queries, embeddings=f.embeddings, graphs_path=f.graphs,
                           batch_size=f.batch_size)
   except (FileNotFoundError, ValueError) as e:  # InputError, InvalidGraphError, config errors
-    line = f"score_graphs: error: {e}"
-    if distributed.is_multi_process():
-      distributed.fail_fast(line)  # every process raised the same error; none waits for the others
-    sys.exit(line)
+    # Every process raised the same error at the same step: they leave together (process 0, the coordinator,
+    # last; leaving at once could abort a process still talking to it) and each prints the line.
+    distributed.finish()
+    sys.exit(f"score_graphs: error: {e}")
   if distributed.is_primary():
     where = (f"{summary['devices']} {summary['platform']} device(s)" if summary["processes"] == 1 else
              f"{summary['devices']} {summary['platform']} device(s) of {summary['processes']} processes")
