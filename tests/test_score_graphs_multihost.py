@@ -2,8 +2,9 @@
 
 The one-process reference is ``score_graphs.score_files`` in this (1-device) process: the scores do not
 depend on the device count, so any difference would come from the multi-process path. The queries are
-split by whole batches, so B=11 with --batch_size=2 gives 3 batches (6 queries) to process 0 and 3
-batches (5 queries, the last one padded) to process 1.
+split by whole batches: B=11 with --batch_size=5 gives 2 batches (10 queries) to process 0 and the last
+batch (1 query) to process 1, which pads it to 5 rows as one process does (a batch of another shape
+gives other low bits).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def test_two_processes_score_per_query_pools_like_one_and_only_process_0_writes(
   """The command on 2 processes: per-query pools [B, K, N, N] from .npz, embeddings from .npy, .npz out."""
   root = run["root"]
   flags = ["-m", "launch.score_graphs", f"--workdir={root / 'run'}", f"--embeddings={root / 'emb.npy'}",
-           f"--graphs={root / 'per_query.npz'}", "--out=scores.npz", "--batch_size=2"]
+           f"--graphs={root / 'per_query.npz'}", "--out=scores.npz", "--batch_size=5"]
   port = multihost.free_port()
   cwds = [tmp_path / f"p{i}" for i in range(2)]  # a relative --out lands in each process's own folder
   procs = []
@@ -104,7 +105,7 @@ def test_two_processes_score_per_query_pools_like_one_and_only_process_0_writes(
   assert "scored" not in results[1].stdout  # process 0 alone reports
   assert (cwds[0] / "scores.npz").is_file() and not (cwds[1] / "scores.npz").exists()  # and alone writes
   want = _reference(run, tmp_path / "one.npz", embeddings=str(root / "emb.npy"),
-                    graphs_path=str(root / "per_query.npz"), batch_size=2)
+                    graphs_path=str(root / "per_query.npz"), batch_size=5)
   _assert_same_output(cwds[0] / "scores.npz", want)
 
 
@@ -117,7 +118,7 @@ def test_two_processes_match_one_on_every_input_and_output_kind_and_fail_alike(r
       (dict(embeddings=str(root / "emb.npz"), graphs_path=str(root / "per_query.npy"), batch_size=3), ".csv"),
       (dict(queries=str(root / "queries.txt"), batch_size=4), ".npz"),  # the workdir's candidate pool
       (dict(embeddings=str(root / "emb.npy"), graphs_path=str(root / "pool.jsonl"), batch_size=64), ".npz"),
-      (dict(embeddings=str(root / "emb.npz"), graphs_path=str(root / "per_query.npz"), batch_size=5), ".jsonl"),
+      (dict(embeddings=str(root / "emb.npz"), graphs_path=str(root / "per_query.npz"), batch_size=2), ".jsonl"),
       (dict(embeddings=str(root / "emb.npy"), graphs_path=str(root / "bad_per_query.npz"), batch_size=2), ".npz"),
       (dict(queries=str(root / "bad_queries.jsonl"), graphs_path=str(root / "pool.npz"), batch_size=2), ".npz"),
   ]
