@@ -159,3 +159,29 @@ def test_a_bad_input_stops_both_processes_with_the_same_line(run, tmp_path):
   assert lines[0].startswith(f"score_graphs: error: graphs from {root / 'bad_per_query.npz'}: graph {CYCLE_GRAPH} "
                              f"of query {CYCLE_QUERY}: adjacency has a cycle")
   assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_process_reads_only_its_rows_of_every_file_kind(tmp_path):
+  """ArrayFile rows of .npy, stored and compressed .npz, Fortran-order members; query rows of .txt / .jsonl."""
+  x = np.arange(7 * 3 * 2, dtype=np.float32).reshape(7, 3, 2)
+  np.save(tmp_path / "x.npy", x)
+  np.savez(tmp_path / "x.npz", adjacency=x, other=x[:1])
+  np.savez_compressed(tmp_path / "z.npz", adjacency=x)
+  np.savez(tmp_path / "f.npz", np.asfortranarray(x))  # the only array: read whole, then sliced
+  for name in ("x.npy", "x.npz", "z.npz", "f.npz"):
+    source = score_graphs.ArrayFile(tmp_path / name, "adjacency")
+    assert source.shape == x.shape and source.dtype == x.dtype, name
+    for start, stop in ((0, 7), (2, 5), (6, 7), (7, 7)):
+      rows = source.rows(start, stop)
+      np.testing.assert_array_equal(rows, x[start:stop], err_msg=f"{name} [{start}, {stop})")
+      rows[...] = -1  # a private copy: the file and later reads are untouched
+    np.testing.assert_array_equal(source.read(), x)
+  texts = [f"query {i}" for i in range(5)]
+  (tmp_path / "q.txt").write_text("\n\n".join(texts) + "\n")
+  (tmp_path / "q.jsonl").write_text("".join(json.dumps({"problem": t}) + "\n\n" for t in texts[:2]) +
+                                    "".join(json.dumps({"question": t}) + "\n" for t in texts[2:]) + "{not json\n")
+  for start, stop in ((0, 2), (2, 5)):
+    assert score_graphs.read_query_rows(tmp_path / "q.txt", start, stop) == (texts[start:stop], 5)
+  assert score_graphs.read_query_rows(tmp_path / "q.jsonl", 1, 4) == (texts[1:4], 6)  # the bad line is not parsed
+  with pytest.raises(score_graphs.InputError, match="line 8 is not JSON"):
+    score_graphs.read_query_rows(tmp_path / "q.jsonl", 4, 6)
