@@ -373,22 +373,51 @@ def finish() -> None:
   if is_primary():
     # Process 0 hosts the coordination service: it leaves last, or a process still disconnecting loses the
     # service and XLA aborts it (recoverable tasks skip JAX's own shutdown barrier).
-    client, everyone = _client(), list(range(process_count()))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(client.get_live_nodes(everyone)) > 1:
-      time.sleep(0.05)
+    _wait_for_others_to_leave(30.0)
   jax.distributed.shutdown()
   _STATE.multi = False
 
 
 def fail_fast(line: str, status: int = 1) -> None:
-  """Ends a failed run now: ``line`` on stderr, exit ``status``, no shutdown handshake (peers may be gone)."""
+  """Ends a failed run now: ``line`` on stderr, exit ``status``, no shutdown barrier (peers may be gone).
+
+  The others disconnect first and process 0, which hosts the coordination
+  service, waits a few seconds for them: a process whose coordinator vanished
+  mid-run is aborted by XLA instead of exiting with ``status``.
+  """
   stop_watching()
   sys.stdout.flush()
   if line:
     sys.stderr.write(line.rstrip("\n") + "\n")
   sys.stderr.flush()
+  if _STATE.multi:
+    if is_primary():
+      _wait_for_others_to_leave(10.0)
+    else:
+      leaving = threading.Thread(target=_disconnect, daemon=True)
+      leaving.start()
+      leaving.join(5.0)
   os._exit(status)  # pylint: disable=protected-access  # JAX's atexit shutdown would wait for absent peers
+
+
+def _disconnect() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.distributed.shutdown()  # the preemption notice thread first, then the client: neither polls a dead service
+  except Exception:  # pylint: disable=broad-except  # the coordinator may be gone already: nothing to tell it
+    pass
+
+
+def _wait_for_others_to_leave(timeout_s: float) -> None:
+  """Process 0: returns once it is the only live process of the run, or after ``timeout_s``."""
+  client, everyone = _client(), list(range(process_count()))
+  deadline = time.monotonic() + timeout_s
+  try:
+    while time.monotonic() < deadline and len(client.get_live_nodes(everyone)) > 1:
+      time.sleep(0.05)
+  except Exception:  # pylint: disable=broad-except  # the service is going down: nothing left to wait for
+    return
+  time.sleep(0.5)  # a process marked gone may still be closing its RPC threads
 
 
 def is_multi_process() -> bool:

@@ -108,3 +108,10 @@ def test_a_killed_process_stops_the_other_with_a_clear_line_and_no_hang(victim):
             in done[survivor].stderr.strip().splitlines()[-1])
   else:  # the coordinator itself is gone: XLA ends the others at once, saying so
     assert "JAX distributed service detected fatal errors" in done[survivor].stderr
+
+
+def test_a_failure_on_every_process_ends_each_with_its_line_and_status_1_not_an_abort():
+  done = multihost.run_processes([COLLECTIVES, "--fail_all"], 2, timeout_s=90)
+  assert [p.returncode for p in done] == [1, 1], done[1].stderr[-2000:]
+  for me, p in enumerate(done):
+    assert p.stderr.strip().splitlines()[-1] == f"collectives: process {me} failed like the others"

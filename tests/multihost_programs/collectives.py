@@ -16,6 +16,7 @@ from launch import multihost
 from hieramas_jax import distributed
 
 _DIE = flags.DEFINE_integer("die_at", -1, "Process that exits hard after the first collective.")
+_FAIL = flags.DEFINE_bool("fail_all", False, "Every process ends with distributed.fail_fast after the first collective.")
 _WAIT = flags.DEFINE_float("busy_s", 0.0, "Seconds the survivors spend outside any collective before the next one.")
 
 
@@ -29,6 +30,9 @@ def main(argv):
   gathered = distributed.gather_objects({"me": me}, "hello")
   if me == _DIE.value:
     os._exit(3)  # pylint: disable=protected-access
+  if _FAIL.value:  # process 0 first, as when it reaches the failure sooner
+    time.sleep(0.0 if me == 0 else 0.5)
+    distributed.fail_fast(f"collectives: process {me} failed like the others", 1)
   time.sleep(_WAIT.value)
   shares = distributed.run_shares(list(range(11)), lambda xs: [x * x for x in xs], "squares")
   told = distributed.broadcast_object("from 0" if me == 0 else None, "told")
