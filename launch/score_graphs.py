@@ -124,11 +124,6 @@ def read_query_rows(path: str | pathlib.Path, start: int = 0, stop: int | None =
   return texts, total
 
 
-def read_queries(path: str | pathlib.Path) -> list[str]:
-  """Query texts from .jsonl ('question' or 'problem' field per line) or .txt (one per line)."""
-  return read_query_rows(path)[0]
-
-
 class ArrayFile:
   """An array in a .npy file or an .npz member, read whole or by rows without loading the rest.
 
@@ -204,11 +199,6 @@ def _embeddings_file(path: str | pathlib.Path) -> ArrayFile:
   return source
 
 
-def read_embeddings(path: str | pathlib.Path) -> np.ndarray:
-  """Query embeddings [B, D] from .npy or .npz ('embeddings', or its only array)."""
-  return _embeddings_file(path).read().astype(np.float32)
-
-
 def _jsonl_graphs(p: pathlib.Path) -> np.ndarray:
   mats, shape = [], None
   for number, row in _jsonl(p):
@@ -229,14 +219,6 @@ def _jsonl_graphs(p: pathlib.Path) -> np.ndarray:
   if not mats:
     raise InputError(f"graphs file {p} holds no graph")
   return np.stack(mats)
-
-
-def read_graphs(path: str | pathlib.Path) -> np.ndarray:
-  """Adjacency matrices [K, N, N] or [B, K, N, N] from .npz/.npy ('adjacency') or .jsonl (one per line)."""
-  p = _existing(path, "graphs")
-  if p.suffix == ".jsonl":
-    return _jsonl_graphs(p)
-  return _array_file(p, "graphs", "adjacency", (".npz", ".npy", ".jsonl")).read()
 
 
 def write_scores(path: str | pathlib.Path, scores: np.ndarray, queries: Sequence[str] | None = None) -> None:
