@@ -9,6 +9,17 @@ Re-running the same command resumes from the workdir's checkpoints. The trained 
 answer, a config error, too many failed peer calls, a non-finite loss) prints one line on stderr naming the
 cause and the fix, and exits with status 1. SIGTERM or SIGINT saves a checkpoint after the current step,
 prints where, and exits with status 0.
+
+Several hosts (``launch.multihost`` flags; one process per host, each with its own peer endpoints):
+
+  python -m launch.train_leader --config=configs/mlpo.py --workdir=/shared/runs/mlpo \
+      --coordinator_address=host0:8476 --num_processes=2 --process_id=<0 or 1>
+
+Each process runs its share of every step's queries (peer calls, the leader's sampling on its devices,
+grading); the GRPO update runs data-parallel over every device of every process. The draws do not depend on
+the number of processes, so the run trains the leader one process trains (to float rounding). Process 0 alone
+prints progress, writes metrics.jsonl and the leader folder; checkpoints are written collectively into the
+workdir every process sees. SIGTERM to any process stops all of them after the same step.
 """
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
+import time
 
 import jax
 import numpy as np
@@ -85,16 +87,44 @@ def test_three_processes_with_an_idle_one_and_several_updates_per_batch(tmp_path
 
 
 @pytest.mark.slow
-def test_a_stop_on_two_processes_resumes_on_one_as_the_straight_run(tmp_path):
+def test_sigterm_to_one_process_stops_both_and_one_process_resumes_as_the_straight_run(tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  args = ["--steps=3", "--queries=3"]
-  procs = multihost.start_processes([PROGRAM, f"--workdir={resumed}", *args, "--stop_after=2"], 2)
-  single = multihost.run_single([PROGRAM, f"--workdir={straight}", *args], timeout_s=300)
-  stopped = multihost.wait_all(procs, timeout_s=300)
-  assert single.returncode == 0, single.stderr[-3000:]
+  steps, args = 5, ["--steps=5", "--queries=3"]
+  procs = multihost.start_processes([PROGRAM, f"--workdir={resumed}", *args], 2)
+  try:
+    deadline = time.monotonic() + 300
+    while procs[1].poll() is None and time.monotonic() < deadline:
+      if (resumed / "metrics.jsonl").exists() and _rows(resumed):
+        break
+      time.sleep(0.05)
+    assert procs[1].poll() is None, "the run ended before it could be stopped; raise steps"
+    procs[1].send_signal(signal.SIGTERM)  # process 1 alone: process 0 must stop after the same step
+    stopped = multihost.wait_all(procs, timeout_s=300)
+  finally:
+    multihost.kill_all(procs)
   assert [r.returncode for r in stopped] == [0, 0], "\n".join(r.stderr[-3000:] for r in stopped)
-  assert "stopped after leader step 2" in stopped[0].stdout
-  assert len(_rows(resumed)) == 2 and not (resumed / "leader").exists()
+  done = len(_rows(resumed))
+  assert 1 <= done < steps and not (resumed / "leader").exists()
+  assert f"stopped after leader step {done}" in stopped[0].stdout
+  assert f"stopped after leader step {done}" in stopped[1].stdout
+  # The checkpoint the two processes wrote restores in one, which ends where the uninterrupted run ends.
   rest = multihost.run_single([PROGRAM, f"--workdir={resumed}", *args], timeout_s=300)
   assert rest.returncode == 0, rest.stderr[-3000:]
-  _assert_same_training(straight, resumed, steps=3)
+  single = multihost.run_single([PROGRAM, f"--workdir={straight}", *args], timeout_s=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  _assert_same_training(straight, resumed, steps=steps)
+
+
+@pytest.mark.slow
+def test_launch_train_leader_on_two_processes(tmp_path):
+  """The launcher itself (sim peers, response cache, smoke config): process 0 alone prints and exports."""
+  results = multihost.run_processes(["-m", "launch.train_leader", "--config=configs/mlpo.py:smoke",
+                                     "--config.mlpo.steps=2", f"--workdir={tmp_path}"], 2, timeout_s=500)
+  assert [r.returncode for r in results] == [0, 0], "\n".join(r.stderr[-3000:] for r in results)
+  printed = _printed(results[0].stdout)
+  assert printed[-1].startswith(f"trained 2 steps; leader written to {tmp_path / 'leader'}"), printed
+  assert [line.split(":")[0] for line in printed[:-1]] == ["leader step 1/2", "leader step 2/2"]
+  assert not _printed(results[1].stdout), results[1].stdout
+  assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
+  cfg, _, _ = leader_export.load_leader(tmp_path / "leader")
+  assert cfg.num_layers == 2
