@@ -5,13 +5,12 @@ The toy world (one-letter answers, scripted majority-right peers, a tiny random 
 stopping and one-line failures are the launcher's. Process 0 prints the summary as one JSON line.
 """
 
-import importlib.util
 import json
-import pathlib
 
 from absl import app
 from absl import flags
 
+from bench import leader_grpo as bench  # the toy world (bench/ is a namespace package)
 from launch import common
 
 from hieramas_jax.train import leader
@@ -19,48 +18,32 @@ from hieramas_jax.train import leader
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the leader go.", required=True)
 _STEPS = flags.DEFINE_integer("steps", 3, "Leader steps.")
 _QUERIES = flags.DEFINE_integer("queries", 3, "mlpo.queries_per_step (odd: the 2 processes' shares differ).")
-_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Stop (save, exit 0) after this many steps of this run.")
 _KL = flags.DEFINE_float("kl_coef", 0.04, "mlpo.kl_coef (> 0: the update reads the frozen reference).")
 _GROUP = flags.DEFINE_integer("group_size", 4, "mlpo.group_size.")
 _UPDATES = flags.DEFINE_integer("updates_per_batch", 1, "mlpo.updates_per_batch.")
 _LOSS_LEVEL = flags.DEFINE_string("loss_level", "sequence", "mlpo.loss_level.")
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
-
-def _bench():
-  spec = importlib.util.spec_from_file_location("bench_leader_grpo", REPO / "bench" / "leader_grpo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _dense_vote_task(bench):
+class DenseVoteTask(bench.VoteTask):
   """The toy task with a denser reward: any letter is an answer (format reward) and case does not matter.
 
   A random tiny leader starts a completion with a letter about a fifth of the time, so most groups of the first
   steps differ in reward and every step has a gradient to compare.
   """
 
-  class DenseVoteTask(bench.VoteTask):
-
-    def extract(self, text):
-      stripped = (text or "").strip()
-      return stripped[0].upper() if stripped and stripped[0].isascii() and stripped[0].isalpha() else None
-
-  return DenseVoteTask()
+  def extract(self, text):
+    stripped = (text or "").strip()
+    return stripped[0].upper() if stripped and stripped[0].isascii() and stripped[0].isalpha() else None
 
 
 def _train():
-  bench = _bench()
-  task = _dense_vote_task(bench)
+  task = DenseVoteTask()
   problems = task.load("train", n=64, seed=0)
   config = bench.toy_config(_STEPS.value, 0, rounds=2, group_size=_GROUP.value, queries_per_step=_QUERIES.value,
                             kl_coef=_KL.value, updates_per_batch=_UPDATES.value, loss_level=_LOSS_LEVEL.value)
   config.checkpoint.every_steps = 2
   return leader.train_leader(config, _WORKDIR.value, backend=bench.ScriptedPeers(problems), task=task,
-                             problems=problems, model=leader.tiny_leader(0), progress=False,
-                             stop_after=_STOP_AFTER.value)
+                             problems=problems, model=leader.tiny_leader(0), progress=False)
 
 
 def main(argv):
