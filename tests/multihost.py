@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Sequence
 
@@ -51,14 +52,25 @@ def start_processes(argv: Sequence[str], n: int = 2, *, devices: int = 2, cwd: s
             f"--process_id={i}"]
     if heartbeat_timeout_s is not None:
       args.append(f"--heartbeat_timeout_s={heartbeat_timeout_s}")
+    # Files, not pipes: a process blocked on a full pipe would stall its peers inside a collective.
     if logs is not None:
       logs.mkdir(parents=True, exist_ok=True)
-      out, err = (logs / f"p{i}.out").open("w"), (logs / f"p{i}.err").open("w")
+      out, err = (logs / f"p{i}.out").open("w+"), (logs / f"p{i}.err").open("w+")
     else:
-      out = err = subprocess.PIPE
-    procs.append(subprocess.Popen(args, cwd=cwd, env=process_env(devices, env), stdout=out, stderr=err, text=True,
-                                  start_new_session=True))
+      out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(args, cwd=cwd, env=process_env(devices, env), stdout=out, stderr=err, text=True,
+                            start_new_session=True)
+    proc.output_files = (out, err)
+    procs.append(proc)
   return procs
+
+
+def _read(f) -> str:
+  f.flush()
+  f.seek(0)
+  text = f.read()
+  f.close()
+  return text
 
 
 def wait_all(procs: Sequence[subprocess.Popen], timeout_s: float) -> list[Finished]:
@@ -67,8 +79,9 @@ def wait_all(procs: Sequence[subprocess.Popen], timeout_s: float) -> list[Finish
   results = []
   try:
     for p in procs:
-      out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
-      results.append(Finished(p.returncode, out or "", err or ""))
+      p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for p in procs:
+      results.append(Finished(p.returncode, *(_read(f) for f in p.output_files)))
   except subprocess.TimeoutExpired:
     kill_all(procs)
     raise TimeoutError(f"multi-process run still going after {timeout_s} s (a hang); processes killed") from None
