@@ -58,11 +58,25 @@ def start_processes(argv: Sequence[str], n: int = 2, *, devices: int = 2, cwd: s
       out, err = (logs / f"p{i}.out").open("w+"), (logs / f"p{i}.err").open("w+")
     else:
       out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(args, cwd=cwd, env=process_env(devices, env), stdout=out, stderr=err, text=True,
-                            start_new_session=True)
-    proc.output_files = (out, err)
-    procs.append(proc)
+    procs.append(_Process(args, cwd=cwd, env=process_env(devices, env), stdout=out, stderr=err, text=True,
+                          start_new_session=True))
   return procs
+
+
+class _Process(subprocess.Popen):
+  """A Popen whose output goes to files; ``communicate`` waits and returns what they hold."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.output_files = (kwargs["stdout"], kwargs["stderr"])
+    self._output = None
+
+  def communicate(self, input=None, timeout=None):  # pylint: disable=redefined-builtin
+    del input
+    self.wait(timeout=timeout)
+    if self._output is None:
+      self._output = tuple(_read(f) for f in self.output_files)
+    return self._output
 
 
 def _read(f) -> str:
@@ -81,7 +95,7 @@ def wait_all(procs: Sequence[subprocess.Popen], timeout_s: float) -> list[Finish
     for p in procs:
       p.wait(timeout=max(0.1, deadline - time.monotonic()))
     for p in procs:
-      results.append(Finished(p.returncode, *(_read(f) for f in p.output_files)))
+      results.append(Finished(p.returncode, *p.communicate()))
   except subprocess.TimeoutExpired:
     kill_all(procs)
     raise TimeoutError(f"multi-process run still going after {timeout_s} s (a hang); processes killed") from None
