@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import pathlib
 
+import jax
 import ml_collections
 
 from hieramas_jax import distributed, jsonio
@@ -67,6 +68,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           summary["stage2"]["skipped"] = s2.skipped
       classifier = trained.classifier or (None, None)
       summary["test"] = evaluation.compare_on_split(env, *trained.selector, *classifier, stage2.candidate_pool(env))
+  except jax.errors.JaxRuntimeError as e:
+    if not distributed.is_multi_process():
+      raise
+    raise _collective_failed(e) from e
   finally:
     writer.close()
     if backend is None:  # the caller's backend is the caller's to close
@@ -75,6 +80,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if distributed.is_primary():  # every process holds the same summary: one writes it
     (workdir / "summary.json").write_text(jsonio.strict_json(summary))
   return summary
+
+
+def _collective_failed(error: Exception) -> distributed.PeerLostError:
+  """A JAX error of a multi-host run as one line: mostly a collective that failed because a process died.
+
+  A process that dies while the others are inside a collective (an update's
+  gradient mean, a checkpoint's sync) fails it with a transport error (gloo:
+  'Connection reset by peer') before the watchdog names the lost process.
+  """
+  text = str(error).strip()
+  first_line = text.splitlines()[0] if text else ""
+  return distributed.PeerLostError(
+      f"a computation across the {distributed.process_count()} processes failed ({type(error).__name__}: "
+      f"{first_line}); if another process of the run stopped, its log says why; then start every process again "
+      "with the same command (training resumes from the last checkpoint)")
 
 
 def _figure(value: float | None, spec: str) -> str:
