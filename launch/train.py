@@ -8,6 +8,18 @@ cannot work (an endpoint that does not answer, a config error, a step whose LLM
 calls failed beyond llm.max_failed_fraction) prints one line on stderr naming
 the cause and the fix, and exits with status 1. SIGTERM or SIGINT saves a
 checkpoint after the current step, prints where, and exits with status 0.
+
+On several hosts (one process each; ``launch.multihost``'s flags, or a cluster
+JAX detects) every process runs the same command with the same --workdir, a
+folder all of them see:
+
+  python -m launch.train --config=configs/math.py --workdir=/shared/math --coordinator_address=host0:1234 \\
+      --num_processes=2 --process_id=$I
+
+Each process runs its share of the LLM calls against its own endpoints; process
+0 alone writes metrics.jsonl, stage2_data/, summary.json and the report; the
+checkpoints are written together. A signal to any process stops all of them
+after the same step; a process that dies stops the others with one line.
 """
 
 

@@ -3,7 +3,9 @@
 The acceptance of issue 19 for training: the same episodes and rewards, the same
 losses and final policy within float tolerance, both stages; process 0 alone
 writes metrics and summary; a checkpoint written by 2 processes resumes in 1 and
-one written by 1 resumes in 2; a killed process stops the other with one line.
+one written by 1 resumes in 2; a killed process stops the other with one line; a
+saved config of another experiment is the same one-line error on every process.
+Default run: the padding check and the 1-vs-2 equality; the rest is slow.
 """
 
 import json
@@ -278,3 +280,15 @@ def test_killed_process_stops_the_other_with_one_line(tmp_path):
       err[-2000:]
   assert "Traceback" not in err
   assert time.monotonic() - started < 90
+
+
+@pytest.mark.slow
+def test_resume_mismatch_is_the_same_error_on_every_process(reference_run):
+  """Process 0 checks the workdir; every process reads the saved config and fails with the same line."""
+  workdir = reference_run.path()
+  done = multihost.wait_all(multihost.start_processes(_argv(workdir, "--config.seed=5"), 2), TIMEOUT_S)
+  lines = [finished.stderr.strip().splitlines()[-1] for finished in done]
+  assert [finished.returncode for finished in done] == [1, 1], lines
+  assert lines[0] == lines[1] and lines[0].startswith("launch.train: ResumeMismatchError: "), lines
+  assert "seed 0 -> 5" in lines[0]
+  assert not any("Traceback" in finished.stderr for finished in done)
