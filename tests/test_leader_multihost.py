@@ -128,3 +128,13 @@ def test_launch_train_leader_on_two_processes(tmp_path):
   assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
   cfg, _, _ = leader_export.load_leader(tmp_path / "leader")
   assert cfg.num_layers == 2
+
+
+def test_a_peer_endpoint_down_on_one_host_stops_every_process_before_any_step(tmp_path):
+  results = multihost.run_processes([PROGRAM, f"--workdir={tmp_path}", "--unreachable_on=1"], 2, timeout_s=300)
+  last = [[line for line in r.stderr.splitlines() if line.strip()][-1] for r in results]
+  assert [r.returncode for r in results] == [1, 1], last
+  assert last[1].startswith("leader_toy: EndpointError: model 'scripted-peer' at http://127.0.0.1:9/v1: "
+                            "connection refused (scripted)"), last
+  assert last[0].startswith("leader_toy: PeerLostError: process 1 failed its peer preflight (EndpointError: "), last
+  assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "leader").exists()
