@@ -338,7 +338,7 @@ class _Watchdog(threading.Thread):
     everyone = list(range(self.count))
     while not self.stopped.wait(self.interval_s):
       try:
-        lost = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
+        lost = sorted(set(everyone) - set(client.get_live_nodes(everyone)) - {self.me})  # not itself (leaving)
       except Exception as e:  # pylint: disable=broad-except  # the coordinator itself is gone
         lost, detail = [0], f" ({type(e).__name__})"
       else:
