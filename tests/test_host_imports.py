@@ -23,6 +23,7 @@ HOST_MODULES = (
     "hieramas_jax.results",
     "hieramas_jax.sqlite_store",
     "hieramas_jax.jsonio",
+    "hieramas_jax.distributed",
     "hieramas_jax.config",
     "hieramas_jax.presets",
     "hieramas_jax.paths",
