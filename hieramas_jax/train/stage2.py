@@ -236,6 +236,19 @@ class Stage2Result:
     return self.policy.classifier[1] if self.policy.classifier is not None else None
 
 
+def _start(ckpt: checkpointing.Checkpointer, params, opt_state):
+  """(params, opt_state, best params, best AUC, start epoch, history): fresh, or the newest checkpoint's."""
+  best_params = jax.tree_util.tree_map(jnp.copy, params)  # params get donated
+  if ckpt.latest_step() is None:
+    return params, opt_state, best_params, -np.inf, 0, []
+  restored, meta = policy.restore_train_state(ckpt, policy.classifier_train_state(params, opt_state, best_params, 0.0))
+  start = int(meta["step"])
+  if distributed.is_primary():
+    print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
+  return (restored["params"], restored["opt_state"], restored["best_params"], float(restored["best_auc"]), start,
+          list(meta.get("history", [])))
+
+
 def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWriter, trained: policy.HieraMASPolicy,
                      watcher: PreemptionWatcher | None = None, *, hooks: Sequence[hooks_lib.Hook] = (),
                      progress: bool = True) -> Stage2Result:
@@ -271,15 +284,8 @@ def train_classifier(env: Environment, workdir: pathlib.Path, writer: MetricWrit
   graphdef, params = build_classifier(env)
   tx = learner.make_optimizer(c.learning_rate, c.weight_decay, config.stage1.grad_clip)
   opt_state = tx.init(params)
-  best_params, best_auc, start = jax.tree_util.tree_map(jnp.copy, params), -np.inf, 0  # params get donated
-  history: list[dict[str, float]] = []
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints" / "stage2", max_to_keep=config.checkpoint.max_to_keep)
-  if ckpt.latest_step() is not None:
-    restored, meta = policy.restore_train_state(ckpt, policy.classifier_train_state(params, opt_state, best_params, 0.0))
-    params, opt_state, best_params = restored["params"], restored["opt_state"], restored["best_params"]
-    best_auc, start, history = float(restored["best_auc"]), int(meta["step"]), list(meta.get("history", []))
-    if distributed.is_primary():
-      print(f"stage 2: resumed from epoch {start} ({ckpt.directory})")
+  params, opt_state, best_params, best_auc, start, history = _start(ckpt, params, opt_state)
   writer.truncate_stage("stage2", start)  # rows of epochs after the checkpoint are redone
 
   batch = min(c.batch_size, train.adjs.shape[0])
