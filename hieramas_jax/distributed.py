@@ -45,6 +45,10 @@ class DistributedError(RuntimeError):
   """A multi-process setup that cannot work; the message names the setting to change."""
 
 
+class CollectiveMismatchError(DistributedError):
+  """Processes of one run reached different collectives (one skipped or added a step)."""
+
+
 class PeerLostError(RuntimeError):
   """Another process of the run stopped (or failed) before this one reached the same point."""
 
@@ -90,13 +94,17 @@ _STATE = _State()
 
 
 def detected_cluster() -> str | None:
-  """The cluster JAX would join on its own (SLURM, a TPU pod, ...), or None."""
+  """The cluster of more than one process JAX would join on its own (SLURM, a TPU pod, ...), or None.
+
+  A one-task SLURM job or a lone pod is one process: no distributed runtime (it
+  would bind a port, and a second launcher in the same job would find it taken).
+  """
   try:
     from jax._src.clusters import cluster  # pylint: disable=g-import-not-at-top  # private: detection only
     for env in cluster.ClusterEnv._cluster_types:  # pylint: disable=protected-access
       if not env.opt_in_only_method and env.is_env_present():
-        return env.__name__
-  except Exception:  # pylint: disable=broad-except  # a JAX without this registry detects nothing
+        return env.__name__ if int(env.get_process_count()) > 1 else None
+  except Exception:  # pylint: disable=broad-except  # a JAX without this registry (or a half-set env) detects nothing
     return None
   return None
 
@@ -115,7 +123,8 @@ def initialize(settings: Settings = Settings()) -> bool:
   if settings.mode == "off" or (settings.mode == "auto" and not settings.explicit() and cluster is None):
     return False
   if settings.mode == "on" and not settings.explicit() and cluster is None:
-    raise DistributedError("--distributed=on but no cluster was detected (SLURM, TPU pod, Kubernetes, Open MPI); "
+    raise DistributedError("--distributed=on but no cluster of more than one process was detected (SLURM, TPU pod, Kubernetes, "
+                           "Open MPI); "
                            "give --coordinator_address, --num_processes and --process_id")
   # CPU collectives need gloo (the default has none); a dead peer must not abort us from inside XLA before the
   # watchdog can say which one it was (recoverability keeps the survivors running until they stop themselves).
@@ -173,19 +182,30 @@ def _client():
 def gather_objects(obj: Any, name: str) -> list[Any]:
   """Every process's ``obj`` (picklable), in process order. All processes call it in the same order.
 
-  Exchanged through the coordinator's key-value store; ``name`` appears in the
-  keys so a mismatch between processes is visible in their logs.
+  Exchanged through the coordinator's key-value store under the collective's
+  number. Each process also sends ``name``: processes that reached different
+  collectives (one took a path the others did not) raise a
+  ``CollectiveMismatchError`` naming both steps instead of waiting forever, or,
+  when this process is carrying a failure of its own, that failure.
   """
   if not _STATE.multi:
     return [obj]
   client, count, me = _client(), process_count(), process_index()
-  key = f"{_KEY_PREFIX}/{next(_STATE.counter)}/{name}"
-  client.key_value_set_bytes(f"{key}/{me}", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-  values = [obj if p == me else pickle.loads(client.blocking_key_value_get_bytes(f"{key}/{p}", _WAIT_MS))
-            for p in range(count)]
+  key = f"{_KEY_PREFIX}/{next(_STATE.counter)}"
+  client.key_value_set_bytes(f"{key}/{me}", pickle.dumps((name, obj), protocol=pickle.HIGHEST_PROTOCOL))
+  sent = [(name, obj) if p == me else pickle.loads(client.blocking_key_value_get_bytes(f"{key}/{p}", _WAIT_MS))
+          for p in range(count)]
   client.wait_at_barrier(f"{key}/read", _WAIT_MS)  # everyone has read every value: each deletes its own
   client.key_value_delete(f"{key}/{me}")
-  return values
+  elsewhere = [(p, step) for p, (step, _) in enumerate(sent) if step != name]
+  if elsewhere:
+    if isinstance(obj, _Failure):
+      raise obj.error  # this process's own error is why it is out of step: that is the line to show
+    where = "; ".join(f"process {p} at {step!r}" for p, step in elsewhere)
+    raise CollectiveMismatchError(f"the processes reached different steps: process {me} at {name!r}; {where}. One "
+                                  "process failed or took a branch the others did not: the first error in that "
+                                  "process's log says why")
+  return [value for _, value in sent]
 
 
 def broadcast_object(obj: Any, name: str) -> Any:
@@ -194,8 +214,8 @@ def broadcast_object(obj: Any, name: str) -> Any:
 
 
 def barrier(name: str) -> None:
-  if _STATE.multi:
-    _client().wait_at_barrier(f"{_KEY_PREFIX}/{next(_STATE.counter)}/{name}", _WAIT_MS)
+  """Waits for every process (a gather of nothing, so a process at another step is an error, not a hang)."""
+  gather_objects(None, name)
 
 
 @dataclasses.dataclass
@@ -325,8 +345,27 @@ def total_devices() -> int:
 # Stopping: a lost peer, and the end of a run
 # ---------------------------------------------------------------------------
 
+_LEAVING = f"{_KEY_PREFIX}/leaving"  # <prefix>/<process>: 'finished', or 'failed: <its line>'
+_POLL_FAILURES_TOLERATED = 5  # consecutive failed polls (a busy coordinator) before the coordinator counts as gone
+
+
+def _announce_leaving(reason: str) -> None:
+  """Tells the others' watchdogs why this process is about to go (so a finished peer is not a lost one)."""
+  try:
+    _client().key_value_set(f"{_LEAVING}/{process_index()}", reason, allow_overwrite=True)
+  except Exception:  # pylint: disable=broad-except  # the coordinator may be gone: the others learn it anyway
+    pass
+
+
+def _leaving_reason(client, process: int) -> str | None:
+  try:
+    return client.key_value_try_get(f"{_LEAVING}/{process}")
+  except Exception:  # pylint: disable=broad-except  # not set: the process did not say it was leaving
+    return None
+
+
 class _Watchdog(threading.Thread):
-  """Ends this process with one line when another process of the run is gone."""
+  """Ends this process with one line when another process of the run is gone without having finished."""
 
   def __init__(self, count: int, me: int, interval_s: float = 1.0):
     super().__init__(name="hieramas-peer-watchdog", daemon=True)
@@ -336,15 +375,21 @@ class _Watchdog(threading.Thread):
   def run(self) -> None:
     client = _client()
     everyone = list(range(self.count))
+    failed_polls = 0
     while not self.stopped.wait(self.interval_s):
       try:
         lost = sorted(set(everyone) - set(client.get_live_nodes(everyone)) - {self.me})  # not itself (leaving)
-      except Exception as e:  # pylint: disable=broad-except  # the coordinator itself is gone
-        lost, detail = [0], f" ({type(e).__name__})"
-      else:
-        detail = ""
+      except Exception as e:  # pylint: disable=broad-except  # a slow reply, or the coordinator is gone
+        failed_polls += 1
+        if failed_polls >= _POLL_FAILURES_TOLERATED and not self.stopped.is_set():
+          _lost_peer([0], self.me, self.count, f" (the coordinator does not answer: {type(e).__name__})")
+        continue
+      failed_polls = 0
+      reasons = {p: _leaving_reason(client, p) for p in lost}
+      lost = [p for p in lost if reasons[p] != "finished"]
       if lost and not self.stopped.is_set():
-        _lost_peer(lost, self.me, self.count, detail)
+        failures = [f"process {p} {reasons[p]}" for p in lost if (reasons[p] or "").startswith("failed")]
+        _lost_peer(lost, self.me, self.count, f" ({'; '.join(failures)})" if failures else "")
 
 
 def _lost_peer(lost: Sequence[int], me: int, count: int, detail: str = "") -> None:
@@ -369,6 +414,7 @@ def finish() -> None:
     return
   import jax  # pylint: disable=g-import-not-at-top
   barrier("finish")
+  _announce_leaving("finished")
   stop_watching()
   if is_primary():
     # Process 0 hosts the coordination service: it leaves last, or a process still disconnecting loses the
@@ -385,6 +431,8 @@ def fail_fast(line: str, status: int = 1) -> None:
   service, waits a few seconds for them: a process whose coordinator vanished
   mid-run is aborted by XLA instead of exiting with ``status``.
   """
+  if _STATE.multi:
+    _announce_leaving(f"failed: {line.strip() or f'exit status {status}'}")
   stop_watching()
   sys.stdout.flush()
   if line:

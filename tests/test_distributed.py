@@ -115,3 +115,11 @@ def test_a_failure_on_every_process_ends_each_with_its_line_and_status_1_not_an_
   assert [p.returncode for p in done] == [1, 1], done[1].stderr[-2000:]
   for me, p in enumerate(done):
     assert p.stderr.strip().splitlines()[-1] == f"collectives: process {me} failed like the others"
+
+
+def test_processes_out_of_step_fail_naming_both_steps_instead_of_waiting_forever():
+  done = multihost.run_processes([COLLECTIVES, "--skip_at=1"], 2, timeout_s=90)
+  assert all(p.returncode != 0 for p in done)
+  for p in done:
+    assert "CollectiveMismatchError: the processes reached different steps" in p.stderr, p.stderr[-2000:]
+  assert "process 0 at 'squares'; process 1 at 'told'" in done[0].stderr

@@ -17,6 +17,7 @@ from hieramas_jax import distributed
 
 _DIE = flags.DEFINE_integer("die_at", -1, "Process that exits hard after the first collective.")
 _FAIL = flags.DEFINE_bool("fail_all", False, "Every process ends with distributed.fail_fast after the first collective.")
+_SKIP = flags.DEFINE_integer("skip_at", -1, "Process that skips the 'squares' collective (out of step).")
 _WAIT = flags.DEFINE_float("busy_s", 0.0, "Seconds the survivors spend outside any collective before the next one.")
 
 
@@ -34,7 +35,10 @@ def main(argv):
     time.sleep(0.0 if me == 0 else 0.5)
     distributed.fail_fast(f"collectives: process {me} failed like the others", 1)
   time.sleep(_WAIT.value)
-  shares = distributed.run_shares(list(range(11)), lambda xs: [x * x for x in xs], "squares")
+  if me == _SKIP.value:
+    shares = None
+  else:
+    shares = distributed.run_shares(list(range(11)), lambda xs: [x * x for x in xs], "squares")
   told = distributed.broadcast_object("from 0" if me == 0 else None, "told")
   total = distributed.total_devices()
   batch = np.arange(total * 3, dtype=np.float32).reshape(total, 3)
