@@ -30,8 +30,9 @@ finds them itself): every process runs the same command with the same input file
 Each process scores its contiguous share of the whole batches (``distributed.share_bounds`` over the
 batches, so each batch is the very computation one process would run: the scores are the same bit for bit
 on any number of processes and devices). It reads only its rows: a .npy input is memory-mapped and an .npz
-member read from its rows' offset; .txt / .jsonl query files are scanned for their line count and only the
-process's lines parsed and embedded; a shared [K, N, N] pool and .jsonl graphs are read whole. The scores
+member read from its rows' offset; a .jsonl query file is scanned for its line count and only the process's
+lines parsed (a .txt one is read whole); each process embeds only its queries (process 0 through the
+workdir's embedding cache, the others without one: SQLite takes no writers on several hosts); a shared [K, N, N] pool and .jsonl graphs are read whole. The scores
 (and, for .csv / .jsonl output, the query texts) go to process 0 through the coordinator's key-value store
 (``distributed.gather_objects``; about 4 bytes per score); process 0 alone writes --out. An input error is
 raised on every process alike (the first bad row's, as one process would name it): each prints one line
@@ -419,7 +420,9 @@ def score_files(workdir: str | pathlib.Path, out: str | pathlib.Path, *, queries
                      f"{seen}); give every process the same --queries/--embeddings and --graphs files")
 
   def load():
-    system = hieramas if hieramas is not None else system_lib.HieraMAS.from_workdir(workdir)
+    # One writer of the workdir's embedding cache (SQLite is not safe for writers on several hosts): process 0's.
+    overrides = None if distributed.is_primary() else {"encoder.cache": False}
+    system = hieramas if hieramas is not None else system_lib.HieraMAS.from_workdir(workdir, overrides=overrides)
     if not system.has_classifier:
       raise InputError(f"{workdir} has no graph classifier ({system.graph_choice_reason}); run stage 2 first")
     if queries is None and share.queries.shape[1] != system.encoder.dim:
@@ -471,7 +474,7 @@ def main(argv):
   try:
     summary = score_files(f.workdir, f.out, queries=f.queries, embeddings=f.embeddings, graphs_path=f.graphs,
                           batch_size=f.batch_size)
-  except (FileNotFoundError, ValueError) as e:  # InputError, InvalidGraphError, config errors
+  except (OSError, ValueError) as e:  # InputError, InvalidGraphError, config errors, an unwritable --out
     # Every process raised the same error at the same step: they leave together (process 0, the coordinator,
     # last; leaving at once could abort a process still talking to it) and each prints the line.
     distributed.finish()

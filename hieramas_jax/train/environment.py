@@ -418,12 +418,10 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
         text_encoder.close()  # its SQLite cache file: everything is embedded now
     return text_encoder.encoder_id, option_emb, query_emb, query_role_emb
 
-  # Process 0 first: its embeddings fill the on-disk cache the other processes then read (no text is paid twice).
-  embedded = []
-  distributed.on_primary(lambda: embedded.append(embed_everything()), "texts embedded by process 0")
-  if not embedded:
-    embedded.append(embed_everything())
-  encoder_id, option_emb, query_emb, query_role_emb = embedded[0]
+  # Process 0 alone embeds (and alone opens the on-disk cache); the others receive its arrays: no text is paid
+  # twice and no second host writes the SQLite file.
+  encoder_id, option_emb, query_emb, query_role_emb = distributed.on_primary(embed_everything,
+                                                                             "texts embedded by process 0")
   excluded = set(config.llm.exclude_models)
   return Environment(
       config=config, task=task, roles=roles, specs=list(specs), backend=backend, splits=splits,
