@@ -94,6 +94,7 @@ def _last_json(text: str) -> dict:
   return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
+@pytest.mark.slow
 def test_each_process_makes_the_calls_of_its_share_only(trained, tmp_path):
   # Counted at the backend of each process: the two processes' calls add up to the report's, none is made twice.
   two = multihost.run_processes([EVALUATE_CALLS, f"--workdir={trained}", f"--out={tmp_path / 'eval'}",

@@ -71,6 +71,7 @@ def _train_one_and_many(tmp_path: pathlib.Path, args: list[str], n: int = 2) -> 
   return one, many
 
 
+@pytest.mark.slow  # the default run keeps test_multihost_train.py's 1-vs-2-process comparison
 def test_two_processes_train_the_leader_one_process_trains(tmp_path):
   # 3 queries: shares of 2 and 1; group 3: 18 rows, padded to 20 for the 4 devices.
   one, many = _train_one_and_many(tmp_path, ["--steps=2", "--queries=3", "--group_size=3"])
