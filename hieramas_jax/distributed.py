@@ -34,7 +34,6 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 MODES = ("auto", "on", "off")
 _KEY_PREFIX = "hieramas"
@@ -232,6 +231,32 @@ def _raise_first_failure(values: Sequence[Any]) -> None:
       raise v.error
 
 
+def _portable(error: BaseException) -> BaseException:
+  """``error``, or a RuntimeError with its type and text when it cannot be pickled (to travel to the others)."""
+  try:
+    pickle.loads(pickle.dumps(error))
+    return error
+  except Exception:  # pylint: disable=broad-except  # some exceptions take arguments their pickle does not keep
+    return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def alike(fn: Callable[[], Any], name: str) -> Any:
+  """``fn()`` on every process; an exception in any process is raised in every one (the lowest process's).
+
+  For a step every process takes for itself (its endpoint check, opening its
+  files): the value stays on its process, only exceptions travel. One process:
+  ``fn()`` itself.
+  """
+  if not _STATE.multi:
+    return fn()
+  try:
+    value, failure = fn(), None
+  except Exception as e:  # pylint: disable=broad-except  # re-raised below, in every process
+    value, failure = None, _Failure(process_index(), _portable(e))
+  _raise_first_failure(gather_objects(failure, name))
+  return value
+
+
 def run_shares(items: Sequence[Any], fn: Callable[[Sequence[Any]], Sequence[Any]], name: str) -> list[Any]:
   """``fn`` on this process's contiguous share of ``items``; every process returns all results, in order.
 
@@ -247,7 +272,7 @@ def run_shares(items: Sequence[Any], fn: Callable[[Sequence[Any]], Sequence[Any]
     if len(mine) != stop - start:
       raise ValueError(f"{name}: {len(mine)} results for {stop - start} items")
   except Exception as e:  # pylint: disable=broad-except  # re-raised below, in every process
-    mine = _Failure(process_index(), e)
+    mine = _Failure(process_index(), _portable(e))
   values = gather_objects(mine, name)
   _raise_first_failure(values)
   return [x for part in values for x in part]
@@ -262,83 +287,10 @@ def on_primary(fn: Callable[[], Any], name: str) -> Any:
     try:
       value = fn()
     except Exception as e:  # pylint: disable=broad-except  # re-raised below, in every process
-      value = _Failure(0, e)
+      value = _Failure(0, _portable(e))
   value = broadcast_object(value, name)
   _raise_first_failure([value])
   return value
-
-
-# ---------------------------------------------------------------------------
-# Arrays over every device of every process
-# ---------------------------------------------------------------------------
-
-def global_mesh(axis: str = "data"):
-  """A 1-D mesh of every device of every process (process order, then local order)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
-  return Mesh(np.array(jax.devices()), (axis,))
-
-
-def _global(x: Any, sharding) -> Any:
-  """A global array from a host value every process holds in full (each fills its own shards)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  value = np.asarray(x)
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def _host(x: Any) -> np.ndarray:
-  """The value of a fully replicated global array (each process holds a copy)."""
-  return np.asarray(x.addressable_data(0))
-
-
-def pad_rows(tree: Any, multiple: int) -> tuple[Any, int]:
-  """Every leaf's leading axis zero-padded to a multiple of ``multiple``; (padded tree, original rows)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  leaves = jax.tree_util.tree_leaves(tree)
-  rows = int(np.shape(leaves[0])[0])
-  extra = -rows % multiple
-
-  def pad(x):
-    x = np.asarray(x)
-    return np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)]) if extra else x
-
-  return jax.tree_util.tree_map(pad, tree), rows
-
-
-def data_parallel(fn: Callable[..., Any], replicated: Sequence[Any], batch: Any) -> Any:
-  """``fn(*replicated, batch)`` with ``batch`` split by rows over every device of every process.
-
-  ``fn`` is jitted (or jittable). Each process passes the same full host values;
-  the parameters and optimizer state in ``replicated`` are replicated on every
-  device and every leaf of ``batch`` is sharded along its first axis, whose
-  length must divide by the total device count (pad with rows of zero weight:
-  ``pad_rows``). XLA reduces across the devices of all processes, so a mean over
-  the batch is the same mean as in one process (to float rounding) and the
-  gradient is averaged over processes. Returns the outputs as host-local values
-  (every output must come out replicated).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  mesh = global_mesh()
-  every, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-  args = [jax.tree_util.tree_map(lambda x: _global(x, every), tree) for tree in replicated]
-  sharded = jax.tree_util.tree_map(lambda x: _global(x, rows), batch)
-  out = fn(*args, sharded)
-
-  def back(x):
-    if not isinstance(x, jax.Array):
-      return x
-    if not x.is_fully_replicated:
-      raise DistributedError(f"data_parallel: an output of shape {x.shape} is not replicated ({x.sharding}); "
-                             "reduce it over the batch inside fn")
-    return jax.numpy.asarray(_host(x))
-
-  return jax.tree_util.tree_map(back, out)
-
-
-def total_devices() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.device_count() if _STATE.multi else jax.local_device_count()
 
 
 # ---------------------------------------------------------------------------
@@ -475,3 +427,7 @@ def is_multi_process() -> bool:
 def any_process(flag: bool, name: str) -> bool:
   """True on every process when ``flag`` is True on any (e.g. a stop signal one host got before the others)."""
   return any(gather_objects(bool(flag), name)) if _STATE.multi else bool(flag)
+
+
+# Arrays over every device of every process (their own module; imported here so callers keep one name).
+from hieramas_jax.distributed_arrays import data_parallel, global_mesh, pad_rows, total_devices  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position

@@ -227,21 +227,6 @@ def _open_system(config: ml_collections.ConfigDict, workdir: pathlib.Path, task:
   return system
 
 
-def _alike_on_every_process(fn: Callable[[], Any], name: str) -> Any:
-  """``fn()`` on this process; an exception on any process is raised on every one (the lowest process's).
-
-  ``fn``'s value stays on its process (it need not pickle); only exceptions travel.
-  """
-  try:
-    value, error = fn(), None
-  except Exception as e:  # pylint: disable=broad-except  # re-raised below, on every process
-    value, error = None, e
-  failures = [e for e in distributed.gather_objects(error, name) if e is not None]
-  if failures:
-    raise failures[0]
-  return value
-
-
 def _embed_queries(system, problems) -> None:
   """The embeddings planning needs, computed once (they land in the encoder's on-disk cache)."""
   system.query_embeddings(problems)
@@ -297,7 +282,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, out
 
   try:
     # Each process builds its backend and checks its endpoints: a failure on one host stops every process alike.
-    system = _alike_on_every_process(open_system, "trained system opened")
+    system = distributed.alike(open_system, "trained system opened")
     problems = list(system.problems(problems))
     if distributed.is_multi_process():
       # Process 0 embeds first: a paid encoder's cache in the workdir then serves the others (no text paid twice).

@@ -69,6 +69,7 @@ def test_two_processes_give_the_one_process_results_of_every_collective():
   # The mean over rows is the same whichever devices hold them; the sum is over all 4 (or 2) devices' rows.
   assert a["scaled"] == [33.0, 33.0] and a["summed"] == float(np.arange(12).sum())
   assert a["error"] == b["error"] == "ZeroDivisionError: division by zero"  # raised on every process alike
+  assert a["alike_error"] == b["alike_error"] == "ZeroDivisionError: division by zero"  # process 1's, on process 0
   assert a["stop"] is True  # process 1's flag reaches process 0
 
 

@@ -303,6 +303,7 @@ def _evaluate_over_http(workdir, out, faults, methods, *, max_retries=1, timeout
       executor.close_backend(client)
 
 
+@pytest.mark.slow
 def test_faulty_evaluation_agrees_with_the_clean_one_on_every_query_not_failed(trained, tmp_path):
   methods = ("single", "self_consistency", "mixture", "hieramas")
   clean = _evaluate_over_http(trained, tmp_path / "clean", FaultConfig(), methods)

@@ -193,6 +193,7 @@ def test_padded_rows_change_neither_loss_nor_gradient():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # with the other launch.train comparisons; the default run keeps test_distributed's
 def test_two_processes_train_as_one(reference_run, tmp_path):
   workdir = tmp_path / "two"
   procs = multihost.start_processes(_argv(workdir), 2)

@@ -42,17 +42,6 @@ class ConfigError(ValueError):
   """A config that cannot run; raised before any LLM call."""
 
 
-def on_every_process(fn, name: str) -> Any:
-  """``fn()`` on every process of the run; an exception in any process is raised in all (the lowest one's).
-
-  ``name`` labels the collective. One process: ``fn()`` itself.
-  """
-  if not distributed.is_multi_process():
-    return fn()
-  return distributed.run_shares(list(range(distributed.process_count())), lambda mine: [fn() for _ in mine],
-                                name)[distributed.process_index()]
-
-
 @dataclasses.dataclass
 class Environment:
   """The task, its splits, the LLM backend and the embeddings of one run."""
@@ -393,7 +382,7 @@ def build_environment(config: ml_collections.ConfigDict, workdir: str | pathlib.
     llm_preflight.preflight(backend, [s.name for s in specs])
 
   try:  # each process checks the endpoints it calls
-    on_every_process(check_endpoints, "endpoints checked")
+    distributed.alike(check_endpoints, "endpoints checked")
   except Exception:
     if built:
       executor.close_backend(backend)  # no HTTP session outlives a failed start

@@ -80,7 +80,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> p
   Multi-host: process 0 checks and locks; an error of either check is raised on every process.
   """
   workdir = distributed.on_primary(lambda: lock(workdir), "workdir checked and locked by process 0")
-  environment.on_every_process(lambda: check_resume(config, workdir), "saved config checked")
+  distributed.alike(lambda: check_resume(config, workdir), "saved config checked")
   return workdir
 
 

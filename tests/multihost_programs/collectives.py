@@ -50,11 +50,16 @@ def main(argv):
     error = None
   except ZeroDivisionError as e:
     error = f"ZeroDivisionError: {e}"
+  try:  # fails on the last process only: every process raises it
+    distributed.alike(lambda: 1 / 0 if me == count - 1 else me, "alike")
+    alike_error = None
+  except ZeroDivisionError as e:
+    alike_error = f"ZeroDivisionError: {e}"
   stop = distributed.any_process(me == count - 1, "stop")
   if distributed.is_primary():
     print(json.dumps({"count": count, "gathered": gathered, "shares": shares, "told": told, "devices": total,
                       "scaled": np.asarray(scaled).tolist(), "summed": float(summed), "error": error,
-                      "stop": stop}))
+                      "alike_error": alike_error, "stop": stop}))
   distributed.finish()
 
 
