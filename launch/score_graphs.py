@@ -47,7 +47,6 @@ import io
 import json
 import math
 import pathlib
-import pickle
 import sys
 import time
 import zipfile
@@ -295,34 +294,14 @@ def score_in_batches(hieramas: system_lib.HieraMAS, queries: np.ndarray | Sequen
 # Steps every process takes together
 # ---------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class _Failed:
-  """An exception of one process, sent to the others so that every process raises it."""
-
-  error: BaseException
-
-
 def _together(step: Callable[[], tuple[Any, Any]], name: str) -> tuple[Any, list[Any]]:
   """Runs ``step() -> (kept, sent)`` on every process; returns (kept, what each process sent, in process order).
 
-  An exception in any process is raised in every process (the lowest process's:
-  the first bad row, as one process would find it), so all stop at the same point
-  with the same message. One process: ``step()`` with its own ``sent``.
+  An exception in any process is raised in every process (``distributed.alike``: the lowest process's, the
+  first bad row as one process would find it), so all stop at the same point with the same message.
   """
-  try:
-    kept, sent = step()
-  except Exception as e:  # pylint: disable=broad-except  # re-raised below, in every process
-    try:
-      pickle.dumps(e)
-      error = e
-    except Exception:  # pylint: disable=broad-except  # an exception that cannot travel goes as its text
-      error = RuntimeError(f"{type(e).__name__}: {e}")
-    kept, sent = None, _Failed(error)
-  values = distributed.gather_objects(sent, name)
-  for value in values:
-    if isinstance(value, _Failed):
-      raise value.error
-  return kept, values
+  kept, sent = distributed.alike(step, name)
+  return kept, distributed.gather_objects(sent, f"{name} (values)")
 
 
 def score_and_gather(hieramas: Any, queries: np.ndarray | Sequence[str], adjacency: np.ndarray, total: int,
