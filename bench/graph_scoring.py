@@ -4,8 +4,9 @@ Prints one JSON line; every figure comes from this one process (ratios, not
 absolute timings, compare across machines). At the main point (default B=64
 queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
 
-- scores/s of ``gcn.score_pool`` on the fast path (impl 'dense'), of the
-  original per-pair formulation ('dense_per_pair', what 'dense' computed before
+- scores/s of ``gcn.score_pool`` on the fast path (impl 'dense': on a CPU the
+  C kernel of ``native_pool`` where a C compiler could build it, else XLA), of
+  the same fast path on XLA alone, of the original per-pair formulation ('dense_per_pair', what 'dense' computed before
   the fast path) and of the jraph per-pair form ('segment'), timed in turns so
   all see the same machine load; and of a Python loop over a jitted
   single-pair scorer;
@@ -19,7 +20,8 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
   pool scored for many queries, so its prepared terms are cached): per point the
   scores/s, the fraction of the best point, the call's time, the fraction with
   a fixed per-call cost taken off, and the peak scratch bytes of its compiled
-  executable; the fixed per-call costs timed in the same turns (the dispatch
+  executable (or the C kernel's working memory), minor page faults per call,
+  the path it took, and the XLA path's scores/s; the fixed per-call costs timed in the same turns (the dispatch
   floor: a jitted no-op taking the same arguments, which XLA runs on the calling
   thread; the hand-off floor: a trivial product XLA runs on a worker thread, so
   dispatch, hand-off and the caller's wake-up; a whole B=1, K=1 call); the whole
@@ -86,20 +88,24 @@ def median_times(fns: dict, repeats: int, min_sample_s: float) -> dict[str, floa
 
 
 def host_path_figures(gcn, graphdef, params, queries_all, pool_all, repeats: int, min_sample_s: float) -> dict:
-  """Per ``_HOST_LADDER`` point: a cached call on the host path and on XLA (us), timed in turns.
+  """Per ``_HOST_LADDER`` point: a cached call on the NumPy host path, on XLA and in the C kernel (us), in turns.
 
   ``faster_up_to_pairs``: the largest B x K up to which every ladder point was
   faster on the host (what ``gcn_scoring.HOST_MAX_PAIRS`` is set from).
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  host = gcn.PoolScorer(graphdef, host_max_pairs=10**9)
-  xla = gcn.PoolScorer(graphdef, host_max_pairs=0)
+  host = gcn.PoolScorer(graphdef, host_max_pairs=10**9, native=False)
+  xla = gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)
+  native = gcn.PoolScorer(graphdef, host_max_pairs=0, native=True)
+  native_available = native.native_library(native.prepared_pool(params, pool_all[:1], None, 1)[0]) is not None
   fns = {}
   for b, k in _HOST_LADDER:
     q, a = queries_all[:b], pool_all[:k]
     fns[("host", b, k)] = lambda q=q, a=a: host(params, q, a)  # NumPy: done when it returns
     fns[("xla", b, k)] = lambda q=q, a=a: jax.block_until_ready(xla(params, q, a))
+    if native_available:
+      fns[("native", b, k)] = lambda q=q, a=a: native(params, q, a)
   times = median_times(fns, repeats, min_sample_s)
   faster_up_to = 0
   for b, k in sorted(_HOST_LADDER, key=lambda point: point[0] * point[1]):
@@ -107,7 +113,9 @@ def host_path_figures(gcn, graphdef, params, queries_all, pool_all, repeats: int
       break
     faster_up_to = b * k
   return {"points": {f"B{b}_K{k}": {"host_us": round(1e6 * times[("host", b, k)], 1),
-                                    "xla_us": round(1e6 * times[("xla", b, k)], 1)} for b, k in _HOST_LADDER},
+                                    "xla_us": round(1e6 * times[("xla", b, k)], 1),
+                                    "native_us": round(1e6 * times[("native", b, k)], 1) if native_available
+                                    else None} for b, k in _HOST_LADDER},
           "faster_up_to_pairs": faster_up_to, "host_max_pairs_in_use": gcn.HOST_MAX_PAIRS}
 
 
@@ -260,8 +268,22 @@ def main() -> None:
                       "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}))
     return
 
+  def ready(out):
+    """Blocks until a jax result is computed (a NumPy result, from the host paths, is complete already)."""
+    return out if isinstance(out, np.ndarray) else jax.block_until_ready(out)
+
   def scorer(impl, q, pool):
-    return lambda: jax.block_until_ready(gcn.score_pool(graphdef, params, q, pool, impl=impl))
+    return lambda: ready(gcn.score_pool(graphdef, params, q, pool, impl=impl))
+
+  # The fast path on XLA alone (no C kernel, no NumPy host path): what score_pool runs without a C compiler.
+  xla_scorer = gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)
+
+  def xla_fast(q, pool):
+    return lambda: jax.block_until_ready(xla_scorer(params, q, pool))
+
+  from hieramas_jax.models import native_pool  # pylint: disable=g-import-not-at-top
+  default_scorer = gcn.pool_scorer(graphdef)
+  native_lib = default_scorer.native_library(default_scorer.prepared_pool(params, pool, None, b)[0])
 
   # The matmul rate, in cache: [3200, 64] x [64, 64] repeated inside one jitted loop (an orthogonal matrix keeps
   # the values finite); as one call; and 2048^3.
@@ -275,11 +297,12 @@ def main() -> None:
   impls = ("dense", "dense_per_pair", "segment")
   times = median_times({
       **{impl: scorer(impl, q, pool) for impl in impls},
+      "dense_xla": xla_fast(q, pool),
       "matmul_in_cache_loop": lambda: looped(x0, orth).block_until_ready(),
       "matmul_in_cache_call": lambda: single(x0, orth).block_until_ready(),
       "matmul_2048": lambda: single(big, big).block_until_ready(),
   }, args.repeats, args.min_sample_s)
-  rates = {impl: b * k / times[impl] for impl in impls}
+  rates = {impl: b * k / times[impl] for impl in (*impls, "dense_xla")}
   matmul = {"in_cache_loop": 2 * rows * h * h * inner / times["matmul_in_cache_loop"],
             "in_cache_call": 2 * rows * h * h / times["matmul_in_cache_call"],
             "2048": 2 * 2048**3 / times["matmul_2048"]}
@@ -295,6 +318,7 @@ def main() -> None:
   loop_rate = len(pairs) / median_times({"loop": loop}, max(3, args.repeats // 2), 0.0)["loop"]
 
   scores = {impl: np.asarray(gcn.score_pool(graphdef, params, q, pool, impl=impl)) for impl in impls}
+  scores["dense_xla"] = np.asarray(xla_scorer(params, q, pool))
   memory = {impl: gcn.pool_scorer(graphdef, impl).lower(params, q, pool).compile().memory_analysis()
             for impl in impls}
   largest = gcn.pool_scorer(graphdef).lower(params, queries_all[:max(_GRID_BATCHES)], pool_all[:max(_GRID_POOLS)])
@@ -313,7 +337,15 @@ def main() -> None:
       "batch": b, "pool": k, "roles": n, "query_dim": args.query_dim, "hidden_dim": h,
       "num_layers": args.num_layers, "pairs_per_block": gcn.PAIRS_PER_BLOCK,
       "blocks": gcn.block_layout(k, b)[0],
+      # The C kernel of native_pool where it could be built (score_pool's path on a CPU), else XLA.
+      "fast_path": "native" if native_lib is not None else "xla",
+      "native_kernel": {"available": native_lib is not None,
+                        "unavailable_reason": native_pool.unavailable_reason(
+                            (n, h, mlp, args.num_layers - 1)) if native_lib is None else None,
+                        "threads": getattr(native_lib, "threads", None),
+                        "vector_width_floats": getattr(native_lib, "vector_width", None)},
       "scores_per_s_fast": round(rates["dense"]),
+      "scores_per_s_fast_xla": round(rates["dense_xla"]),
       "scores_per_s_per_pair_dense": round(rates["dense_per_pair"]),
       "scores_per_s_per_pair_segment": round(rates["segment"]),
       "scores_per_s_loop": round(loop_rate),
@@ -322,6 +354,8 @@ def main() -> None:
       "speedup_fast_vs_loop": round(rates["dense"] / loop_rate, 1),
       "max_abs_diff_fast_vs_per_pair_dense": float(np.abs(scores["dense"] - scores["dense_per_pair"]).max()),
       "max_abs_diff_fast_vs_segment": float(np.abs(scores["dense"] - scores["segment"]).max()),
+      "max_abs_diff_fast_vs_fast_xla": float(np.abs(scores["dense"] - scores["dense_xla"]).max()),
+      "speedup_fast_vs_fast_xla": round(rates["dense"] / rates["dense_xla"], 2),
       "matmul_flops_per_s_in_cache_loop": round(matmul["in_cache_loop"]),
       "matmul_flops_per_s_in_cache_one_call": round(matmul["in_cache_call"]),
       "matmul_flops_per_s_2048": round(matmul["2048"]),
@@ -333,7 +367,10 @@ def main() -> None:
       "fraction_of_in_cache_matmul_model_flops": round(rates["dense"] * model_flops / in_cache, 3),
       "fraction_of_2048_matmul": round(rates["dense"] * fast_flops / matmul["2048"], 3),
       "fraction_of_in_cache_matmul_per_pair_dense": round(rates["dense_per_pair"] * model_flops / in_cache, 3),
-      "scratch_bytes_fast": memory["dense"].temp_size_in_bytes,
+      # Working memory: of the C kernel's call (threads' activations and the projections) when it ran, and of
+      # the XLA executables (compiled memory analysis).
+      "scratch_bytes_fast": (native_lib.hieramas_scratch_bytes(b) if native_lib is not None else memory["dense"].temp_size_in_bytes),
+      "scratch_bytes_fast_xla": memory["dense"].temp_size_in_bytes,
       "scratch_bytes_fast_uncached_call": whole_temp,
       "scratch_bytes_per_pair_dense": memory["dense_per_pair"].temp_size_in_bytes,
       "scratch_bytes_per_pair_segment": memory["segment"].temp_size_in_bytes,
@@ -368,6 +405,7 @@ def main() -> None:
 
     grid_times = median_times({
         **{point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]]) for point in points},
+        **{("xla",) + point: xla_fast(queries_all[:point[0]], pool_all[:point[1]]) for point in points},
         **{("whole",) + point: (lambda q=queries_all[:point[0]], a=pool_all[:point[1]]:
                                 whole(params, q, a, None).block_until_ready()) for point in uncached_points},
         "no_op": lambda: no_op(params, small_q, small_pool).block_until_ready(),
@@ -396,8 +434,17 @@ def main() -> None:
       return round(min(values), 3) if values else None
 
     less_handoff, less_fixed = fraction_less(handoff_floor), fraction_less(fixed)
-    scratch = {point: gcn.pool_scorer(graphdef).lower(params, queries_all[:point[0]], pool_all[:point[1]])
-               .compile().memory_analysis().temp_size_in_bytes for point in points}
+    scratch_xla = {point: gcn.pool_scorer(graphdef).lower(params, queries_all[:point[0]], pool_all[:point[1]])
+                   .compile().memory_analysis().temp_size_in_bytes for point in points}
+
+    def path(gb, gk):
+      return "native" if native_lib is not None else "host" if gb * gk <= gcn.HOST_MAX_PAIRS else "xla"
+
+    scratch = {(gb, gk): native_lib.hieramas_scratch_bytes(gb)
+               if path(gb, gk) == "native" else None if path(gb, gk) == "host" else scratch_xla[(gb, gk)]
+               for gb, gk in points}
+    faults_grid = {point: minor_faults_per_call(scorer("dense", queries_all[:point[0]], pool_all[:point[1]]), 5)
+                   for point in points}
     prepared = {gk: sum(x.nbytes for x in jax.tree.leaves(gcn.pool_scorer(graphdef).prepared_pool(
         params, pool_all[:gk], None, 1)[1][1])) for gk in _GRID_POOLS}
     # Per point: scores/s, its fraction of the best point, the call's time, and the fraction with the hand-off
@@ -408,8 +455,11 @@ def main() -> None:
         "call_us": round(1e6 * grid_times[(gb, gk)], 1),
         "fraction_less_handoff_floor": None if less_handoff[(gb, gk)] is None else round(less_handoff[(gb, gk)], 3),
         "fraction_less_B1_K1_call": None if less_fixed[(gb, gk)] is None else round(less_fixed[(gb, gk)], 3),
-        "scratch_bytes": scratch[(gb, gk)],  # of the XLA executable (a host-path call runs none)
-        "path": "host" if gb * gk <= gcn.HOST_MAX_PAIRS else "xla",
+        "scratch_bytes": scratch[(gb, gk)],  # of the path that ran (None: NumPy's temporaries, not measured)
+        "minor_page_faults_per_call": round(faults_grid[(gb, gk)], 1),
+        "path": path(gb, gk),
+        "xla_scores_per_s": round(gb * gk / grid_times[("xla", gb, gk)]),
+        "xla_scratch_bytes": scratch_xla[(gb, gk)],
     } for gb, gk in points}
     result["grid_min_over_best"] = round(min(grid.values()) / best, 3)
     result["grid_argmin"] = "B{}_K{}".format(*min(grid, key=grid.get))

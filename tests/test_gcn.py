@@ -198,6 +198,7 @@ def test_no_retrace_on_new_values(setup, monkeypatch):
   model, q, pool = setup
   graphdef, params = nnx.split(model)  # a graphdef object score_pool has not seen: a fresh PoolScorer
   monkeypatch.setattr(gcn_scoring, "HOST_MAX_PAIRS", 0)  # every call on XLA: the traced pieces below
+  monkeypatch.setenv("HIERAMAS_NATIVE_SCORING", "0")
   for module, name in ((gcn_scoring, "_score_merged"), (gcn_scoring, "_scoring_tensors"),
                        (gcn_fast, "prepare_shared_pool"), (gcn_fast, "score_shared_pool")):
     monkeypatch.setattr(module, name, chex.assert_max_traces(getattr(module, name), n=1))
@@ -228,12 +229,13 @@ def test_score_pool_hashes_no_graphdef_per_call(setup, monkeypatch):
   assert hashes  # the check above can fail: a static graphdef is hashed per call
 
 
-@pytest.mark.parametrize("host_max_pairs", [0, 10**9])  # every call on XLA; every call on the host (NumPy)
-def test_prepared_pools_are_cached_by_value_and_give_the_model_scores(setup, host_max_pairs):
+# Every call on XLA; every call on the host in NumPy; every call in the C kernel.
+@pytest.mark.parametrize("host_max_pairs,native", [(0, False), (10**9, False), (0, True)])
+def test_prepared_pools_are_cached_by_value_and_give_the_model_scores(setup, host_max_pairs, native):
   """A shared pool is prepared once per (parameters, pool, mask); new values of any of them are prepared again."""
   model, q, pool = setup
   graphdef, params = nnx.split(model)
-  scorer = gcn.PoolScorer(graphdef, host_max_pairs=host_max_pairs)
+  scorer = gcn.PoolScorer(graphdef, host_max_pairs=host_max_pairs, native=native)
   prepared = []
   original = scorer._prepare
   scorer._prepare = lambda *args: prepared.append(1) or original(*args)
@@ -265,8 +267,8 @@ def test_host_path_equals_the_xla_fast_path(num_layers):
   """Small calls scored in NumPy on the caller's thread give the XLA path's scores within 1e-5, masks included."""
   model = gcn.GraphClassifier(8, 1024, num_layers=num_layers, rngs=nnx.Rngs(num_layers))
   graphdef, params = nnx.split(model)
-  host = gcn.PoolScorer(graphdef, host_max_pairs=10**9)
-  device = gcn.PoolScorer(graphdef, host_max_pairs=0)
+  host = gcn.PoolScorer(graphdef, host_max_pairs=10**9, native=False)
+  device = gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)
   pool = jnp.asarray(graphs.dag_pool(0, 8, 200, (0.2, 0.8)), jnp.float32)
   mask = jnp.array([1, 1, 1, 0, 1, 1, 0, 1.0])
   for batch, k, role_mask in ((1, 1, None), (1, 50, None), (3, 200, None), (2, 37, mask)):
@@ -282,6 +284,7 @@ def test_score_pool_takes_the_host_path_up_to_host_max_pairs(setup, monkeypatch)
   """The default scorer runs calls of at most HOST_MAX_PAIRS pairs on the host, larger ones on XLA."""
   model, _, _ = setup
   monkeypatch.setattr(gcn_scoring, "HOST_MAX_PAIRS", 12)
+  monkeypatch.setenv("HIERAMAS_NATIVE_SCORING", "0")  # no C kernel: the NumPy host path and XLA
   graphdef, params = nnx.split(model)  # a fresh graphdef: a scorer built under the patched bound
   q = jax.random.normal(jax.random.key(5), (3, D))
   pool = _random_dags(5, (5,), N)

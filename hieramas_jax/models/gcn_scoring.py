@@ -5,7 +5,10 @@ part of the fast path (``gcn_fast.score_shared_pool``): the parameter terms and
 the pool terms are cached. Calls of at most ``HOST_MAX_PAIRS`` (query, graph)
 pairs run that part in NumPy on the caller's thread instead (``gcn_fast.host_score``):
 no dispatch, no hand-off to an XLA worker thread and no wake-up of the caller,
-which cost more than the work itself at such sizes.
+which cost more than the work itself at such sizes. Where the C kernel of
+``native_pool`` can be built (a C compiler is installed), every such call on a
+CPU backend runs there instead, whatever its size: the calling thread and
+spinning workers on the other cores split the pairs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hieramas_jax.models import gcn_fast
+from hieramas_jax.models import gcn_fast, native_pool
 
 # Calls of at most this many (query, graph) pairs on a cached shared pool run on the host (NumPy, caller's thread).
 # Set from bench/graph_scoring.py's host_path figures (EXPERIMENTS.md, 2026-12-04, issue 17 host path): over three
@@ -66,22 +69,30 @@ class PoolScorer:
   keyed by parameters, pool, mask and block layout; jax arrays by identity, NumPy
   arrays by content). A call then runs only the per-query part
   (``score_shared_pool``): a few large ops in one chain instead of about twenty
-  small ones. On a CPU backend, calls of at most ``host_max_pairs`` pairs run it
-  in NumPy on the calling thread (``host_score``, NumPy logits). The composed
+  small ones. On a CPU backend it runs on the host (NumPy logits): in the C kernel
+  of ``native_pool`` when that can be built (``native``), else, for calls of at
+  most ``host_max_pairs`` pairs, in NumPy on the calling thread (``host_score``). The composed
   computation is the one ``GraphClassifier.__call__`` traces, so scores agree with
   it (tests).
   """
 
   MAX_POOLS = 8  # prepared pools kept per scorer (each O(K N H) floats)
 
-  def __init__(self, graphdef, impl: str = "dense", *, host_max_pairs: int | None = None):
+  def __init__(self, graphdef, impl: str = "dense", *, host_max_pairs: int | None = None,
+               native: bool | None = None):
     if impl not in gcn_fast.IMPLEMENTATIONS:
       raise ValueError(f"unknown GCN implementation {impl!r}; choose one of {gcn_fast.IMPLEMENTATIONS}")
     self.graphdef = graphdef
     self.impl = impl
-    # The host path runs where the arrays already live on the host: on a CPU backend only.
-    self.host_max_pairs = (HOST_MAX_PAIRS if host_max_pairs is None else host_max_pairs) \
-        if jax.default_backend() == "cpu" else 0
+    # The host paths run where the arrays already live on the host: on a CPU backend only.
+    on_cpu = jax.default_backend() == "cpu"
+    self.host_max_pairs = (HOST_MAX_PAIRS if host_max_pairs is None else host_max_pairs) if on_cpu else 0
+    # The C kernel (native_pool) for cached pools of any size; None: where it can be built on this machine.
+    self.native = on_cpu and native_pool.enabled() if native is None else bool(native)
+    self._native_lib = None  # the kernel library, once looked up for this model's shape (False: unavailable)
+    # The last native call's (parameter leaf ids, pool, mask, NativePool, leaves): a call with the same immutable
+    # objects goes straight to the kernel (the cache lookups cost a few us, a tenth of a B=1, K=50 call).
+    self._recent = None
     self._jitted = jax.jit(lambda params, q, adjs, mask: _score_merged(graphdef, params, q, adjs, mask, impl))
     self._tensors = jax.jit(lambda params: _scoring_tensors(graphdef, params))
     self._prepare = jax.jit(gcn_fast.prepare_shared_pool, static_argnums=3)
@@ -133,26 +144,53 @@ class PoolScorer:
     params_entry, entry = self._pool_entry(params, adjs, role_mask, batch)
     return (None, None) if entry is None else (params_entry[2], entry)
 
-  def _host_call(self, params_entry, entry, query_emb, num_graphs: int) -> np.ndarray:
-    """``host_score`` of a cached pool; its NumPy terms are made on the first host call and kept with the entry."""
-    if params_entry[3] is None:
-      params_entry[3] = gcn_fast.host_tensors(params_entry[2])
+  def native_library(self, tensors: dict):
+    """The C kernel for this model's shape, or None (not on a CPU backend, disabled, or it cannot be built)."""
+    if not self.native:
+      return None
+    if self._native_lib is None:
+      shape = (*tensors["role_part"].shape, tensors["head_kernel"].shape[1], len(tensors["layers"]))
+      self._native_lib = native_pool.library(shape) or False
+    return self._native_lib or None
+
+  def _host_call(self, params_entry, entry, query_emb, adjs, role_mask) -> np.ndarray:
+    """A cached pool scored on the host: the C kernel, else ``host_score``. Its terms are kept with the entry."""
     if entry[2] is None:
-      entry[2] = gcn_fast.host_pool(params_entry[3], entry[1], num_graphs)
+      if params_entry[3] is None:
+        params_entry[3] = gcn_fast.host_tensors(params_entry[2])
+      lib = self.native_library(params_entry[2])
+      entry[2] = native_pool.NativePool(lib, params_entry[3], entry[1], adjs.shape[0]) if lib is not None else \
+          gcn_fast.host_pool(params_entry[3], entry[1], adjs.shape[0])
+    if isinstance(entry[2], native_pool.NativePool):
+      if isinstance(adjs, jax.Array) and (role_mask is None or isinstance(role_mask, jax.Array)):
+        # Immutable inputs: their identity stands for their value while _recent holds them.
+        self._recent = (params_entry[1], adjs, role_mask, entry[2], params_entry[0])
+      return entry[2](query_emb)
     return gcn_fast.host_score(params_entry[3], entry[2], np.asarray(query_emb))
+
+  def _recent_native(self, params, adjs, role_mask, query_emb):
+    """The last native call's NativePool if this call has the same parameter leaves, pool and mask; else None."""
+    recent = self._recent
+    if recent is None or adjs is not recent[1] or role_mask is not recent[2] or \
+        isinstance(query_emb, jax.core.Tracer) or getattr(query_emb, "dtype", None) != np.float32:
+      return None
+    return recent[3] if tuple(map(id, jax.tree.leaves(params))) == recent[0] else None
 
   def __call__(self, params, query_emb, adjs, role_mask=None):
     """Logits [B, K] of query embeddings [B, D] against adjacencies [K, N, N] or [B, K, N, N].
 
-    A jax array, or a NumPy array for a call small enough to run on the host (see the class doc).
+    A jax array, or a NumPy array for a call scored on the host (see the class doc).
     """
+    recent = self._recent_native(params, adjs, role_mask, query_emb)
+    if recent is not None:
+      return recent(query_emb)
     if self._uses_fast_path(params) and getattr(adjs, "ndim", 0) == 3 and getattr(role_mask, "ndim", 1) == 1 and \
         getattr(query_emb, "ndim", 0) == 2 and getattr(query_emb, "dtype", None) == jnp.float32:
       params_entry, entry = self._pool_entry(params, adjs, role_mask, query_emb.shape[0])
       if entry is not None and query_emb.shape[1] == params_entry[2]["query_kernel"].shape[0]:
-        if query_emb.shape[0] * adjs.shape[0] <= self.host_max_pairs and \
-            not isinstance(query_emb, jax.core.Tracer):
-          return self._host_call(params_entry, entry, query_emb, adjs.shape[0])
+        if not isinstance(query_emb, jax.core.Tracer) and (
+            query_emb.shape[0] * adjs.shape[0] <= self.host_max_pairs or self.native_library(params_entry[2])):
+          return self._host_call(params_entry, entry, query_emb, adjs, role_mask)
         return self._score(params_entry[2], entry[1], query_emb, adjs.shape[0])
     return self._jitted(params, query_emb, adjs, role_mask)
 

@@ -1,0 +1,274 @@
+"""The fast path's per-query part on a cached shared pool, compiled from ``pool_kernel.c`` for this CPU.
+
+``PoolScorer`` scores a cached pool here on a CPU backend: the calling thread
+and ``threads() - 1`` spinning workers split the (query, graph) pairs, with no
+XLA dispatch, hand-off or wake-up (which cost more than a small call's work).
+The kernel computes ``gcn_fast.score_shared_pool``'s function (tests keep them
+within 1e-5).
+
+The C source is compiled on first use with the system C compiler (``$CC``,
+else ``cc``, ``gcc`` or ``clang``) for the model's shape and ``-march=native``,
+and cached under ``$HIERAMAS_NATIVE_CACHE`` (default
+``~/.cache/hieramas_jax/native``), keyed by source, shape, compiler and CPU.
+Without a compiler, or with ``HIERAMAS_NATIVE_SCORING=0``, scoring stays on
+NumPy / XLA and ``unavailable_reason()`` says why (warned once).
+``HIERAMAS_NATIVE_THREADS`` sets the thread count (default: the CPUs this
+process may run on), ``HIERAMAS_NATIVE_SPIN_US`` how long idle workers spin
+before they sleep (default 200).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+
+_SOURCE = pathlib.Path(__file__).with_name("pool_kernel.c")
+_DEFAULT_SPIN_US = 200.0
+_STAGED = 256  # queries per call that go through a pool's preallocated buffers
+_lock = threading.Lock()
+_libraries: dict[tuple, ctypes.CDLL | None] = {}  # shape -> library (None: could not be built)
+_reasons: dict[tuple, str] = {}
+_warned: set[str] = set()
+
+
+class _Call(ctypes.Structure):
+  """``call_t`` of pool_kernel.c."""
+  _fields_ = [("model", ctypes.c_void_p), ("query", ctypes.c_void_p), ("batch", ctypes.c_int64),
+              ("u", ctypes.c_void_p), ("out", ctypes.c_void_p)]
+
+
+class _Model(ctypes.Structure):
+  """``model_t`` of pool_kernel.c."""
+  _fields_ = [("num_graphs", ctypes.c_int64), ("query_dim", ctypes.c_int64)] + [
+      (name, ctypes.c_void_p) for name in ("query_kernel", "role_term", "col_sum", "s_t", "layer_kernel",
+                                           "layer_bias", "weights", "head_kernel", "head_bias", "out_kernel")
+  ] + [("out_bias", ctypes.c_float)]
+
+
+def enabled() -> bool:
+  """False when ``HIERAMAS_NATIVE_SCORING`` is 0/false/off/no."""
+  return os.environ.get("HIERAMAS_NATIVE_SCORING", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def threads() -> int:
+  """Threads a native call uses, the caller included (``HIERAMAS_NATIVE_THREADS``, else the usable CPUs)."""
+  value = os.environ.get("HIERAMAS_NATIVE_THREADS")
+  if value:
+    try:
+      count = int(value)
+    except ValueError:
+      raise ValueError(f"HIERAMAS_NATIVE_THREADS={value!r} is not a whole number; set it to a thread count "
+                       "such as 2, or unset it to use every CPU this process may run on") from None
+    if count < 1:
+      raise ValueError(f"HIERAMAS_NATIVE_THREADS={count} must be at least 1")
+    return count
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def _compiler() -> str | None:
+  if os.environ.get("CC"):
+    return shutil.which(os.environ["CC"].split()[0]) and os.environ["CC"]
+  return next((name for name in ("cc", "gcc", "clang") if shutil.which(name)), None)
+
+
+def _cpu_identity() -> str:
+  """What -march=native depends on: the CPU model and its feature flags (a cache shared by several machines)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "".join(sorted(set(lines)))
+  except OSError:
+    return platform.processor() + platform.machine()
+
+
+def _cache_dir() -> pathlib.Path:
+  configured = os.environ.get("HIERAMAS_NATIVE_CACHE")
+  if configured:
+    return pathlib.Path(configured)
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "hieramas_jax" / "native"
+
+
+def _build(shape: tuple[int, int, int, int]) -> pathlib.Path:
+  """The compiled library for ``shape`` = (roles, hidden, mlp, hidden layers): cached, else compiled now."""
+  compiler = _compiler()
+  if compiler is None:
+    raise RuntimeError("no C compiler found (set $CC, or install cc, gcc or clang)")
+  source = _SOURCE.read_bytes()
+  defines = [f"-D{name}={value}" for name, value in zip(("NUM_ROLES", "HIDDEN", "MLP", "NUM_LAYERS"), shape)]
+  try:
+    version = subprocess.run(compiler.split() + ["--version"], capture_output=True, text=True, timeout=60).stdout
+  except (OSError, subprocess.SubprocessError) as err:
+    raise RuntimeError(f"the C compiler {compiler!r} could not run: {err}") from None
+  key = hashlib.sha256(b"\0".join([source, " ".join(defines).encode(), version.encode(),
+                                   _cpu_identity().encode()])).hexdigest()[:24]
+  directory = _cache_dir()
+  target = directory / f"pool_kernel_{key}.so"
+  if target.exists():
+    return target
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    output_dir = directory
+  except OSError:
+    output_dir = pathlib.Path(tempfile.gettempdir())
+    target = output_dir / target.name
+    if target.exists():
+      return target
+  # Flags tried in order: -march=native is not accepted by every compiler and target (then -mcpu=native).
+  errors = []
+  for arch in (["-march=native"], ["-mcpu=native"], []):
+    fd, partial = tempfile.mkstemp(prefix=target.stem, suffix=".so.partial", dir=output_dir)
+    os.close(fd)
+    command = compiler.split() + ["-O3", *arch, "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared",
+                                  "-pthread", *defines, str(_SOURCE), "-o", partial]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode == 0:
+      os.replace(partial, target)  # atomic: processes compiling at once each publish a whole library
+      return target
+    os.unlink(partial)
+    errors.append(f"{' '.join(command)}: {result.stderr.strip()[-400:]}")
+  raise RuntimeError("compiling pool_kernel.c failed:\n" + "\n".join(errors))
+
+
+def library(shape: tuple[int, int, int, int]) -> ctypes.CDLL | None:
+  """The kernel library for (roles, hidden, mlp, hidden layers), or None (``unavailable_reason`` says why)."""
+  shape = tuple(int(x) for x in shape)
+  if not enabled():
+    return None
+  with _lock:
+    if shape not in _libraries:
+      try:
+        lib = ctypes.CDLL(str(_build(shape)))
+        lib.hieramas_score.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                       ctypes.c_void_p]
+        lib.hieramas_score.restype = ctypes.c_int
+        lib.hieramas_score_call.argtypes = [ctypes.c_void_p]
+        lib.hieramas_score_call.restype = ctypes.c_int
+        lib.hieramas_configure.argtypes = [ctypes.c_int, ctypes.c_double]
+        lib.hieramas_configure.restype = ctypes.c_int
+        lib.hieramas_scratch_bytes.argtypes = [ctypes.c_int64]
+        lib.hieramas_scratch_bytes.restype = ctypes.c_int64
+        built = (ctypes.c_int64 * 5)()
+        lib.hieramas_shape(built)
+        if tuple(built[:4]) != shape:
+          raise RuntimeError(f"the library was built for shape {tuple(built[:4])}, not {shape}")
+        spin_us = float(os.environ.get("HIERAMAS_NATIVE_SPIN_US", _DEFAULT_SPIN_US))
+        lib.threads = lib.hieramas_configure(threads(), spin_us * 1e-6)
+        lib.vector_width = built[4]
+        _libraries[shape] = lib
+      except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        _libraries[shape] = None
+        _reasons[shape] = str(err)
+        message = (f"hieramas: native pool scoring is unavailable ({err}); cached pools are scored with "
+                   "NumPy / XLA instead, which is slower for small calls. Install a C compiler, or set "
+                   "HIERAMAS_NATIVE_SCORING=0 to silence this.")
+        if message not in _warned:
+          _warned.add(message)
+          warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return _libraries[shape]
+
+
+def unavailable_reason(shape: tuple[int, int, int, int]) -> str | None:
+  """Why ``library(shape)`` is None (disabled, no compiler, a compile error), or None when it is available."""
+  if not enabled():
+    return "disabled by HIERAMAS_NATIVE_SCORING=0"
+  return None if library(shape) is not None else _reasons.get(tuple(int(x) for x in shape))
+
+
+def _address(array: np.ndarray) -> int:
+  return array.ctypes.data
+
+
+def _aligned(array, shape=None) -> np.ndarray:
+  """A float32 C-contiguous copy of ``array`` (or an empty array of ``shape``) starting on a 64-byte boundary.
+
+  The kernel's vector loads are 64 bytes wide: a misaligned array splits them over two cache lines (a pool
+  measured up to 1.2x slower, depending on where NumPy placed it).
+  """
+  shape = np.shape(array) if shape is None else shape
+  size = int(np.prod(shape, dtype=np.int64))
+  raw = np.empty(size + 16, np.float32)
+  offset = (-_address(raw) % 64) // 4
+  out = raw[offset:offset + size].reshape(shape)
+  if array is not None:
+    out[...] = array
+  return out
+
+
+class NativePool:
+  """One cached pool bound to one model's host tensors: ``__call__(query [B, D]) -> logits [B, K]`` (NumPy).
+
+  ``tensors`` are ``gcn_fast.host_tensors``; ``pool`` a ``prepare_shared_pool``
+  result (any block layout) for ``num_graphs`` graphs. The arrays the kernel
+  reads are held here. Calls from several threads run one at a time (the kernel's
+  workers serve one call at a time).
+  """
+
+  def __init__(self, lib: ctypes.CDLL, tensors: dict, pool: dict, num_graphs: int):
+    n, hidden = tensors["role_part"].shape
+    unblock = lambda x: np.asarray(x, np.float32).reshape((-1,) + x.shape[2:])[:num_graphs]
+    layers = tensors["layers"]
+    held = {name: _aligned(value) for name, value in {
+        "query_kernel": tensors["query_kernel"],
+        "role_term": unblock(pool["role_term"]) + tensors["in_bias"],
+        "col_sum": unblock(pool["col_sum"]),
+        "s_t": unblock(pool["s"]).transpose(0, 2, 1),
+        "layer_kernel": np.stack([k for k, _ in layers]) if layers else np.zeros((1, hidden, hidden)),
+        "layer_bias": np.stack([b for _, b in layers]) if layers else np.zeros((1, hidden)),
+        "weights": np.asarray(pool["weights"], np.float32).reshape(n),
+        "head_kernel": tensors["head_kernel"],
+        "head_bias": tensors["head_bias"],
+        "out_kernel": tensors["out_kernel"],
+    }.items()}
+    self._held = held
+    self._lib = lib
+    self.num_graphs = num_graphs
+    self.query_dim, self.hidden = held["query_kernel"].shape
+    self._model = _Model(num_graphs, self.query_dim, *(_address(held[name]) for name, _ in _Model._fields_[2:-1]),
+                         float(tensors["out_bias"]))
+    self._model_address = ctypes.addressof(self._model)
+    # Calls of up to _STAGED queries go through buffers allocated once (their addresses looked up once): a
+    # numpy address costs about 1.5 us, a few percent of a B=1, K=50 call.
+    self._lock = threading.Lock()
+    self._query_buffer = _aligned(None, (_STAGED, self.query_dim))
+    self._scratch = _aligned(None, (_STAGED, self.hidden))
+    self._out_buffer = _aligned(None, (_STAGED, num_graphs))
+    self._call = _Call(self._model_address, _address(self._query_buffer), 0, _address(self._scratch),
+                       _address(self._out_buffer))
+    self._call_address = ctypes.addressof(self._call)
+    self._score_call = lib.hieramas_score_call
+
+  def scratch_bytes(self, batch: int) -> int:
+    """Working memory of a call of ``batch`` queries (threads' activations and the projections), in bytes."""
+    return int(self._lib.hieramas_scratch_bytes(batch))
+
+  def __call__(self, query_emb) -> np.ndarray:
+    query = np.asarray(query_emb)
+    if query.ndim != 2 or query.shape[1] != self.query_dim:
+      raise ValueError(f"query embeddings have shape {query.shape}; this pool scores [B, {self.query_dim}]")
+    batch = query.shape[0]
+    if batch == 0 or self.num_graphs == 0:
+      return np.zeros((batch, self.num_graphs), np.float32)
+    if batch > _STAGED:
+      query = np.ascontiguousarray(query, np.float32)
+      out, scratch = np.empty((batch, self.num_graphs), np.float32), np.empty((batch, self.hidden), np.float32)
+      self._lib.hieramas_score(self._model_address, _address(query), batch, _address(scratch), _address(out))
+      return out
+    with self._lock:
+      np.copyto(self._query_buffer[:batch], query, casting="same_kind")
+      self._call.batch = batch
+      self._score_call(self._call_address)
+      return self._out_buffer[:batch].copy()

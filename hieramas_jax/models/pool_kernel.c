@@ -1,0 +1,392 @@
+/* The GCN fast path's per-query part on a cached shared pool, in C on the calling thread plus a small
+ * pool of worker threads (hieramas_jax/models/native_pool.py compiles and calls it).
+ *
+ * Why: a cached B=1, K=50 call is 4 MFLOP. Through XLA it pays a dispatch, a hand-off to a worker thread
+ * and the caller's wake-up (tens of microseconds each on a loaded machine) and runs on one core; here the
+ * caller and spinning workers split it with no hand-off cost beyond an atomic store.
+ *
+ * The same function as gcn_fast.score_shared_pool, per (query b, graph k) pair:
+ *   h = relu(role_term[k] + col_sum[k] * u[b])            u = query @ query_kernel (role_term has in_bias)
+ *   per hidden layer l: h = relu(S_k^T (h W_l) + col_sum[k] * bias_l)    (the last one mean-pooled)
+ *   logit = relu(pooled @ head_kernel + head_bias) . out_kernel + out_bias
+ *
+ * Shapes are compile-time constants (-D): NUM_ROLES, HIDDEN, MLP, NUM_LAYERS (hidden layers; 0 pools h).
+ * Written with GCC/Clang vector extensions, so it builds for any target; -march=native picks the width.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if !defined(NUM_ROLES) || !defined(HIDDEN) || !defined(MLP) || !defined(NUM_LAYERS)
+#error "compile with -DNUM_ROLES=.. -DHIDDEN=.. -DMLP=.. -DNUM_LAYERS=.."
+#endif
+
+/* Vector width in floats: the widest the target has that divides both HIDDEN and MLP. */
+#if defined(__AVX512F__) && HIDDEN % 16 == 0 && MLP % 16 == 0
+#define VW 16
+#define VREGS 32
+#elif (defined(__AVX__) || defined(__AVX512F__)) && HIDDEN % 8 == 0 && MLP % 8 == 0
+#define VW 8
+#define VREGS 16
+#elif HIDDEN % 4 == 0 && MLP % 4 == 0
+#define VW 4
+#define VREGS 16
+#else
+#define VW 1
+#define VREGS 16
+#endif
+typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int vi __attribute__((vector_size(VW * 4), aligned(4)));
+#define HV (HIDDEN / VW) /* vectors per hidden row */
+#define MV (MLP / VW)    /* vectors per head row */
+
+/* Register blocking of the [rows, H] x [H, H] transform: COL_BLOCK vectors of ROW_BLOCK rows accumulate in
+ * registers (half the register file), each W row loaded once per block of rows. */
+#if HV % 4 == 0
+#define COL_BLOCK 4
+#elif HV % 3 == 0
+#define COL_BLOCK 3
+#elif HV % 2 == 0
+#define COL_BLOCK 2
+#else
+#define COL_BLOCK 1
+#endif
+#define ROW_BLOCK_MAX (VREGS / 2 / COL_BLOCK)
+#define ROW_BLOCK (ROW_BLOCK_MAX < 1 ? 1 : (ROW_BLOCK_MAX > 8 ? 8 : ROW_BLOCK_MAX))
+#define ROWS_PADDED ((NUM_ROLES + ROW_BLOCK - 1) / ROW_BLOCK * ROW_BLOCK)
+
+static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vrelu(vf v) { vf zero = {0}; vi keep = v > zero; return (vf)((vi)v & keep); }
+static inline float vsum(vf v) { float s = 0; for (int i = 0; i < VW; i++) s += v[i]; return s; }
+
+typedef struct {
+  int64_t num_graphs;         /* K */
+  int64_t query_dim;          /* D */
+  const float *query_kernel;  /* [D, H] */
+  const float *role_term;     /* [K, N, H]: S^T role_part + in_bias */
+  const float *col_sum;       /* [K, N] */
+  const float *s_t;           /* [K, N, N]: S^T, row j = the weights into role j */
+  const float *layer_kernel;  /* [L, H, H] */
+  const float *layer_bias;    /* [L, H] */
+  const float *weights;       /* [N]: mean-pooling weights */
+  const float *head_kernel;   /* [H, M]: projection and first head layer fused */
+  const float *head_bias;     /* [M] */
+  const float *out_kernel;    /* [M] */
+  float out_bias;
+} model_t;
+
+/* z[ROWS_PADDED, H] = h[ROWS_PADDED, H] @ w[H, H] */
+static void transform(const float *restrict h, const float *restrict w, float *restrict z) {
+  for (int c0 = 0; c0 < HV; c0 += COL_BLOCK) {
+    for (int r0 = 0; r0 < ROWS_PADDED; r0 += ROW_BLOCK) {
+      vf acc[ROW_BLOCK][COL_BLOCK];
+#pragma GCC unroll 64
+      for (int r = 0; r < ROW_BLOCK; r++)
+#pragma GCC unroll 64
+        for (int c = 0; c < COL_BLOCK; c++) acc[r][c] = (vf){0};
+      for (int k = 0; k < HIDDEN; k++) {
+        vf wrow[COL_BLOCK];
+#pragma GCC unroll 64
+        for (int c = 0; c < COL_BLOCK; c++) wrow[c] = vload(w + k * HIDDEN + (c0 + c) * VW);
+#pragma GCC unroll 64
+        for (int r = 0; r < ROW_BLOCK; r++) {
+          float a = h[(r0 + r) * HIDDEN + k];
+#pragma GCC unroll 64
+          for (int c = 0; c < COL_BLOCK; c++) acc[r][c] += a * wrow[c];
+        }
+      }
+#pragma GCC unroll 64
+      for (int r = 0; r < ROW_BLOCK; r++)
+#pragma GCC unroll 64
+        for (int c = 0; c < COL_BLOCK; c++) vstore(z + (r0 + r) * HIDDEN + (c0 + c) * VW, acc[r][c]);
+    }
+  }
+}
+
+static float score_pair(const model_t *m, int64_t k, const float *u) {
+  /* Rows past NUM_ROLES are padding for the register blocking: zero, never read back. */
+  float h[ROWS_PADDED * HIDDEN] __attribute__((aligned(64)));
+  float z[ROWS_PADDED * HIDDEN] __attribute__((aligned(64)));
+  const float *role_term = m->role_term + k * NUM_ROLES * HIDDEN;
+  const float *col_sum = m->col_sum + k * NUM_ROLES;
+  const float *s_t = m->s_t + k * NUM_ROLES * NUM_ROLES;
+  for (int n = 0; n < NUM_ROLES; n++)
+    for (int c = 0; c < HV; c++)
+      vstore(h + n * HIDDEN + c * VW, vrelu(vload(role_term + n * HIDDEN + c * VW) + col_sum[n] * vload(u + c * VW)));
+  if (ROWS_PADDED > NUM_ROLES) memset(h + NUM_ROLES * HIDDEN, 0, (ROWS_PADDED - NUM_ROLES) * HIDDEN * sizeof(float));
+  vf pooled[HV];
+  for (int c = 0; c < HV; c++) pooled[c] = (vf){0};
+  if (NUM_LAYERS == 0)
+    for (int j = 0; j < NUM_ROLES; j++)
+      for (int c = 0; c < HV; c++) pooled[c] += m->weights[j] * vload(h + j * HIDDEN + c * VW);
+  for (int l = 0; l < NUM_LAYERS; l++) {
+    transform(h, m->layer_kernel + (int64_t)l * HIDDEN * HIDDEN, z);
+    const float *bias = m->layer_bias + l * HIDDEN;
+    for (int j = 0; j < NUM_ROLES; j++) {
+      vf acc[HV];
+      for (int c = 0; c < HV; c++) acc[c] = col_sum[j] * vload(bias + c * VW);
+      for (int i = 0; i < NUM_ROLES; i++) {
+        float s = s_t[j * NUM_ROLES + i];
+        for (int c = 0; c < HV; c++) acc[c] += s * vload(z + i * HIDDEN + c * VW);
+      }
+      if (l == NUM_LAYERS - 1) {
+        for (int c = 0; c < HV; c++) pooled[c] += m->weights[j] * vrelu(acc[c]);
+      } else {
+        for (int c = 0; c < HV; c++) vstore(h + j * HIDDEN + c * VW, vrelu(acc[c]));
+      }
+    }
+  }
+  float p[HIDDEN] __attribute__((aligned(64)));
+  for (int c = 0; c < HV; c++) vstore(p + c * VW, pooled[c]);
+  vf hidden[MV];
+  for (int c = 0; c < MV; c++) hidden[c] = vload(m->head_bias + c * VW);
+  for (int i = 0; i < HIDDEN; i++)
+    for (int c = 0; c < MV; c++) hidden[c] += p[i] * vload(m->head_kernel + i * MLP + c * VW);
+  vf logit = {0};
+  for (int c = 0; c < MV; c++) logit += vrelu(hidden[c]) * vload(m->out_kernel + c * VW);
+  return vsum(logit) + m->out_bias;
+}
+
+/* u[b, c0*VW : c1*VW] = query[b] @ query_kernel[:, those columns]: two accumulator sets break the FMA chain. */
+static void project(const model_t *m, const float *q, float *u, int c0, int c1) {
+  for (int c = c0; c < c1; c++) {
+    vf even = {0}, odd = {0};
+    int64_t d = 0;
+    for (; d + 1 < m->query_dim; d += 2) {
+      even += q[d] * vload(m->query_kernel + d * HIDDEN + c * VW);
+      odd += q[d + 1] * vload(m->query_kernel + (d + 1) * HIDDEN + c * VW);
+    }
+    if (d < m->query_dim) even += q[d] * vload(m->query_kernel + d * HIDDEN + c * VW);
+    vstore(u + c * VW, even + odd);
+  }
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Workers. The caller runs part 0 of a call; workers spin on a generation counter for a short while after
+ * each call (back-to-back calls find them awake) and then sleep on a condition variable.
+ * ------------------------------------------------------------------------------------------------------ */
+#define MAX_THREADS 256
+typedef struct {
+  const model_t *m;
+  const float *query;
+  float *u;
+  float *out;
+  int64_t batch;
+  int parts;
+} job_t;
+
+static job_t g_job;
+static atomic_int g_generation, g_remaining, g_projected, g_sleepers;
+static atomic_long g_calls, g_split_calls, g_sleeps; /* counters for benches: calls, calls split, worker sleeps */
+static pthread_mutex_t g_sleep_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t g_call_mu = PTHREAD_MUTEX_INITIALIZER; /* one call at a time */
+static int g_threads = 0;    /* requested, caller included */
+static int g_workers = 0;    /* running worker threads */
+static int g_started = 0;
+static int g_start_generation = 0;
+static double g_spin_s = 200e-6;
+
+/* Denormals flushed to zero while a part runs, as XLA's CPU runtime does: a pool whose activations reach
+ * denormal values otherwise runs 1.5x slower (microcode assists), and scores then match XLA's. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+typedef unsigned int fp_state_t;
+static fp_state_t flush_denormals(void) {
+  const fp_state_t old = _mm_getcsr();
+  _mm_setcsr(old | 0x8040); /* FTZ | DAZ */
+  return old;
+}
+static void restore_fp(fp_state_t old) { _mm_setcsr(old); }
+#elif defined(__aarch64__)
+typedef uint64_t fp_state_t;
+static fp_state_t flush_denormals(void) {
+  fp_state_t old;
+  __asm__ volatile("mrs %0, fpcr" : "=r"(old));
+  const fp_state_t flushed = old | (1ull << 24); /* FZ */
+  __asm__ volatile("msr fpcr, %0" : : "r"(flushed));
+  return old;
+}
+static void restore_fp(fp_state_t old) { __asm__ volatile("msr fpcr, %0" : : "r"(old)); }
+#else
+typedef int fp_state_t;
+static fp_state_t flush_denormals(void) { return 0; }
+static void restore_fp(fp_state_t old) { (void)old; }
+#endif
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void run_part_flushed(int part);
+
+static void run_part(int part) {
+  const fp_state_t fp_state = flush_denormals();
+  run_part_flushed(part);
+  restore_fp(fp_state);
+}
+
+static void run_part_flushed(int part) {
+  const job_t *job = &g_job;
+  const int parts = job->parts;
+  const int64_t dim = job->m->query_dim, batch = job->batch, num_graphs = job->m->num_graphs;
+  /* Phase 1, the query projections: split by query, or by column when there are fewer queries than parts. */
+  if (batch >= parts) {
+    for (int64_t b = batch * part / parts; b < batch * (part + 1) / parts; b++)
+      project(job->m, job->query + b * dim, job->u + b * HIDDEN, 0, HV);
+  } else {
+    for (int64_t b = 0; b < batch; b++)
+      project(job->m, job->query + b * dim, job->u + b * HIDDEN, HV * part / parts, HV * (part + 1) / parts);
+  }
+  if (parts > 1) {
+    atomic_fetch_add(&g_projected, 1);
+    while (atomic_load(&g_projected) < parts) cpu_relax();
+  }
+  /* Phase 2, the pairs: contiguous ranges in graph-major order (a graph's terms are read once per part). */
+  const int64_t pairs = batch * num_graphs;
+  for (int64_t p = pairs * part / parts; p < pairs * (part + 1) / parts; p++) {
+    const int64_t k = p / batch, b = p % batch;
+    job->out[b * num_graphs + k] = score_pair(job->m, k, job->u + b * HIDDEN);
+  }
+}
+
+static void *worker_main(void *arg) {
+  const int part = (int)(intptr_t)arg;
+  int seen = g_start_generation;
+  for (;;) {
+    const double start = now_s();
+    for (int spins = 1; atomic_load(&g_generation) == seen; spins++) {
+      cpu_relax();
+      if (spins % 256 == 0 && now_s() - start > g_spin_s) {
+        pthread_mutex_lock(&g_sleep_mu);
+        atomic_fetch_add(&g_sleepers, 1);
+        atomic_fetch_add(&g_sleeps, 1);
+        while (atomic_load(&g_generation) == seen) pthread_cond_wait(&g_wake, &g_sleep_mu);
+        atomic_fetch_sub(&g_sleepers, 1);
+        pthread_mutex_unlock(&g_sleep_mu);
+      }
+    }
+    seen = atomic_load(&g_generation);
+    if (part < g_job.parts) run_part(part);
+    atomic_fetch_sub(&g_remaining, 1);
+  }
+  return NULL;
+}
+
+static void start_workers(void) {
+  g_started = 1;
+  g_workers = 0;
+  g_start_generation = atomic_load(&g_generation);
+  for (int i = 1; i < g_threads && i < MAX_THREADS; i++) {
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&thread, &attr, worker_main, (void *)(intptr_t)i) == 0) g_workers++;
+    pthread_attr_destroy(&attr);
+  }
+}
+
+/* fork(): the child has no workers; it starts its own on its first call. */
+static void before_fork(void) { pthread_mutex_lock(&g_call_mu); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&g_call_mu); }
+static void after_fork_child(void) {
+  g_started = 0;
+  g_workers = 0;
+  atomic_store(&g_sleepers, 0);
+  pthread_mutex_init(&g_sleep_mu, NULL);
+  pthread_cond_init(&g_wake, NULL);
+  pthread_mutex_unlock(&g_call_mu);
+}
+
+/* Threads (caller included) and the workers' spin time after a call; returns the thread count in use. */
+int hieramas_configure(int threads, double spin_s) {
+  static int registered = 0;
+  pthread_mutex_lock(&g_call_mu);
+  if (!registered) {
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    registered = 1;
+  }
+  if (!g_started) g_threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+  g_spin_s = spin_s;
+  const int in_use = g_started ? g_workers + 1 : g_threads;
+  pthread_mutex_unlock(&g_call_mu);
+  return in_use;
+}
+
+/* Logits out[B, K] of queries [B, D]; u is scratch [B, H]. Returns the number of threads that ran it. */
+int hieramas_score(const model_t *m, const float *query, int64_t batch, float *u, float *out) {
+  pthread_mutex_lock(&g_call_mu);
+  if (!g_started) start_workers();
+  int parts = g_workers + 1;
+  const int64_t pairs = batch * m->num_graphs;
+  if (pairs < 2 * (int64_t)parts) parts = pairs > 1 ? (int)(pairs / 2) : 1; /* at least 2 pairs a part */
+  g_job = (job_t){m, query, u, out, batch, parts};
+  atomic_fetch_add(&g_calls, 1);
+  if (parts > 1) atomic_fetch_add(&g_split_calls, 1);
+  atomic_store(&g_projected, 0);
+  if (parts > 1) {
+    atomic_store(&g_remaining, g_workers);
+    atomic_fetch_add(&g_generation, 1);
+    if (atomic_load(&g_sleepers) > 0) {
+      pthread_mutex_lock(&g_sleep_mu);
+      pthread_cond_broadcast(&g_wake);
+      pthread_mutex_unlock(&g_sleep_mu);
+    }
+  }
+  run_part(0);
+  if (parts > 1)
+    while (atomic_load(&g_remaining) > 0) cpu_relax();
+  pthread_mutex_unlock(&g_call_mu);
+  return parts;
+}
+
+/* One call's arguments in one struct (a ctypes call converts each argument: about 0.2 us apiece). */
+typedef struct {
+  const model_t *m;
+  const float *query;
+  int64_t batch;
+  float *u;
+  float *out;
+} call_t;
+
+int hieramas_score_call(const call_t *call) {
+  return hieramas_score(call->m, call->query, call->batch, call->u, call->out);
+}
+
+/* The constants this library was built with (native_pool.py checks them against the model). */
+void hieramas_shape(int64_t *shape) {
+  shape[0] = NUM_ROLES;
+  shape[1] = HIDDEN;
+  shape[2] = MLP;
+  shape[3] = NUM_LAYERS;
+  shape[4] = VW;
+}
+
+/* Working memory of a call of `batch` queries: each thread's activations (on its stack) and the projections. */
+int64_t hieramas_scratch_bytes(int64_t batch) {
+  const int64_t threads = g_started ? g_workers + 1 : g_threads;
+  return threads * (2 * ROWS_PADDED * HIDDEN + HIDDEN) * (int64_t)sizeof(float) + batch * HIDDEN * (int64_t)sizeof(float);
+}
+
+/* counts[0..2] = calls, calls split over threads, times a worker went to sleep (since the library loaded). */
+void hieramas_counters(int64_t *counts) {
+  counts[0] = atomic_load(&g_calls);
+  counts[1] = atomic_load(&g_split_calls);
+  counts[2] = atomic_load(&g_sleeps);
+}
