@@ -21,7 +21,9 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
   scores/s, the fraction of the best point, the call's time, the fraction with
   a fixed per-call cost taken off, and the peak scratch bytes of its compiled
   executable (or the C kernel's working memory), minor page faults per call,
-  the path it took, and the XLA path's scores/s; the fixed per-call costs timed in the same turns (the dispatch
+  the path it took, and the XLA path's scores/s (the grid's points are timed in
+  turns of their own; the XLA figures below in a second set of turns, since
+  interleaved XLA calls slowed the C kernel's small calls); the fixed per-call costs (the dispatch
   floor: a jitted no-op taking the same arguments, which XLA runs on the calling
   thread; the hand-off floor: a trivial product XLA runs on a worker thread, so
   dispatch, hand-off and the caller's wake-up; a whole B=1, K=1 call); the whole
@@ -382,7 +384,7 @@ def main() -> None:
   if not args.no_grid:
     points = [(gb, gk) for gb in _GRID_BATCHES for gk in _GRID_POOLS]
     small_q, small_pool = queries_all[:1], pool_all[:50]
-    # Fixed per-call costs, timed in the same turns. The dispatch floor: jit dispatch of the same arguments
+    # Fixed per-call costs. The dispatch floor: jit dispatch of the same arguments
     # (parameter dict, queries, pool) doing no work (XLA runs it on the calling thread: under 1000 FLOPs).
     no_op = jax.jit(lambda params, q, adjs: q[0, 0])
     # The hand-off floor: a trivial call above that bound ([8, 64] x [64, 64]), which XLA runs on a worker
@@ -403,14 +405,19 @@ def main() -> None:
       cold_index[0] = (cold_index[0] + 1) % len(cold_pools)
       jax.block_until_ready(gcn.score_pool(graphdef, params, small_q, cold_pools[cold_index[0]]))
 
+    # The grid's points (the path score_pool takes) in turns of their own: interleaved XLA calls measured to slow
+    # the C kernel's small calls that follow them (XLA's runtime threads share the two cores); the XLA
+    # comparisons and the fixed costs in a second set of turns.
     grid_times = median_times({
         **{point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]]) for point in points},
+        "one_pair": scorer("dense", small_q, pool_all[:1]),
+    }, args.repeats, args.min_sample_s)
+    grid_times |= median_times({
         **{("xla",) + point: xla_fast(queries_all[:point[0]], pool_all[:point[1]]) for point in points},
         **{("whole",) + point: (lambda q=queries_all[:point[0]], a=pool_all[:point[1]]:
                                 whole(params, q, a, None).block_until_ready()) for point in uncached_points},
         "no_op": lambda: no_op(params, small_q, small_pool).block_until_ready(),
         "handoff": lambda: handoff(handoff_x, handoff_w).block_until_ready(),
-        "one_pair": scorer("dense", small_q, pool_all[:1]),
         "cold_pool_B1_K50": cold_call,
         "static_graphdef": lambda: static_graphdef(graphdef, params, small_q, small_pool, None,
                                                    impl="dense").block_until_ready(),

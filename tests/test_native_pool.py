@@ -40,8 +40,8 @@ def test_native_scores_equal_the_xla_fast_path(shape):
   xla = gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)
   pool = jnp.asarray(graphs.dag_pool(0, roles, 8 if roles == 3 else 60, (0.0, 1.0)), jnp.float32)
   mask = jnp.ones((roles,)).at[1].set(0.0)
-  for batch, k, role_mask in ((1, 1, None), (1, 7, None), (3, pool.shape[0], None), (300, 5, None),
-                              (2, pool.shape[0], mask)):
+  # One query; more queries than the staged buffers hold, under a mask (each case compiles XLA's reference).
+  for batch, k, role_mask in ((1, 7, None), (300, pool.shape[0], mask)):
     q = jax.random.normal(jax.random.key(batch + k), (batch, query_dim))
     adjs = pool[:k] if role_mask is None else pool[:k] * role_mask[:, None] * role_mask[None, :]
     got, want = native(params, q, adjs, role_mask), xla(params, q, adjs, role_mask)
