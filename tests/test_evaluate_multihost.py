@@ -80,6 +80,7 @@ def _one_and_two(trained: pathlib.Path, tmp_path: pathlib.Path, *args: str) -> t
           json.loads((folders[0] / "eval" / "results.json").read_text()))
 
 
+@pytest.mark.slow  # over 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_two_processes_report_the_rows_of_one_process_and_only_process_0_writes(trained, tmp_path):
   # 5 queries: shares of 3 and 2. The methods cover each way a method runs its queries: a coroutine per query
   # (single, self_consistency), executor plans (selector_random_graph) and HieraMAS's own run.

@@ -161,6 +161,7 @@ def test_a_step_whose_calls_all_fail_stops_the_run_and_saves_nothing(tmp_path):
   _assert_nothing_saved(tmp_path / "run")
 
 
+@pytest.mark.slow  # over 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_a_run_over_http_closes_its_sessions_then_evaluate_stops_at_the_dead_endpoint(tmp_path):
   cfg = _config_file(tmp_path, "http://127.0.0.1:1/v1")
   with _sim_server_for(cfg) as server:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from hieramas_jax.models import selector as sel
@@ -32,6 +33,7 @@ def _loss(graphdef, params, batch, temperature=1.3):
   return learner.reinforce_loss(params, graphdef, batch, temperature, 0.0)[0]
 
 
+@pytest.mark.slow  # over 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_role_credit_on_both_factors_is_plain_reinforce():
   """Advantages on 'which model' and the same advantage on 'run' (0 where skipped) = sum log pi(a) * A."""
   graphdef, params, qr, opts, valid, actions = _setup()

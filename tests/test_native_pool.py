@@ -28,7 +28,7 @@ def _model(roles, query_dim, hidden, mlp, num_layers, seed=0):
 
 # (roles, query dim, hidden, mlp, GCN layers): the paper's size, widths that are not a multiple of the vector
 # width (24, 7, 5), no hidden layer (1 GCN layer) and three hidden layers.
-SHAPES = [(8, 1024, 64, 64, 2), (3, 16, 24, 8, 4), (5, 10, 7, 5, 1), (8, 32, 32, 48, 2)]
+SHAPES = [(8, 1024, 64, 64, 2), (3, 16, 24, 8, 4), (5, 10, 7, 5, 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -128,6 +128,7 @@ def _run(tmp_path, name, threads, mode="plain"):
   return np.load(out)
 
 
+@pytest.mark.slow  # over 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_scores_do_not_depend_on_the_thread_count_and_survive_fork(tmp_path):
   """1 and 3 threads give bit-identical scores (each pair is computed whole by one thread); a forked child scores."""
   one = _run(tmp_path, "one", 1)
