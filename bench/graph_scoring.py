@@ -69,11 +69,16 @@ _HOST_LADDER = ((1, 1), (1, 8), (64, 1), (1, 25), (1, 50), (8, 8), (1, 100), (64
 
 
 def _calls_per_sample(fn, min_sample_s: float) -> int:
+  """Calls that fill a sample, from the mean of calls over a tenth of one (one timed call can be an outlier)."""
   fn()  # warm-up (compilation)
-  start = time.perf_counter()
-  fn()
-  once = max(time.perf_counter() - start, 1e-7)
-  return max(1, int(min_sample_s / once) + 1)
+  calls, start = 0, time.perf_counter()
+  while True:
+    fn()
+    calls += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_sample_s / 10 or calls >= 1000:
+      break
+  return max(1, int(min_sample_s / max(elapsed / calls, 1e-7)) + 1)
 
 
 def median_times(fns: dict, repeats: int, min_sample_s: float) -> dict[str, float]:

@@ -27,6 +27,11 @@ from hieramas_jax.models import gcn_fast, native_pool
 HOST_MAX_PAIRS = 100
 
 
+_FLOAT32 = np.dtype(np.float32)
+# The types of concrete query arrays (a jax array on one device, NumPy) that may skip to the last native call.
+_CONCRETE_ARRAY_TYPES = (type(jnp.zeros((), jnp.float32)), np.ndarray)
+
+
 def _scoring_tensors(graphdef, params) -> dict:
   return nnx.merge(graphdef, params).scoring_tensors()
 
@@ -76,7 +81,9 @@ class PoolScorer:
   it (tests).
   """
 
-  MAX_POOLS = 8  # prepared pools kept per scorer (each O(K N H) floats)
+  # Prepared pools kept per scorer (each O(K N H) floats, twice with the C kernel's copy): enough for a bench's
+  # or a sweep's dozen pools scored in turns without preparing them again on every turn.
+  MAX_POOLS = 16
 
   def __init__(self, graphdef, impl: str = "dense", *, host_max_pairs: int | None = None,
                native: bool | None = None):
@@ -97,7 +104,7 @@ class PoolScorer:
     self._tensors = jax.jit(lambda params: _scoring_tensors(graphdef, params))
     self._prepare = jax.jit(gcn_fast.prepare_shared_pool, static_argnums=3)
     self._score = jax.jit(gcn_fast.score_shared_pool, static_argnums=3)
-    self._tensors_entry = None  # [parameter leaves, their ids, tensors, host tensors or None]
+    self._tensors_entry = None  # [parameter leaves, their ids, tensors, host arrays (C kernel or NumPy) or None]
     self._pools: dict[tuple, list] = {}  # key -> [inputs held so their ids stay theirs, prepared pool, host terms]
     self._fast_path = None if impl == "dense" else False  # decided on the first call (see _uses_fast_path)
 
@@ -156,9 +163,10 @@ class PoolScorer:
   def _host_call(self, params_entry, entry, query_emb, adjs, role_mask) -> np.ndarray:
     """A cached pool scored on the host: the C kernel, else ``host_score``. Its terms are kept with the entry."""
     if entry[2] is None:
-      if params_entry[3] is None:
-        params_entry[3] = gcn_fast.host_tensors(params_entry[2])
       lib = self.native_library(params_entry[2])
+      if params_entry[3] is None:  # the parameters' host arrays, shared by their pools
+        host = gcn_fast.host_tensors(params_entry[2])
+        params_entry[3] = native_pool.native_weights(host) if lib is not None else host
       entry[2] = native_pool.NativePool(lib, params_entry[3], entry[1], adjs.shape[0]) if lib is not None else \
           gcn_fast.host_pool(params_entry[3], entry[1], adjs.shape[0])
     if isinstance(entry[2], native_pool.NativePool):
@@ -169,10 +177,13 @@ class PoolScorer:
     return gcn_fast.host_score(params_entry[3], entry[2], np.asarray(query_emb))
 
   def _recent_native(self, params, adjs, role_mask, query_emb):
-    """The last native call's NativePool if this call has the same parameter leaves, pool and mask; else None."""
+    """The last native call's NativePool if this call has the same parameter leaves, pool and mask; else None.
+
+    Only for float32 queries that are concrete jax or NumPy arrays (a tracer's type is neither).
+    """
     recent = self._recent
     if recent is None or adjs is not recent[1] or role_mask is not recent[2] or \
-        isinstance(query_emb, jax.core.Tracer) or getattr(query_emb, "dtype", None) != np.float32:
+        type(query_emb) not in _CONCRETE_ARRAY_TYPES or query_emb.dtype != _FLOAT32:
       return None
     return recent[3] if tuple(map(id, jax.tree.leaves(params))) == recent[0] else None
 

@@ -208,48 +208,66 @@ def _aligned(array, shape=None) -> np.ndarray:
   return out
 
 
-class NativePool:
-  """One cached pool bound to one model's host tensors: ``__call__(query [B, D]) -> logits [B, K]`` (NumPy).
+def native_weights(tensors: dict) -> dict:
+  """The parameter arrays the kernel reads, aligned: made once per parameters and shared by their pools.
 
-  ``tensors`` are ``gcn_fast.host_tensors``; ``pool`` a ``prepare_shared_pool``
+  ``tensors`` are ``gcn_fast.host_tensors`` (NumPy ``scoring_tensors``).
+  """
+  hidden = tensors["role_part"].shape[1]
+  layers = tensors["layers"]
+  weights = {name: _aligned(value) for name, value in {
+      "query_kernel": tensors["query_kernel"],
+      "layer_kernel": np.stack([k for k, _ in layers]) if layers else np.zeros((1, hidden, hidden)),
+      "layer_bias": np.stack([b for _, b in layers]) if layers else np.zeros((1, hidden)),
+      "head_kernel": tensors["head_kernel"],
+      "head_bias": tensors["head_bias"],
+      "out_kernel": tensors["out_kernel"],
+  }.items()}
+  weights["in_bias"] = np.asarray(tensors["in_bias"], np.float32)
+  weights["out_bias"] = float(tensors["out_bias"])
+  return weights
+
+
+class NativePool:
+  """One cached pool bound to one model's weights: ``__call__(query [B, D]) -> logits [B, K]`` (NumPy).
+
+  ``weights`` are ``native_weights(host tensors)``; ``pool`` a ``prepare_shared_pool``
   result (any block layout) for ``num_graphs`` graphs. The arrays the kernel
   reads are held here. Calls from several threads run one at a time (the kernel's
   workers serve one call at a time).
   """
 
-  def __init__(self, lib: ctypes.CDLL, tensors: dict, pool: dict, num_graphs: int):
-    n, hidden = tensors["role_part"].shape
+  def __init__(self, lib: ctypes.CDLL, weights: dict, pool: dict, num_graphs: int):
     unblock = lambda x: np.asarray(x, np.float32).reshape((-1,) + x.shape[2:])[:num_graphs]
-    layers = tensors["layers"]
-    held = {name: _aligned(value) for name, value in {
-        "query_kernel": tensors["query_kernel"],
-        "role_term": unblock(pool["role_term"]) + tensors["in_bias"],
+    held = dict(weights) | {name: _aligned(value) for name, value in {
+        "role_term": unblock(pool["role_term"]) + weights["in_bias"],
         "col_sum": unblock(pool["col_sum"]),
         "s_t": unblock(pool["s"]).transpose(0, 2, 1),
-        "layer_kernel": np.stack([k for k, _ in layers]) if layers else np.zeros((1, hidden, hidden)),
-        "layer_bias": np.stack([b for _, b in layers]) if layers else np.zeros((1, hidden)),
-        "weights": np.asarray(pool["weights"], np.float32).reshape(n),
-        "head_kernel": tensors["head_kernel"],
-        "head_bias": tensors["head_bias"],
-        "out_kernel": tensors["out_kernel"],
+        "weights": np.asarray(pool["weights"], np.float32).reshape(-1),
     }.items()}
     self._held = held
     self._lib = lib
     self.num_graphs = num_graphs
     self.query_dim, self.hidden = held["query_kernel"].shape
     self._model = _Model(num_graphs, self.query_dim, *(_address(held[name]) for name, _ in _Model._fields_[2:-1]),
-                         float(tensors["out_bias"]))
+                         weights["out_bias"])
     self._model_address = ctypes.addressof(self._model)
-    # Calls of up to _STAGED queries go through buffers allocated once (their addresses looked up once): a
-    # numpy address costs about 1.5 us, a few percent of a B=1, K=50 call.
+    # Calls go through buffers kept between calls (their addresses looked up once: a NumPy address costs about
+    # 1.5 us, a few percent of a B=1, K=50 call), grown to the largest batch seen, up to _STAGED queries.
     self._lock = threading.Lock()
-    self._query_buffer = _aligned(None, (_STAGED, self.query_dim))
-    self._scratch = _aligned(None, (_STAGED, self.hidden))
-    self._out_buffer = _aligned(None, (_STAGED, num_graphs))
-    self._call = _Call(self._model_address, _address(self._query_buffer), 0, _address(self._scratch),
-                       _address(self._out_buffer))
+    self._capacity = 0
+    self._call = _Call(self._model_address, 0, 0, 0, 0)
     self._call_address = ctypes.addressof(self._call)
     self._score_call = lib.hieramas_score_call
+
+  def _stage(self, batch: int) -> None:
+    """Buffers for ``batch`` queries (query copy, projections, logits)."""
+    self._capacity = batch
+    self._query_buffer = _aligned(None, (batch, self.query_dim))
+    self._scratch = _aligned(None, (batch, self.hidden))
+    self._out_buffer = _aligned(None, (batch, self.num_graphs))
+    self._call.query, self._call.u, self._call.out = map(_address, (self._query_buffer, self._scratch,
+                                                                    self._out_buffer))
 
   def scratch_bytes(self, batch: int) -> int:
     """Working memory of a call of ``batch`` queries (threads' activations and the projections), in bytes."""
@@ -257,9 +275,16 @@ class NativePool:
 
   def __call__(self, query_emb) -> np.ndarray:
     query = np.asarray(query_emb)
-    if query.ndim != 2 or query.shape[1] != self.query_dim:
-      raise ValueError(f"query embeddings have shape {query.shape}; this pool scores [B, {self.query_dim}]")
-    batch = query.shape[0]
+    shape = query.shape
+    if len(shape) != 2 or shape[1] != self.query_dim:
+      raise ValueError(f"query embeddings have shape {shape}; this pool scores [B, {self.query_dim}]")
+    batch = shape[0]
+    if 0 < batch <= self._capacity:  # the common case first: buffers staged, nothing else to check
+      with self._lock:
+        np.copyto(self._query_buffer[:batch], query, casting="same_kind")
+        self._call.batch = batch
+        self._score_call(self._call_address)
+        return self._out_buffer[:batch].copy()
     if batch == 0 or self.num_graphs == 0:
       return np.zeros((batch, self.num_graphs), np.float32)
     if batch > _STAGED:
@@ -268,6 +293,8 @@ class NativePool:
       self._lib.hieramas_score(self._model_address, _address(query), batch, _address(scratch), _address(out))
       return out
     with self._lock:
+      if batch > self._capacity:
+        self._stage(batch)
       np.copyto(self._query_buffer[:batch], query, casting="same_kind")
       self._call.batch = batch
       self._score_call(self._call_address)
