@@ -87,6 +87,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # about 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_checkpoint_saved_on_8_devices_restores_on_1(tmp_path):
   path = str(tmp_path / "ckpt8")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")

@@ -40,6 +40,7 @@ def _rows(workdir: pathlib.Path) -> list[dict]:
   return [r for r in rows if r.get("stage") == leader.STAGE]
 
 
+@pytest.mark.slow  # about 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_tiny_decoder_learns_a_toy_reward():
   # Reward: the fraction of completion bytes that are 'a'. A random decoder writes one about every 259 bytes.
   model = leader.tiny_leader(0)

@@ -128,6 +128,7 @@ def test_stage2_epochs_trace_the_gradient_step_once_and_hash_no_graphdef(monkeyp
   assert np.isfinite(losses).all() and len(set(losses)) > 1  # the steps ran on the new values
 
 
+@pytest.mark.slow  # about 10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_cached_classifier_step_is_one_adamw_step_of_the_loss():
   graphdef, params, batches = _stage2_setup(seed=1)
   tx = learner.make_optimizer(1e-2, 1e-4, 1.0)

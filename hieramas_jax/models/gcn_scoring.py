@@ -28,8 +28,6 @@ HOST_MAX_PAIRS = 100
 
 
 _FLOAT32 = np.dtype(np.float32)
-# The types of concrete query arrays (a jax array on one device, NumPy) that may skip to the last native call.
-_CONCRETE_ARRAY_TYPES = (type(jnp.zeros((), jnp.float32)), np.ndarray)
 
 
 def _scoring_tensors(graphdef, params) -> dict:
@@ -97,8 +95,9 @@ class PoolScorer:
     # The C kernel (native_pool) for cached pools of any size; None: where it can be built on this machine.
     self.native = on_cpu and native_pool.enabled() if native is None else bool(native)
     self._native_lib = None  # the kernel library, once looked up for this model's shape (False: unavailable)
-    # The last native call's (parameter leaf ids, pool, mask, NativePool, leaves): a call with the same immutable
-    # objects goes straight to the kernel (the cache lookups cost a few us, a tenth of a B=1, K=50 call).
+    # The last native call's (parameter leaf ids, pool, mask, NativePool, leaves, concrete query types): a call
+    # with the same immutable objects goes straight to the kernel (the cache lookups cost a few us, a tenth of a
+    # B=1, K=50 call).
     self._recent = None
     self._jitted = jax.jit(lambda params, q, adjs, mask: _score_merged(graphdef, params, q, adjs, mask, impl))
     self._tensors = jax.jit(lambda params: _scoring_tensors(graphdef, params))
@@ -172,7 +171,11 @@ class PoolScorer:
     if isinstance(entry[2], native_pool.NativePool):
       if isinstance(adjs, jax.Array) and (role_mask is None or isinstance(role_mask, jax.Array)):
         # Immutable inputs: their identity stands for their value while _recent holds them.
-        self._recent = (params_entry[1], adjs, role_mask, entry[2], params_entry[0])
+        # The concrete query types that may skip here: the jax array type (a tracer's differs) and NumPy's; read
+        # off a live array, not made at import (an array made at import would start the backend too early
+        # for jax.distributed.initialize).
+        concrete = (type(adjs), np.ndarray)
+        self._recent = (params_entry[1], adjs, role_mask, entry[2], params_entry[0], concrete)
       return entry[2](query_emb)
     return gcn_fast.host_score(params_entry[3], entry[2], np.asarray(query_emb))
 
@@ -183,7 +186,7 @@ class PoolScorer:
     """
     recent = self._recent
     if recent is None or adjs is not recent[1] or role_mask is not recent[2] or \
-        type(query_emb) not in _CONCRETE_ARRAY_TYPES or query_emb.dtype != _FLOAT32:
+        type(query_emb) not in recent[5] or query_emb.dtype != _FLOAT32:
       return None
     return recent[3] if tuple(map(id, jax.tree.leaves(params))) == recent[0] else None
 
