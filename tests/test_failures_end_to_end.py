@@ -146,6 +146,7 @@ def test_wrong_api_key_stops_launch_train_within_30_s_with_one_line(tmp_path):
   _assert_nothing_saved(tmp_path / "run")
 
 
+@pytest.mark.slow  # 6-10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_a_step_whose_calls_all_fail_stops_the_run_and_saves_nothing(tmp_path):
   # Preflight passes (probes do not meet first-attempt faults); then every call fails twice, which with
   # max_retries=1 is every attempt the client makes.

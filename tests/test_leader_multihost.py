@@ -131,6 +131,7 @@ def test_launch_train_leader_on_two_processes(tmp_path):
   assert cfg.num_layers == 2
 
 
+@pytest.mark.slow  # 6-10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_a_peer_endpoint_down_on_one_host_stops_every_process_before_any_step(tmp_path):
   results = multihost.run_processes([PROGRAM, f"--workdir={tmp_path}", "--unreachable_on=1"], 2, timeout_s=300)
   last = [[line for line in r.stderr.splitlines() if line.strip()][-1] for r in results]

@@ -359,6 +359,7 @@ def test_new_prompts_lengths_budgets_and_settings_in_one_bucket_do_not_recompile
     logits_of(params, tokens, np.broadcast_to(np.arange(seed, seed + 6), (2, 6)))
 
 
+@pytest.mark.slow  # 6-10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_token_logprobs_gradient_is_finite_and_matches_finite_differences():
   cfg = config_lib.tiny('qwen3')
   params = random_params(cfg)

@@ -148,6 +148,7 @@ def reference_run(tmp_path_factory):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 6-10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_padded_rows_change_neither_loss_nor_gradient():
   """What the data-parallel updates rely on: a batch padded with zero rows (``distributed.pad_rows``) trains alike."""
   config = base_config.base_config("math", "smoke")

@@ -78,6 +78,7 @@ def test_entropy_and_argmax(model_and_inputs):
   np.testing.assert_array_equal(best, np.argmax(np.asarray(logits), -1))
 
 
+@pytest.mark.slow  # 6-10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_gradients_are_finite_with_masks(model_and_inputs):
   model, qr, opts = model_and_inputs
   mask = sel.SelectionMask.build(B, R, P, M, model_allowed=[True, False, True, True, True],

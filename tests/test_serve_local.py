@@ -60,6 +60,7 @@ async def _ask_all(backend, calls, **params):
                                 for name, messages, i in calls))
 
 
+@pytest.mark.slow  # 6-10 s: CI runs it with the slow set (the default run stays under 10 minutes)
 def test_openai_backend_usage_equals_the_servers_and_the_direct_calls(tiny_model):
   local = _local_backend(tiny_model)
   with ServerThread(LocalServer(local)) as server:
