@@ -78,6 +78,18 @@ def threads() -> int:
     return os.cpu_count() or 1
 
 
+def _spin_us() -> float:
+  """How long idle workers spin before they sleep (``HIERAMAS_NATIVE_SPIN_US``, default 200)."""
+  value = os.environ.get("HIERAMAS_NATIVE_SPIN_US", str(_DEFAULT_SPIN_US))
+  try:
+    spin = float(value)
+  except ValueError:
+    spin = -1.0
+  if not spin >= 0:
+    raise ValueError(f"HIERAMAS_NATIVE_SPIN_US={value!r} must be a number of microseconds >= 0, such as 200")
+  return spin
+
+
 def _compiler() -> str | None:
   if os.environ.get("CC"):
     return shutil.which(os.environ["CC"].split()[0]) and os.environ["CC"]
@@ -165,7 +177,7 @@ def library(shape: tuple[int, int, int, int]) -> ctypes.CDLL | None:
         lib.hieramas_shape(built)
         if tuple(built[:4]) != shape:
           raise RuntimeError(f"the library was built for shape {tuple(built[:4])}, not {shape}")
-        spin_us = float(os.environ.get("HIERAMAS_NATIVE_SPIN_US", _DEFAULT_SPIN_US))
+        spin_us = _spin_us()
         lib.threads = lib.hieramas_configure(threads(), spin_us * 1e-6)
         lib.vector_width = built[4]
         _libraries[shape] = lib
@@ -279,12 +291,6 @@ class NativePool:
     if len(shape) != 2 or shape[1] != self.query_dim:
       raise ValueError(f"query embeddings have shape {shape}; this pool scores [B, {self.query_dim}]")
     batch = shape[0]
-    if 0 < batch <= self._capacity:  # the common case first: buffers staged, nothing else to check
-      with self._lock:
-        np.copyto(self._query_buffer[:batch], query, casting="same_kind")
-        self._call.batch = batch
-        self._score_call(self._call_address)
-        return self._out_buffer[:batch].copy()
     if batch == 0 or self.num_graphs == 0:
       return np.zeros((batch, self.num_graphs), np.float32)
     if batch > _STAGED:

@@ -182,7 +182,6 @@ typedef struct {
 
 static job_t g_job;
 static atomic_int g_generation, g_remaining, g_projected, g_sleepers;
-static atomic_long g_calls, g_split_calls, g_sleeps; /* counters for benches: calls, calls split, worker sleeps */
 static pthread_mutex_t g_sleep_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t g_call_mu = PTHREAD_MUTEX_INITIALIZER; /* one call at a time */
@@ -275,7 +274,6 @@ static void *worker_main(void *arg) {
       if (spins % 256 == 0 && now_s() - start > g_spin_s) {
         pthread_mutex_lock(&g_sleep_mu);
         atomic_fetch_add(&g_sleepers, 1);
-        atomic_fetch_add(&g_sleeps, 1);
         while (atomic_load(&g_generation) == seen) pthread_cond_wait(&g_wake, &g_sleep_mu);
         atomic_fetch_sub(&g_sleepers, 1);
         pthread_mutex_unlock(&g_sleep_mu);
@@ -337,8 +335,6 @@ int hieramas_score(const model_t *m, const float *query, int64_t batch, float *u
   const int64_t pairs = batch * m->num_graphs;
   if (pairs < 2 * (int64_t)parts) parts = pairs > 1 ? (int)(pairs / 2) : 1; /* at least 2 pairs a part */
   g_job = (job_t){m, query, u, out, batch, parts};
-  atomic_fetch_add(&g_calls, 1);
-  if (parts > 1) atomic_fetch_add(&g_split_calls, 1);
   atomic_store(&g_projected, 0);
   if (parts > 1) {
     atomic_store(&g_remaining, g_workers);
@@ -382,11 +378,4 @@ void hieramas_shape(int64_t *shape) {
 int64_t hieramas_scratch_bytes(int64_t batch) {
   const int64_t threads = g_started ? g_workers + 1 : g_threads;
   return threads * (2 * ROWS_PADDED * HIDDEN + HIDDEN) * (int64_t)sizeof(float) + batch * HIDDEN * (int64_t)sizeof(float);
-}
-
-/* counts[0..2] = calls, calls split over threads, times a worker went to sleep (since the library loaded). */
-void hieramas_counters(int64_t *counts) {
-  counts[0] = atomic_load(&g_calls);
-  counts[1] = atomic_load(&g_split_calls);
-  counts[2] = atomic_load(&g_sleeps);
 }
