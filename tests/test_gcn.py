@@ -393,6 +393,13 @@ _EIGHT_DEVICES = textwrap.dedent("""
       assert np.array_equal(sharded, one), name
       assert np.abs(sharded - reference).max() <= 1e-5, (name, np.abs(sharded - reference).max())
       out[name] = sharded
+    # A query sharded over the 8 devices has no single buffer: the C kernel (score_pool on a CPU) reads a copy.
+    mesh = jax.make_mesh((8,), ("d",))
+    spread = jax.device_put(jnp.asarray(q), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+    shared = jnp.asarray(pool, jnp.float32)
+    plain = np.asarray(gcn.score_pool(graphdef, params, jnp.asarray(q), shared))
+    for _ in range(2):
+      assert np.abs(np.asarray(gcn.score_pool(graphdef, params, spread, shared)) - plain).max() <= 1e-6
     np.savez(sys.argv[1], **out)
 """)
 

@@ -70,6 +70,58 @@ def test_score_pool_uses_the_kernel_and_notices_new_parameters():
   np.testing.assert_allclose(traced, first, atol=1e-5, rtol=0)
 
 
+def test_parameters_changed_in_place_are_noticed():
+  """The same parameter dict, changed in place (a leaf, a nested dict, a key), is scored with its new values."""
+  graphdef, params = _model(8, 64, 64, 64, 2)
+  pool = jnp.asarray(graphs.dag_pool(1, 8, 40, (0.2, 0.8)), jnp.float32)
+  q = jax.random.normal(jax.random.key(0), (1, 64))
+  xla = gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)
+  scorer = gcn.PoolScorer(graphdef, native=True)
+  first = scorer(params, q, pool)
+  np.testing.assert_array_equal(scorer(params, q, pool), first)  # the fast lane: same objects, same scores
+  changes = [
+      lambda p: p["layers"][0].__setitem__("kernel", p["layers"][0]["kernel"] * 2.0),  # a nested leaf
+      lambda p: p.__setitem__("project", {name: value * 0.5 for name, value in p["project"].items()}),  # a dict
+      lambda p: p["head_out"].__setitem__("bias", p["head_out"]["bias"] + 1.0),  # the last leaf of a dict
+  ]
+  for change in changes:
+    before = scorer(params, q, pool)
+    change(params)
+    got = scorer(params, q, pool)
+    assert not np.allclose(got, before)
+    np.testing.assert_allclose(got, xla(params, q, pool), atol=1e-5, rtol=0)
+  # A key renamed in place (the same leaves, in the same order) is another tree: scored as XLA scores it.
+  params["head_out"]["bias_renamed"] = params["head_out"].pop("bias")
+  np.testing.assert_allclose(scorer(params, q, pool), xla(params, q, pool), atol=1e-5, rtol=0)
+
+
+def test_queries_in_every_form_score_alike():
+  """A jax array still being computed, NumPy views that are not C-contiguous, read-only, bfloat16 and lists."""
+  graphdef, params = _model(8, 64, 64, 64, 2)
+  pool = jnp.asarray(graphs.dag_pool(1, 8, 40, (0.2, 0.8)), jnp.float32)
+  scorer = gcn.PoolScorer(graphdef, native=True)
+  base = np.asarray(jax.random.normal(jax.random.key(0), (3, 64)))
+  want = np.asarray(gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)(params, jnp.asarray(base), pool))
+  big = jnp.ones((1500, 1500))
+  pending = jax.jit(lambda x, q: q + 0.0 * (x @ x @ x)[:3, :64])(big, base)  # dispatched, not yet computed
+  strided = np.zeros((6, 128), np.float32)
+  strided[::2, ::2] = base
+  read_only = base.copy()
+  read_only.setflags(write=False)
+  forms = {"pending jax": pending, "strided": strided[::2, ::2], "fortran order": np.asfortranarray(base),
+           "read-only": read_only, "jax slice": jnp.asarray(np.concatenate([base, base]))[3:]}
+  for name, query in forms.items():
+    for _ in range(2):  # the first call and the fast lane of the next
+      np.testing.assert_allclose(scorer(params, query, pool), want, atol=1e-5, rtol=0, err_msg=name)
+  native = scorer._recent[4]
+  np.testing.assert_allclose(native(base.tolist()), want, atol=1e-5, rtol=0)
+  bf16 = jnp.asarray(base, jnp.bfloat16)
+  np.testing.assert_allclose(native(bf16), native(np.asarray(bf16, np.float32)), atol=0, rtol=0)
+  results = [native(base), native(base)]
+  results[0][...] = 0.0  # each call returns its own array
+  np.testing.assert_allclose(results[1], want, atol=1e-5, rtol=0)
+
+
 def test_calls_from_several_threads_give_the_sequential_scores():
   graphdef, params = _model(8, 64, 64, 64, 2)
   scorer = gcn.PoolScorer(graphdef, native=True)
@@ -211,7 +263,7 @@ def test_wrong_query_shapes_are_errors():
   scorer = gcn.PoolScorer(graphdef, native=True)
   pool = jnp.asarray(graphs.dag_pool(1, 8, 10, (0.2, 0.8)), jnp.float32)
   scorer(params, jnp.ones((1, 64)), pool)
-  native = scorer._recent[3]
+  native = scorer._recent[4]
   with pytest.raises(ValueError, match=r"query embeddings have shape \(1, 63\); this pool scores \[B, 64\]"):
     native(np.ones((1, 63), np.float32))
   assert native(np.ones((0, 64), np.float32)).shape == (0, 10)

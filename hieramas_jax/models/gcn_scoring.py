@@ -39,6 +39,42 @@ def _score_merged(graphdef, params, query_emb, adjs, role_mask, impl: str):
   return nnx.merge(graphdef, params)(query_emb, adjs, role_mask, impl=impl)
 
 
+def _unchanged_check(tree):
+  """A function ``check(t)``: whether ``t`` is ``tree`` and still holds the keys and leaves it holds now.
+
+  For trees of nested dicts of jax arrays (``nnx.to_pure_dict`` state), whose dicts can be changed in place; None
+  for other trees. ``check`` compares the tree with a copy of its dicts that holds the same leaf objects: the
+  dicts' own comparison, in C, which takes a leaf that is the same object as equal without looking at it (0.3 us
+  for a dozen leaves, against 3 us to flatten the tree and compare leaf ids). A leaf that is another object is
+  compared by value: an array of more than one element cannot say it is equal (an error: changed), and a
+  one-element array with the same value gives the same scores.
+  """
+
+  def copy(node):
+    out = {}
+    for key, value in node.items():
+      if type(value) is dict:  # pylint: disable=unidiomatic-typecheck
+        value = copy(value)
+        if value is None:
+          return None
+      elif not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
+        return None
+      out[key] = value
+    return out
+
+  snapshot = copy(tree) if type(tree) is dict else None  # pylint: disable=unidiomatic-typecheck
+  if snapshot is None:
+    return None
+
+  def check(candidate) -> bool:
+    try:
+      return candidate is tree and candidate == snapshot
+    except Exception:  # pylint: disable=broad-except - a leaf replaced by an array that cannot compare as one bool
+      return False
+
+  return check
+
+
 def _input_key(x):
   """A cache key standing for an input's value, or None if it cannot be keyed (a tracer or an unknown type).
 
@@ -95,15 +131,15 @@ class PoolScorer:
     # The C kernel (native_pool) for cached pools of any size; None: where it can be built on this machine.
     self.native = on_cpu and native_pool.enabled() if native is None else bool(native)
     self._native_lib = None  # the kernel library, once looked up for this model's shape (False: unavailable)
-    # The last native call's (parameter leaf ids, pool, mask, NativePool, leaves, concrete query types): a call
-    # with the same immutable objects goes straight to the kernel (the cache lookups cost a few us, a tenth of a
-    # B=1, K=50 call).
+    # The last native call's (parameters' unchanged check, pool, mask, concrete query types, NativePool): a call
+    # with the same parameters and immutable pool and mask goes straight to the kernel (the cache lookups cost a
+    # few us, a tenth of a B=1, K=50 call).
     self._recent = None
     self._jitted = jax.jit(lambda params, q, adjs, mask: _score_merged(graphdef, params, q, adjs, mask, impl))
     self._tensors = jax.jit(lambda params: _scoring_tensors(graphdef, params))
     self._prepare = jax.jit(gcn_fast.prepare_shared_pool, static_argnums=3)
     self._score = jax.jit(gcn_fast.score_shared_pool, static_argnums=3)
-    self._tensors_entry = None  # [parameter leaves, their ids, tensors, host arrays (C kernel or NumPy) or None]
+    self._tensors_entry = None  # [parameter leaves, (treedef, their ids), tensors, host arrays (C kernel or NumPy)]
     self._pools: dict[tuple, list] = {}  # key -> [inputs held so their ids stay theirs, prepared pool, host terms]
     self._fast_path = None if impl == "dense" else False  # decided on the first call (see _uses_fast_path)
 
@@ -115,8 +151,8 @@ class PoolScorer:
 
   def _cached_tensors(self, params):
     """(tensors, [leaves, their ids, ...]) of ``params``, or (None, None) when a leaf cannot be keyed."""
-    leaves = jax.tree.leaves(params)
-    ids = tuple(map(id, leaves))
+    leaves, treedef = jax.tree.flatten(params)
+    ids = (treedef, *map(id, leaves))  # the structure too: a key renamed in place is another tree
     entry = self._tensors_entry
     if entry is not None and entry[1] == ids:  # the same live objects (the entry holds them): the same values
       return entry[2], entry
@@ -159,7 +195,7 @@ class PoolScorer:
       self._native_lib = native_pool.library(shape) or False
     return self._native_lib or None
 
-  def _host_call(self, params_entry, entry, query_emb, adjs, role_mask) -> np.ndarray:
+  def _host_call(self, params, params_entry, entry, query_emb, adjs, role_mask) -> np.ndarray:
     """A cached pool scored on the host: the C kernel, else ``host_score``. Its terms are kept with the entry."""
     if entry[2] is None:
       lib = self.native_library(params_entry[2])
@@ -170,41 +206,31 @@ class PoolScorer:
           gcn_fast.host_pool(params_entry[3], entry[1], adjs.shape[0])
     if isinstance(entry[2], native_pool.NativePool):
       if isinstance(adjs, jax.Array) and (role_mask is None or isinstance(role_mask, jax.Array)):
-        # Immutable inputs: their identity stands for their value while _recent holds them.
+        # Immutable pool and mask: their identity stands for their value while _recent holds them.
+        check = _unchanged_check(params)
         # The concrete query types that may skip here: the jax array type (a tracer's differs) and NumPy's; read
         # off a live array, not made at import (an array made at import would start the backend too early
         # for jax.distributed.initialize).
-        concrete = (type(adjs), np.ndarray)
-        self._recent = (params_entry[1], adjs, role_mask, entry[2], params_entry[0], concrete)
+        self._recent = None if check is None else (check, adjs, role_mask, (type(adjs), np.ndarray), entry[2])
       return entry[2](query_emb)
     return gcn_fast.host_score(params_entry[3], entry[2], np.asarray(query_emb))
-
-  def _recent_native(self, params, adjs, role_mask, query_emb):
-    """The last native call's NativePool if this call has the same parameter leaves, pool and mask; else None.
-
-    Only for float32 queries that are concrete jax or NumPy arrays (a tracer's type is neither).
-    """
-    recent = self._recent
-    if recent is None or adjs is not recent[1] or role_mask is not recent[2] or \
-        type(query_emb) not in recent[5] or query_emb.dtype != _FLOAT32:
-      return None
-    return recent[3] if tuple(map(id, jax.tree.leaves(params))) == recent[0] else None
 
   def __call__(self, params, query_emb, adjs, role_mask=None):
     """Logits [B, K] of query embeddings [B, D] against adjacencies [K, N, N] or [B, K, N, N].
 
     A jax array, or a NumPy array for a call scored on the host (see the class doc).
     """
-    recent = self._recent_native(params, adjs, role_mask, query_emb)
-    if recent is not None:
-      return recent(query_emb)
+    recent = self._recent
+    if recent is not None and adjs is recent[1] and role_mask is recent[2] and type(query_emb) in recent[3] and \
+        query_emb.dtype == _FLOAT32 and recent[0](params):
+      return recent[4](query_emb)  # float32 concrete queries, the last native call's parameters, pool and mask
     if self._uses_fast_path(params) and getattr(adjs, "ndim", 0) == 3 and getattr(role_mask, "ndim", 1) == 1 and \
         getattr(query_emb, "ndim", 0) == 2 and getattr(query_emb, "dtype", None) == jnp.float32:
       params_entry, entry = self._pool_entry(params, adjs, role_mask, query_emb.shape[0])
       if entry is not None and query_emb.shape[1] == params_entry[2]["query_kernel"].shape[0]:
         if not isinstance(query_emb, jax.core.Tracer) and (
             query_emb.shape[0] * adjs.shape[0] <= self.host_max_pairs or self.native_library(params_entry[2])):
-          return self._host_call(params_entry, entry, query_emb, adjs, role_mask)
+          return self._host_call(params, params_entry, entry, query_emb, adjs, role_mask)
         return self._score(params_entry[2], entry[1], query_emb, adjs.shape[0])
     return self._jitted(params, query_emb, adjs, role_mask)
 

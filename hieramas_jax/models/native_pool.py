@@ -34,17 +34,12 @@ import numpy as np
 
 _SOURCE = pathlib.Path(__file__).with_name("pool_kernel.c")
 _DEFAULT_SPIN_US = 200.0
-_STAGED = 256  # queries per call that go through a pool's preallocated buffers
 _lock = threading.Lock()
+# hieramas_score_objects's statuses (pool_kernel.c).
+_SCORED, _NO_FLOAT32_BUFFER, _OUT_OF_MEMORY = 0, 1, 4
 _libraries: dict[tuple, ctypes.CDLL | None] = {}  # shape -> library (None: could not be built)
 _reasons: dict[tuple, str] = {}
 _warned: set[str] = set()
-
-
-class _Call(ctypes.Structure):
-  """``call_t`` of pool_kernel.c."""
-  _fields_ = [("model", ctypes.c_void_p), ("query", ctypes.c_void_p), ("batch", ctypes.c_int64),
-              ("u", ctypes.c_void_p), ("out", ctypes.c_void_p)]
 
 
 class _Model(ctypes.Structure):
@@ -163,12 +158,15 @@ def library(shape: tuple[int, int, int, int]) -> ctypes.CDLL | None:
   with _lock:
     if shape not in _libraries:
       try:
-        lib = ctypes.CDLL(str(_build(shape)))
-        lib.hieramas_score.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                       ctypes.c_void_p]
+        # PyDLL: the GIL is held on entry, for the buffer protocol; the kernel releases it while it computes.
+        lib = ctypes.PyDLL(str(_build(shape)))
+        lib.hieramas_score.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         lib.hieramas_score.restype = ctypes.c_int
-        lib.hieramas_score_call.argtypes = [ctypes.c_void_p]
-        lib.hieramas_score_call.restype = ctypes.c_int
+        lib.hieramas_score_objects.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
+        lib.hieramas_score_objects.restype = ctypes.c_int
+        api = ctypes.pythonapi
+        lib.hieramas_bind_python(*(ctypes.cast(getattr(api, name), ctypes.c_void_p) for name in (
+            "PyObject_GetBuffer", "PyBuffer_Release", "PyErr_Clear", "PyEval_SaveThread", "PyEval_RestoreThread")))
         lib.hieramas_configure.argtypes = [ctypes.c_int, ctypes.c_double]
         lib.hieramas_configure.restype = ctypes.c_int
         lib.hieramas_scratch_bytes.argtypes = [ctypes.c_int64]
@@ -264,44 +262,27 @@ class NativePool:
     self._model = _Model(num_graphs, self.query_dim, *(_address(held[name]) for name, _ in _Model._fields_[2:-1]),
                          weights["out_bias"])
     self._model_address = ctypes.addressof(self._model)
-    # Calls go through buffers kept between calls (their addresses looked up once: a NumPy address costs about
-    # 1.5 us, a few percent of a B=1, K=50 call), grown to the largest batch seen, up to _STAGED queries.
-    self._lock = threading.Lock()
-    self._capacity = 0
-    self._call = _Call(self._model_address, 0, 0, 0, 0)
-    self._call_address = ctypes.addressof(self._call)
-    self._score_call = lib.hieramas_score_call
-
-  def _stage(self, batch: int) -> None:
-    """Buffers for ``batch`` queries (query copy, projections, logits)."""
-    self._capacity = batch
-    self._query_buffer = _aligned(None, (batch, self.query_dim))
-    self._scratch = _aligned(None, (batch, self.hidden))
-    self._out_buffer = _aligned(None, (batch, self.num_graphs))
-    self._call.query, self._call.u, self._call.out = map(_address, (self._query_buffer, self._scratch,
-                                                                    self._out_buffer))
+    self._score_objects = lib.hieramas_score_objects
 
   def scratch_bytes(self, batch: int) -> int:
     """Working memory of a call of ``batch`` queries (threads' activations and the projections), in bytes."""
     return int(self._lib.hieramas_scratch_bytes(batch))
 
   def __call__(self, query_emb) -> np.ndarray:
-    query = np.asarray(query_emb)
-    shape = query.shape
+    shape = getattr(query_emb, "shape", None)
+    if shape is None:
+      query_emb = np.asarray(query_emb)
+      shape = query_emb.shape
     if len(shape) != 2 or shape[1] != self.query_dim:
-      raise ValueError(f"query embeddings have shape {shape}; this pool scores [B, {self.query_dim}]")
-    batch = shape[0]
-    if batch == 0 or self.num_graphs == 0:
-      return np.zeros((batch, self.num_graphs), np.float32)
-    if batch > _STAGED:
-      query = np.ascontiguousarray(query, np.float32)
-      out, scratch = np.empty((batch, self.num_graphs), np.float32), np.empty((batch, self.hidden), np.float32)
-      self._lib.hieramas_score(self._model_address, _address(query), batch, _address(scratch), _address(out))
+      raise ValueError(f"query embeddings have shape {tuple(shape)}; this pool scores [B, {self.query_dim}]")
+    out = np.empty((shape[0], self.num_graphs), np.float32)
+    if shape[0] == 0 or self.num_graphs == 0:
       return out
-    with self._lock:
-      if batch > self._capacity:
-        self._stage(batch)
-      np.copyto(self._query_buffer[:batch], query, casting="same_kind")
-      self._call.batch = batch
-      self._score_call(self._call_address)
-      return self._out_buffer[:batch].copy()
+    # The kernel reads the query's own buffer (a jax array on the CPU or a NumPy array: no copy) and writes out.
+    status = self._score_objects(self._model_address, query_emb, out)
+    if status == _NO_FLOAT32_BUFFER:  # another dtype, a strided view, a sharded array, a list: converted
+      status = self._score_objects(self._model_address, np.ascontiguousarray(query_emb, np.float32), out)
+    if status != _SCORED:
+      raise (MemoryError if status == _OUT_OF_MEMORY else RuntimeError)(
+          f"the native pool kernel failed with status {status} on a query of shape {tuple(shape)}")
+    return out
