@@ -16,6 +16,14 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
   model's FLOPs counted in the per-pair formulation);
 - peak scratch memory of each compiled scorer (``memory_analysis``) and minor
   page faults per call;
+- on an accelerator (or with ``--roofline``), the device's roofline measured
+  here: the f32 matmul rate at the scorer's precision (8192^3; 2048^3 on a
+  CPU) and the copy bandwidth of a large array; per XLA executable of the fast
+  path (the main point and every grid point) its FLOPs and bytes (XLA's
+  ``cost_analysis``), the rate the roofline allows (``min(peak, intensity x
+  bandwidth)``) and the fraction of it reached. Not by default on a CPU: the
+  cost analysis counts every operand as memory traffic, and on a CPU most stay
+  in cache (fractions above 1); the in-cache matmul fractions are its measure;
 - a grid of B in {1, 8, 64, 256} x K in {50, 200, 1000} for the fast path (one
   pool scored for many queries, so its prepared terms are cached): per point the
   scores/s, the fraction of the best point, the call's time, the fraction with
@@ -45,6 +53,9 @@ All timings are medians over ``--repeats`` samples (each sample at least
     python bench/graph_scoring.py [--batch 64 --pool 200 --roles 8 --query_dim 1024]
     python bench/graph_scoring.py --reference_python=/tmp/torchvenv/bin/python
     python bench/graph_scoring.py --host_path_only
+
+On a GPU (jax with CUDA) the same command runs the same bench on it, jitted;
+``--reference_python`` then times PyTorch on the GPU too, where it has one.
 """
 
 from __future__ import annotations
@@ -60,8 +71,10 @@ import time
 
 _GRID_BATCHES = (1, 8, 64, 256)
 _GRID_POOLS = (50, 200, 1000)
-# Pairs per block compared, and the points they are compared at (scores/s of cached calls).
+# Pairs per block compared, and the points they are compared at (scores/s of cached calls): on a CPU around
+# gcn_fast.PAIRS_PER_BLOCK, on an accelerator around ACCELERATOR_PAIRS_PER_BLOCK.
 _BLOCK_SWEEP = (800, 1600, 3200)
+_BLOCK_SWEEP_ACCELERATOR = (1600, 6400, 25600, 65536, 262144)
 _BLOCK_SWEEP_POINTS = ((64, 50), (64, 200), (256, 1000))
 # (B, K) points where the host path (NumPy on the caller's thread) and the XLA call are timed side by side.
 _HOST_LADDER = ((1, 1), (1, 8), (64, 1), (1, 25), (1, 50), (8, 8), (1, 100), (64, 4), (8, 25), (1, 200), (8, 50),
@@ -141,14 +154,15 @@ def block_size_figures(gcn, tensors_fn, params, queries_all, pool_all, repeats: 
   prepare = jax.jit(gcn_fast.prepare_shared_pool, static_argnums=3)
   score = jax.jit(gcn_fast.score_shared_pool, static_argnums=3)
   mask = jnp.ones((pool_all.shape[-1],), jnp.float32)
+  sweep = _BLOCK_SWEEP if jax.default_backend() == "cpu" else _BLOCK_SWEEP_ACCELERATOR
   fns = {}
   for b, k in _BLOCK_SWEEP_POINTS:
-    for pairs in _BLOCK_SWEEP:
+    for pairs in sweep:
       prepared = prepare(tensors, pool_all[:k], mask, gcn_fast.block_layout(k, b, pairs))
       fns[(b, k, pairs)] = lambda q=queries_all[:b], p=prepared, k=k: score(tensors, p, q, k).block_until_ready()
   times = median_times(fns, repeats, min_sample_s)
-  return {f"B{b}_K{k}": {str(pairs): round(b * k / times[(b, k, pairs)]) for pairs in _BLOCK_SWEEP}
-          for b, k in _BLOCK_SWEEP_POINTS} | {"pairs_per_block_in_use": gcn.PAIRS_PER_BLOCK}
+  return {f"B{b}_K{k}": {str(pairs): round(b * k / times[(b, k, pairs)]) for pairs in sweep}
+          for b, k in _BLOCK_SWEEP_POINTS} | {"pairs_per_block_in_use": gcn_fast.default_pairs_per_block()}
 
 
 def minor_faults_per_call(fn, calls: int = 20) -> float:
@@ -157,6 +171,45 @@ def minor_faults_per_call(fn, calls: int = 20) -> float:
   for _ in range(calls):
     fn()
   return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def device_roofline(jax, jnp, matmul_2048_flops_per_s: float, repeats: int, min_sample_s: float) -> dict:
+  """The device's f32 matmul rate (at the scorer's default precision) and copy bandwidth, measured here.
+
+  On a CPU the 2048^3 product measured with the rest; on an accelerator an 8192^3 product (2048^3 is too
+  small to fill one). The copy reads and writes a large array (bytes counted both ways).
+  """
+  on_cpu = jax.devices()[0].platform == "cpu"
+  size = 1 << (24 if on_cpu else 28)  # floats: 64 MB on a CPU, 1 GB on an accelerator
+  x = jnp.ones((size,), jnp.float32)
+  copy = jax.jit(lambda v: v + 1.0)
+  fns = {"copy": lambda: copy(x).block_until_ready()}
+  if not on_cpu:
+    big = jax.random.normal(jax.random.key(6), (8192, 8192), jnp.float32)
+    product = jax.jit(lambda a: a @ a)
+    fns["matmul_8192"] = lambda: product(big).block_until_ready()
+  times = median_times(fns, repeats, min_sample_s)
+  peak = matmul_2048_flops_per_s if on_cpu else 2 * 8192**3 / times["matmul_8192"]
+  bandwidth = 2 * 4 * size / times["copy"]
+  return {"matmul_flops_per_s": round(peak), "matmul_shape": "2048^3" if on_cpu else "8192^3",
+          "copy_bytes_per_s": round(bandwidth), "copy_bytes": 4 * size,
+          "ridge_flops_per_byte": round(peak / bandwidth, 2)}
+
+
+def roofline_figures(compiled, pairs: int, seconds: float, roofline: dict) -> dict:
+  """FLOPs and bytes of one compiled call (XLA's cost analysis), the scores/s the roofline allows, and the
+  fraction of it that ``pairs`` scores in ``seconds`` reach."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  bound_s = max(flops / roofline["matmul_flops_per_s"], nbytes / roofline["copy_bytes_per_s"])
+  attainable = pairs / bound_s if bound_s > 0 else None
+  return {"flops_per_call": round(flops), "bytes_per_call": round(nbytes),
+          "flops_per_byte": round(flops / nbytes, 2) if nbytes else None,
+          "bound": "compute" if flops / roofline["matmul_flops_per_s"] >= nbytes / roofline["copy_bytes_per_s"]
+                   else "memory",
+          "attainable_scores_per_s": round(attainable) if attainable else None,
+          "fraction_of_roofline": round(pairs / seconds / attainable, 3) if attainable else None}
 
 
 # ---------------------------------------------------------------------------
@@ -172,13 +225,16 @@ def torch_worker(path: str) -> None:
   with np.load(path) as f:
     data = {k: torch.from_numpy(f[k]) for k in f.files}
   repeats, min_sample_s = int(data.pop("repeats")), float(data.pop("min_sample_s"))
+  # On the GPU when the JAX bench runs on one (like for like), else on the CPU.
+  device = "cuda" if bool(data.pop("on_accelerator")) and torch.cuda.is_available() else "cpu"
+  data = {k: v.to(device) for k, v in data.items()}
   q, adj = data.pop("query_emb"), data.pop("adjs")
   w = data
   layers = sorted({k.split("/")[1] for k in w if k.startswith("layers/")}, key=int)
 
   def scores() -> torch.Tensor:
     n = adj.shape[-1]
-    adj_hat = adj + torch.eye(n)
+    adj_hat = adj + torch.eye(n, device=adj.device)
     s = adj_hat.sum(-1).clamp(min=1).rsqrt()[:, :, None] * adj_hat * adj_hat.sum(-2).clamp(min=1).rsqrt()[:, None, :]
     x = (w["role_embed"] @ w["role_in/kernel"])[None] + (q @ w["query_in/kernel"])[:, None]  # [B, N, H]
     h = torch.relu(torch.einsum("kij,bih->bkjh", s, x) + w["in_bias"])  # [B, K, N, H]
@@ -190,15 +246,22 @@ def torch_worker(path: str) -> None:
                         + w["head_hidden/bias"])
     return (hidden @ w["head_out/kernel"] + w["head_out/bias"])[..., 0]
 
-  with torch.inference_mode():
+  def blocking():
     out = scores()
-    seconds = median_times({"torch": scores}, repeats, min_sample_s)["torch"]
-  np.save(path + ".scores.npy", out.numpy())
+    if device == "cuda":
+      torch.cuda.synchronize()
+    return out
+
+  with torch.inference_mode():
+    out = blocking()
+    seconds = median_times({"torch": blocking}, repeats, min_sample_s)["torch"]
+  np.save(path + ".scores.npy", out.cpu().numpy())
   print(json.dumps({"scores_per_s": q.shape[0] * adj.shape[0] / seconds, "threads": torch.get_num_threads(),
-                    "torch": torch.__version__}))
+                    "torch": torch.__version__, "device": device}))
 
 
-def run_torch_reference(python: str, params: dict, query_emb, adjs, repeats: int, min_sample_s: float):
+def run_torch_reference(python: str, params: dict, query_emb, adjs, repeats: int, min_sample_s: float,
+                        on_accelerator: bool):
   """(figures, scores) of the dense PyTorch model in a subprocess under ``python``."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -215,7 +278,7 @@ def run_torch_reference(python: str, params: dict, query_emb, adjs, repeats: int
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "inputs.npz")
     np.savez(path, query_emb=np.asarray(query_emb, np.float32), adjs=np.asarray(adjs, np.float32),
-             repeats=repeats, min_sample_s=min_sample_s, **flat)
+             repeats=repeats, min_sample_s=min_sample_s, on_accelerator=on_accelerator, **flat)
     out = subprocess.run([python, os.path.abspath(__file__), "--reference_worker", path], capture_output=True,
                          text=True, check=False)
     if out.returncode != 0:
@@ -243,6 +306,8 @@ def main() -> None:
   parser.add_argument("--no_grid", action="store_true", help="skip the B x K grid")
   parser.add_argument("--host_path_only", action="store_true",
                       help="print only the host-path vs XLA call times (what HOST_MAX_PAIRS is set from)")
+  parser.add_argument("--roofline", action=argparse.BooleanOptionalAction, default=None,
+                      help="the device roofline figures (default: on an accelerator only)")
   parser.add_argument("--reference_python", default=None, help="interpreter with torch (and numpy)")
   parser.add_argument("--reference_worker", metavar="NPZ", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -256,7 +321,7 @@ def main() -> None:
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from hieramas_jax import graphs  # pylint: disable=g-import-not-at-top
-  from hieramas_jax.models import gcn, gcn_scoring  # pylint: disable=g-import-not-at-top
+  from hieramas_jax.models import gcn, gcn_fast, gcn_scoring  # pylint: disable=g-import-not-at-top
 
   load_before = os.getloadavg()[0]
   b, k, n, h = args.batch, args.pool, args.roles, args.hidden_dim
@@ -335,6 +400,8 @@ def main() -> None:
       params, q, pool, None).compile().memory_analysis().temp_size_in_bytes
   faults = {impl: minor_faults_per_call(scorer(impl, q, pool)) for impl in ("dense", "dense_per_pair")}
 
+  with_roofline = args.roofline if args.roofline is not None else jax.devices()[0].platform != "cpu"
+  roofline = device_roofline(jax, jnp, matmul["2048"], args.repeats, args.min_sample_s) if with_roofline else None
   in_cache = max(matmul["in_cache_loop"], matmul["in_cache_call"])
   model_flops = gcn.flops_per_score(n, h, args.num_layers, mlp, args.query_dim, role_dim, k)
   fast_flops = gcn.fast_path_flops_per_score(n, h, args.num_layers, mlp, args.query_dim, role_dim, b, k)
@@ -342,13 +409,14 @@ def main() -> None:
       "bench": "graph_scoring",
       "device": jax.devices()[0].platform, "cpu_cores": os.cpu_count(),
       "batch": b, "pool": k, "roles": n, "query_dim": args.query_dim, "hidden_dim": h,
-      "num_layers": args.num_layers, "pairs_per_block": gcn.PAIRS_PER_BLOCK,
+      "num_layers": args.num_layers, "pairs_per_block": gcn_fast.default_pairs_per_block(),
       "blocks": gcn.block_layout(k, b)[0],
       # The C kernel of native_pool where it could be built (score_pool's path on a CPU), else XLA.
       "fast_path": "native" if native_lib is not None else "xla",
       "native_kernel": {"available": native_lib is not None,
-                        "unavailable_reason": native_pool.unavailable_reason(
-                            (n, h, mlp, args.num_layers - 1)) if native_lib is None else None,
+                        "unavailable_reason": None if native_lib is not None else
+                        "not a CPU backend: XLA runs the fast path" if jax.default_backend() != "cpu" else
+                        native_pool.unavailable_reason((n, h, mlp, args.num_layers - 1)),
                         "threads": getattr(native_lib, "threads", None),
                         "vector_width_floats": getattr(native_lib, "vector_width", None)},
       "scores_per_s_fast": round(rates["dense"]),
@@ -385,6 +453,10 @@ def main() -> None:
       "minor_page_faults_per_call_fast": round(faults["dense"], 1),
       "minor_page_faults_per_call_per_pair_dense": round(faults["dense_per_pair"], 1),
   }
+  if roofline is not None:  # the device's roofline, and where the fast path's XLA executable stands against it
+    result["roofline"] = roofline
+    result["roofline_fast_xla"] = roofline_figures(xla_scorer.lower(params, q, pool).compile(), b * k,
+                                                   times["dense_xla"], roofline)
 
   if not args.no_grid:
     points = [(gb, gk) for gb in _GRID_BATCHES for gk in _GRID_POOLS]
@@ -446,11 +518,12 @@ def main() -> None:
       return round(min(values), 3) if values else None
 
     less_handoff, less_fixed = fraction_less(handoff_floor), fraction_less(fixed)
-    scratch_xla = {point: gcn.pool_scorer(graphdef).lower(params, queries_all[:point[0]], pool_all[:point[1]])
-                   .compile().memory_analysis().temp_size_in_bytes for point in points}
+    compiled_xla = {point: xla_scorer.lower(params, queries_all[:point[0]], pool_all[:point[1]]).compile()
+                    for point in points}
+    scratch_xla = {point: compiled.memory_analysis().temp_size_in_bytes for point, compiled in compiled_xla.items()}
 
     def path(gb, gk):
-      return "native" if native_lib is not None else "host" if gb * gk <= gcn.HOST_MAX_PAIRS else "xla"
+      return "native" if native_lib is not None else "host" if gb * gk <= default_scorer.host_max_pairs else "xla"
 
     scratch = {(gb, gk): native_lib.hieramas_scratch_bytes(gb)
                if path(gb, gk) == "native" else None if path(gb, gk) == "host" else scratch_xla[(gb, gk)]
@@ -473,6 +546,10 @@ def main() -> None:
         "xla_scores_per_s": round(gb * gk / grid_times[("xla", gb, gk)]),
         "xla_scratch_bytes": scratch_xla[(gb, gk)],
     } for gb, gk in points}
+    if roofline is not None:
+      for gb, gk in points:
+        result["grid"][f"B{gb}_K{gk}"]["xla_fraction_of_roofline"] = roofline_figures(
+            compiled_xla[(gb, gk)], gb * gk, grid_times[("xla", gb, gk)], roofline)["fraction_of_roofline"]
     result["grid_min_over_best"] = round(min(grid.values()) / best, 3)
     result["grid_argmin"] = "B{}_K{}".format(*min(grid, key=grid.get))
     result["grid_argmax"] = "B{}_K{}".format(*max(grid, key=grid.get))
@@ -501,9 +578,10 @@ def main() -> None:
 
   if args.reference_python:
     figures, torch_scores = run_torch_reference(args.reference_python, params, q, pool, args.repeats,
-                                                args.min_sample_s)
+                                                args.min_sample_s, jax.devices()[0].platform != "cpu")
     result["scores_per_s_torch_dense"] = round(figures["scores_per_s"])
     result["torch_threads"] = figures["threads"]
+    result["torch_device"] = figures["device"]
     result["speedup_fast_vs_torch_dense"] = round(rates["dense"] / figures["scores_per_s"], 2)
     result["speedup_per_pair_dense_vs_torch_dense"] = round(rates["dense_per_pair"] / figures["scores_per_s"], 2)
     result["max_abs_diff_fast_vs_torch"] = float(np.abs(scores["dense"] - torch_scores).max())

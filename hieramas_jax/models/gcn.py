@@ -132,6 +132,7 @@ class GraphClassifier(nnx.Module):
     pooled = (h * mask[:, None]).sum(0) / jnp.maximum(mask.sum(), 1.0)
     return self.head_out(jax.nn.relu(self.head_hidden(self.project(pooled))))[0]
 
+  @gcn_fast.float32_matmuls
   def __call__(self, query_emb: jax.Array, adjs: jax.Array, role_mask: jax.Array | None = None,
                impl: str = "dense") -> jax.Array:
     """Scores K candidates for each of B queries.
@@ -172,6 +173,7 @@ class GraphClassifier(nnx.Module):
     adj_axis = 0 if adjs.ndim == 4 else None
     return jax.vmap(over_pool, in_axes=(0, adj_axis, 0))(inputs, adjs, role_mask)
 
+  @gcn_fast.float32_matmuls
   def scoring_tensors(self) -> dict:
     """The parameter-derived tensors of the fast path (independent of queries and graphs; see ``score_shared_pool``)."""
     head_hidden = self.head_hidden.kernel[...]

@@ -22,6 +22,8 @@ NumPy, run on the caller's thread for calls too small to pay for a dispatch.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,30 @@ IMPLEMENTATIONS = ("dense", "dense_per_pair", "segment")  # the GCN's scoring fo
 # faster than 3200 at B=64-256 on 2 loaded cores (a block's [G, N, B, H] activations, 3.3 MB, stay nearer the
 # 1 MB-per-core L2), the same at B <= 8. Bounds working memory (about 2 x PAIRS_PER_BLOCK x N x H floats).
 PAIRS_PER_BLOCK = 1600
+# On an accelerator: blocks run one after another under lax.map, and a small block leaves most of the device idle
+# (bench/graph_scoring.py's scores_per_s_by_pairs_per_block on a GPU). Bounds working memory there too.
+ACCELERATOR_PAIRS_PER_BLOCK = 262144
+
+
+def default_pairs_per_block() -> int:
+  """Pairs per block on the default backend: ``PAIRS_PER_BLOCK`` on a CPU, else ``ACCELERATOR_PAIRS_PER_BLOCK``."""
+  return PAIRS_PER_BLOCK if jax.default_backend() == "cpu" else ACCELERATOR_PAIRS_PER_BLOCK
+
+
+def float32_matmuls(fn):
+  """``fn`` with its matrix products in float32 on every backend (``Precision.HIGHEST``).
+
+  By default a GPU multiplies float32 matrices in TF32, which moved scores by up
+  to 7e-4 on an H200 (bench/graph_scoring.py): enough to route a query to another
+  graph than a CPU does with the same checkpoint. A CPU computes float32 either way.
+  """
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.default_matmul_precision("highest"):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def normalized_adjacency(adj: jax.Array, role_mask: jax.Array) -> jax.Array:
@@ -43,8 +69,11 @@ def normalized_adjacency(adj: jax.Array, role_mask: jax.Array) -> jax.Array:
 
 
 def block_layout(num_graphs: int, batch: int, pairs_per_block: int | None = None) -> tuple[int, int]:
-  """(blocks, graphs per block) of the fast path: about ``pairs_per_block`` pairs each, as little padding as can be."""
-  pairs_per_block = PAIRS_PER_BLOCK if pairs_per_block is None else pairs_per_block
+  """(blocks, graphs per block) of the fast path: about ``pairs_per_block`` pairs each, as little padding as can be.
+
+  ``pairs_per_block`` defaults to ``default_pairs_per_block()``.
+  """
+  pairs_per_block = default_pairs_per_block() if pairs_per_block is None else pairs_per_block
   target = max(1, min(num_graphs, pairs_per_block // max(batch, 1)))
   blocks = -(-num_graphs // target)
   return blocks, -(-num_graphs // blocks)
@@ -93,6 +122,7 @@ def _propagate_fwd(s, col_sum, z, bias, weights):
   return _propagate(s, col_sum, z, bias, weights), (s, col_sum, z, bias, weights)
 
 
+@float32_matmuls  # traced when the gradient is, outside the forward's precision context
 def _propagate_bwd(residuals, cotangent):
   return jax.vjp(_propagate_einsum, *residuals)[1](cotangent)
 
@@ -127,6 +157,7 @@ def layers_and_head(tensors: dict, s: jax.Array, col_sum: jax.Array, h: jax.Arra
       tensors["out_bias"]
 
 
+@float32_matmuls
 def score_blocked(tensors: dict, query_emb: jax.Array, adjs: jax.Array, role_mask: jax.Array) -> jax.Array:
   """Logits [B, K] of queries [B, D] against adjacencies [K, N, N] or [B, K, N, N] under a mask [N] or [B, N].
 
@@ -160,6 +191,7 @@ def score_blocked(tensors: dict, query_emb: jax.Array, adjs: jax.Array, role_mas
   return scores.reshape(blocks * per_block, batch)[:num_graphs].T
 
 
+@float32_matmuls
 def prepare_shared_pool(tensors: dict, adjs: jax.Array, role_mask: jax.Array, layout: tuple[int, int]) -> dict:
   """The query-independent part of scoring one pool [K, N, N] under one role mask [N], in blocks.
 
@@ -176,6 +208,7 @@ def prepare_shared_pool(tensors: dict, adjs: jax.Array, role_mask: jax.Array, la
   return {"s": s, "col_sum": col_sum, "role_term": role_term, "weights": pool_weights(role_mask)}
 
 
+@float32_matmuls
 def score_shared_pool(tensors: dict, pool: dict, query_emb: jax.Array, num_graphs: int) -> jax.Array:
   """Logits [B, K] of queries [B, D] against a pool prepared by ``prepare_shared_pool`` (K = ``num_graphs``).
 
