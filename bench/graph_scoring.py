@@ -17,8 +17,8 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
 - peak scratch memory of each compiled scorer (``memory_analysis``) and minor
   page faults per call;
 - on an accelerator (or with ``--roofline``), the device's roofline measured
-  here: the f32 matmul rate at the scorer's precision (8192^3; 2048^3 on a
-  CPU) and the copy bandwidth of a large array; per XLA executable of the fast
+  here: the f32 matmul rate at the scorer's precision (float32 products, no
+  TF32: 8192^3; 2048^3 on a CPU) and the copy bandwidth of a large array; per XLA executable of the fast
   path (the main point and every grid point) its FLOPs and bytes (XLA's
   ``cost_analysis``), the rate the roofline allows (``min(peak, intensity x
   bandwidth)``) and the fraction of it reached. Not by default on a CPU: the
@@ -174,7 +174,7 @@ def minor_faults_per_call(fn, calls: int = 20) -> float:
 
 
 def device_roofline(jax, jnp, matmul_2048_flops_per_s: float, repeats: int, min_sample_s: float) -> dict:
-  """The device's f32 matmul rate (at the scorer's default precision) and copy bandwidth, measured here.
+  """The device's f32 matmul rate (at the scorer's precision: float32, no TF32) and copy bandwidth, measured here.
 
   On a CPU the 2048^3 product measured with the rest; on an accelerator an 8192^3 product (2048^3 is too
   small to fill one). The copy reads and writes a large array (bytes counted both ways).
@@ -185,8 +185,9 @@ def device_roofline(jax, jnp, matmul_2048_flops_per_s: float, repeats: int, min_
   copy = jax.jit(lambda v: v + 1.0)
   fns = {"copy": lambda: copy(x).block_until_ready()}
   if not on_cpu:
+    from hieramas_jax.models import gcn_fast  # pylint: disable=g-import-not-at-top
     big = jax.random.normal(jax.random.key(6), (8192, 8192), jnp.float32)
-    product = jax.jit(lambda a: a @ a)
+    product = jax.jit(gcn_fast.float32_matmuls(lambda a: a @ a))  # the scorer's precision (no TF32)
     fns["matmul_8192"] = lambda: product(big).block_until_ready()
   times = median_times(fns, repeats, min_sample_s)
   peak = matmul_2048_flops_per_s if on_cpu else 2 * 8192**3 / times["matmul_8192"]

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -145,6 +146,36 @@ def test_calls_from_several_threads_give_the_sequential_scores():
   for t in threads:
     t.join()
   assert not errors, errors
+
+
+def test_other_python_threads_run_while_the_kernel_computes():
+  """The kernel releases the GIL for its computation: a Python thread keeps running through a long call."""
+  graphdef, params = _model(8, 64, 64, 64, 2)
+  scorer = gcn.PoolScorer(graphdef, native=True)
+  pool = jnp.asarray(graphs.dag_pool(1, 8, 1000, (0.2, 0.8)), jnp.float32)
+  q = jax.random.normal(jax.random.key(0), (256, 64))
+  scorer(params, q, pool)  # prepared, and the kernel loaded
+  stamps, stop = [], threading.Event()
+
+  def count():
+    while not stop.is_set():
+      stamps.append(time.perf_counter())
+
+  counter = threading.Thread(target=count)
+  counter.start()
+  try:
+    time.sleep(0.01)
+    start = time.perf_counter()
+    scorer(params, q, pool)  # 256 x 1000 pairs: about a tenth of a second on 2 cores
+    end = time.perf_counter()
+    time.sleep(0.01)
+  finally:
+    stop.set()
+    counter.join()
+  during = [t for t in stamps if start <= t <= end]
+  # With the GIL held through the call, the counter would stand still from its start to its end.
+  longest_pause = max(np.diff([start, *during, end]))
+  assert end - start > 0.02 and longest_pause < 0.5 * (end - start), (end - start, longest_pause, len(during))
 
 
 _SCRIPT = """

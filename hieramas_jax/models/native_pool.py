@@ -243,8 +243,10 @@ class NativePool:
 
   ``weights`` are ``native_weights(host tensors)``; ``pool`` a ``prepare_shared_pool``
   result (any block layout) for ``num_graphs`` graphs. The arrays the kernel
-  reads are held here. Calls from several threads run one at a time (the kernel's
-  workers serve one call at a time).
+  reads are held here. A call reads the query's own buffer (a jax array on the
+  CPU or a NumPy array; others are converted) and writes a new logits array. Calls
+  from several threads run one at a time (the kernel's workers serve one call at a
+  time); other Python threads run meanwhile (the kernel releases the GIL).
   """
 
   def __init__(self, lib: ctypes.CDLL, weights: dict, pool: dict, num_graphs: int):
