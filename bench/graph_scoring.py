@@ -34,7 +34,8 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
   interleaved XLA calls slowed the C kernel's small calls); the fixed per-call costs (the dispatch
   floor: a jitted no-op taking the same arguments, which XLA runs on the calling
   thread; the hand-off floor: a trivial product XLA runs on a worker thread, so
-  dispatch, hand-off and the caller's wake-up; a whole B=1, K=1 call); the whole
+  dispatch, hand-off and the caller's wake-up; a whole B=1, K=1 call, timed on its own since it runs on one
+  thread and lets the C kernel's worker fall asleep); a B=1, K=50 call after 2 ms idle; the whole
   computation per call (nothing cached) at small points, a B=1, K=50 call on a
   new pool each time, and the same call through a jit with the graphdef as a
   static argument (``score_pool`` before ``PoolScorer``);
@@ -163,6 +164,19 @@ def block_size_figures(gcn, tensors_fn, params, queries_all, pool_all, repeats: 
   times = median_times(fns, repeats, min_sample_s)
   return {f"B{b}_K{k}": {str(pairs): round(b * k / times[(b, k, pairs)]) for pairs in sweep}
           for b, k in _BLOCK_SWEEP_POINTS} | {"pairs_per_block_in_use": gcn_fast.default_pairs_per_block()}
+
+
+def after_idle_seconds(fn, calls: int = 200, idle_s: float = 0.002) -> float:
+  """Median seconds of single calls, each after ``idle_s`` of idleness (a worker thread that spins only briefly
+  after a call is asleep by then, as when queries come one at a time)."""
+  fn()
+  times = []
+  for _ in range(calls):
+    time.sleep(idle_s)
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
 
 
 def minor_faults_per_call(fn, calls: int = 20) -> float:
@@ -484,12 +498,15 @@ def main() -> None:
       jax.block_until_ready(gcn.score_pool(graphdef, params, small_q, cold_pools[cold_index[0]]))
 
     # The grid's points (the path score_pool takes) in turns of their own: interleaved XLA calls measured to slow
-    # the C kernel's small calls that follow them (XLA's runtime threads share the two cores); the XLA
-    # comparisons and the fixed costs in a second set of turns.
-    grid_times = median_times({
-        **{point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]]) for point in points},
-        "one_pair": scorer("dense", small_q, pool_all[:1]),
-    }, args.repeats, args.min_sample_s)
+    # the C kernel's small calls that follow them (XLA's runtime threads share the two cores). A B=1, K=1 call
+    # runs on one thread, and the kernel's worker falls asleep during its turn: timed on its own, since in the
+    # grid's turns it put the worker to sleep before B=1, K=50 alone (bursts of B=1, K=50 calls right after the
+    # worker slept measured 53 us a call in some rounds against 29 us in others: EXPERIMENTS.md). The XLA
+    # comparisons and the fixed costs in a third set of turns.
+    grid_times = median_times({point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]])
+                               for point in points}, args.repeats, args.min_sample_s)
+    grid_times |= median_times({"one_pair": scorer("dense", small_q, pool_all[:1])}, args.repeats,
+                               args.min_sample_s)
     grid_times |= median_times({
         **{("xla",) + point: xla_fast(queries_all[:point[0]], pool_all[:point[1]]) for point in points},
         **{("whole",) + point: (lambda q=queries_all[:point[0]], a=pool_all[:point[1]]:
@@ -569,6 +586,11 @@ def main() -> None:
     result["uncached_call_us"] = {f"B{gb}_K{gk}": round(1e6 * grid_times[("whole", gb, gk)], 1)
                                   for gb, gk in uncached_points}
     result["call_us_B1_K50_new_pool_each_call"] = round(1e6 * grid_times["cold_pool_B1_K50"], 1)
+    # Routing one query at a time between LLM calls: each call after 2 ms of idleness (the kernel's workers
+    # asleep), on the default path and on XLA.
+    result["call_us_B1_K50_after_2ms_idle"] = {
+        "default": round(1e6 * after_idle_seconds(scorer("dense", small_q, small_pool)), 1),
+        "xla": round(1e6 * after_idle_seconds(xla_fast(small_q, small_pool)), 1)}
     result["call_us_B1_K50_static_graphdef_jit"] = round(1e6 * grid_times["static_graphdef"], 1)
     result["prepared_pool_bytes"] = {f"K{gk}": nbytes for gk, nbytes in prepared.items()}
     result["scores_per_s_by_pairs_per_block"] = block_size_figures(
