@@ -148,6 +148,19 @@ def test_calls_from_several_threads_give_the_sequential_scores():
   assert not errors, errors
 
 
+def test_a_call_after_idle_scores_alike():
+  """Calls that find the workers asleep (small ones run on the caller alone) give the same bits as busy ones."""
+  graphdef, params = _model(8, 64, 64, 64, 2)
+  scorer = gcn.PoolScorer(graphdef, native=True)
+  pool = jnp.asarray(graphs.dag_pool(1, 8, 200, (0.2, 0.8)), jnp.float32)
+  for batch, k in ((1, 50), (8, 50), (64, 200)):  # under and over the size a call runs alone at
+    q = jax.random.normal(jax.random.key(batch), (batch, 64))
+    busy = [scorer(params, q, pool[:k]) for _ in range(3)][-1]
+    for _ in range(3):
+      time.sleep(0.005)  # past the workers' 200 us of spinning: asleep
+      np.testing.assert_array_equal(scorer(params, q, pool[:k]), busy)
+
+
 def test_other_python_threads_run_while_the_kernel_computes():
   """The kernel releases the GIL for its computation: a Python thread keeps running through a long call."""
   graphdef, params = _model(8, 64, 64, 64, 2)

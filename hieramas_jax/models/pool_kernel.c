@@ -172,6 +172,9 @@ static void project(const model_t *m, const float *q, float *u, int c0, int c1) 
  * each call (back-to-back calls find them awake) and then sleep on a condition variable.
  * ------------------------------------------------------------------------------------------------------ */
 #define MAX_THREADS 256
+/* Multiply-adds (the pairs' transforms and the projections) under which a call runs on the caller alone when
+ * every worker is asleep: about 500 us on one thread of that VM (a B=8, K=50 call at H=64 is 13M). */
+#define SOLO_WHEN_ASLEEP_MACS (16 << 20)
 typedef struct {
   const model_t *m;
   const float *query;
@@ -183,6 +186,7 @@ typedef struct {
 
 static job_t g_job;
 static atomic_int g_generation, g_remaining, g_projected, g_sleepers;
+static atomic_int g_nudges; /* wakes sleeping workers without a job: they spin again, ready for the next call */
 static pthread_mutex_t g_sleep_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t g_call_mu = PTHREAD_MUTEX_INITIALIZER; /* one call at a time */
@@ -269,15 +273,18 @@ static void *worker_main(void *arg) {
   const int part = (int)(intptr_t)arg;
   int seen = g_start_generation;
   for (;;) {
-    const double start = now_s();
+    double start = now_s();
     for (int spins = 1; atomic_load(&g_generation) == seen; spins++) {
       cpu_relax();
       if (spins % 256 == 0 && now_s() - start > g_spin_s) {
         pthread_mutex_lock(&g_sleep_mu);
+        const int nudges = atomic_load(&g_nudges);
         atomic_fetch_add(&g_sleepers, 1);
-        while (atomic_load(&g_generation) == seen) pthread_cond_wait(&g_wake, &g_sleep_mu);
+        while (atomic_load(&g_generation) == seen && atomic_load(&g_nudges) == nudges)
+          pthread_cond_wait(&g_wake, &g_sleep_mu);
         atomic_fetch_sub(&g_sleepers, 1);
         pthread_mutex_unlock(&g_sleep_mu);
+        start = now_s(); /* awake again: spin a while before sleeping */
       }
     }
     seen = atomic_load(&g_generation);
@@ -349,6 +356,19 @@ int hieramas_score(const model_t *m, const float *query, int64_t batch, float *o
   int parts = g_workers + 1;
   const int64_t pairs = batch * m->num_graphs;
   if (pairs < 2 * (int64_t)parts) parts = pairs > 1 ? (int)(pairs / 2) : 1; /* at least 2 pairs a part */
+  if (parts > 1 && atomic_load(&g_sleepers) == g_workers &&
+      pairs * (NUM_ROLES * HIDDEN * HIDDEN * (int64_t)(NUM_LAYERS > 0 ? NUM_LAYERS : 1)) + batch * m->query_dim * HIDDEN <
+          SOLO_WHEN_ASLEEP_MACS) {
+    /* Every worker is asleep and the call is small: waking one means a futex wake and, on a VM, the host's
+     * wake-up of an idle vCPU, which took 0.1 to 1.5 ms on a 2-core VM (EXPERIMENTS.md, 2026-12-04), longer than
+     * the call's work on one thread. The caller scores it alone and nudges the workers awake, spinning, for
+     * the calls that may follow. */
+    pthread_mutex_lock(&g_sleep_mu);
+    atomic_fetch_add(&g_nudges, 1);
+    pthread_cond_broadcast(&g_wake);
+    pthread_mutex_unlock(&g_sleep_mu);
+    parts = 1;
+  }
   g_job = (job_t){m, query, g_u, out, batch, parts};
   atomic_store(&g_projected, 0);
   if (parts > 1) {
