@@ -173,8 +173,10 @@ static void project(const model_t *m, const float *q, float *u, int c0, int c1) 
  * ------------------------------------------------------------------------------------------------------ */
 #define MAX_THREADS 256
 /* Multiply-adds (the pairs' transforms and the projections) under which a call runs on the caller alone when
- * every worker is asleep: about 500 us on one thread of that VM (a B=8, K=50 call at H=64 is 13M). */
-#define SOLO_WHEN_ASLEEP_MACS (16 << 20)
+ * every worker is asleep: about 120 us on one thread of that VM (a B=1, K=50 call at H=64 is 1.7M). Larger
+ * calls wake a worker and wait for it. With 16M (B=8, K=50 included), 5 of 15 samples of back-to-back B=8,
+ * K=50 calls ran at one thread's speed, against 1 of 15 without this path (cause not established). */
+#define SOLO_WHEN_ASLEEP_MACS (4 << 20)
 typedef struct {
   const model_t *m;
   const float *query;
