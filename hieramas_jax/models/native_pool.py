@@ -160,8 +160,6 @@ def library(shape: tuple[int, int, int, int]) -> ctypes.CDLL | None:
       try:
         # PyDLL: the GIL is held on entry, for the buffer protocol; the kernel releases it while it computes.
         lib = ctypes.PyDLL(str(_build(shape)))
-        lib.hieramas_score.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-        lib.hieramas_score.restype = ctypes.c_int
         lib.hieramas_score_objects.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
         lib.hieramas_score_objects.restype = ctypes.c_int
         api = ctypes.pythonapi
@@ -202,19 +200,18 @@ def _address(array: np.ndarray) -> int:
   return array.ctypes.data
 
 
-def _aligned(array, shape=None) -> np.ndarray:
-  """A float32 C-contiguous copy of ``array`` (or an empty array of ``shape``) starting on a 64-byte boundary.
+def _aligned(array) -> np.ndarray:
+  """A float32 C-contiguous copy of ``array`` starting on a 64-byte boundary.
 
   The kernel's vector loads are 64 bytes wide: a misaligned array splits them over two cache lines (a pool
   measured up to 1.2x slower, depending on where NumPy placed it).
   """
-  shape = np.shape(array) if shape is None else shape
+  shape = np.shape(array)
   size = int(np.prod(shape, dtype=np.int64))
   raw = np.empty(size + 16, np.float32)
   offset = (-_address(raw) % 64) // 4
   out = raw[offset:offset + size].reshape(shape)
-  if array is not None:
-    out[...] = array
+  out[...] = array
   return out
 
 
@@ -260,7 +257,7 @@ class NativePool:
     self._held = held
     self._lib = lib
     self.num_graphs = num_graphs
-    self.query_dim, self.hidden = held["query_kernel"].shape
+    self.query_dim = held["query_kernel"].shape[0]
     self._model = _Model(num_graphs, self.query_dim, *(_address(held[name]) for name, _ in _Model._fields_[2:-1]),
                          weights["out_bias"])
     self._model_address = ctypes.addressof(self._model)

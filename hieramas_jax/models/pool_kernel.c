@@ -342,7 +342,7 @@ static float *g_u = NULL;
 static int64_t g_u_rows = 0;
 
 /* Logits out[B, K] of queries [B, D]. Returns the number of threads that ran it, or -1 if out of memory. */
-int hieramas_score(const model_t *m, const float *query, int64_t batch, float *out) {
+static int hieramas_score(const model_t *m, const float *query, int64_t batch, float *out) {
   pthread_mutex_lock(&g_call_mu);
   if (batch > g_u_rows) {
     float *grown = aligned_alloc(64, (size_t)((batch * HIDDEN * sizeof(float) + 63) / 64 * 64));
