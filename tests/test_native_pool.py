@@ -149,16 +149,68 @@ def test_calls_from_several_threads_give_the_sequential_scores():
 
 
 def test_a_call_after_idle_scores_alike():
-  """Calls that find the workers asleep (small ones run on the caller alone) give the same bits as busy ones."""
+  """Calls that find the workers asleep (the caller starts alone, a worker joins once awake) give the same bits as
+  calls that find them spinning."""
   graphdef, params = _model(8, 64, 64, 64, 2)
   scorer = gcn.PoolScorer(graphdef, native=True)
   pool = jnp.asarray(graphs.dag_pool(1, 8, 200, (0.2, 0.8)), jnp.float32)
-  for batch, k in ((1, 50), (8, 50), (64, 200)):  # under and over the size a call runs alone at
+  for batch, k in ((1, 50), (8, 50), (64, 200)):
     q = jax.random.normal(jax.random.key(batch), (batch, 64))
     busy = [scorer(params, q, pool[:k]) for _ in range(3)][-1]
     for _ in range(3):
       time.sleep(0.005)  # past the workers' 200 us of spinning: asleep
       np.testing.assert_array_equal(scorer(params, q, pool[:k]), busy)
+
+
+_LATE_WORKERS_SCRIPT = """
+import sys, time
+import jax, numpy as np
+from flax import nnx
+from hieramas_jax import graphs
+from hieramas_jax.models import gcn
+model = gcn.GraphClassifier(8, 64, role_dim=6, hidden_dim=64, num_layers=2, mlp_dim=64, rngs=nnx.Rngs(5))
+graphdef, state = nnx.split(model)
+params = nnx.to_pure_dict(state)
+scorer = gcn.PoolScorer(graphdef, native=True)
+pool = jax.numpy.asarray(graphs.dag_pool(3, 8, 60, (0.2, 0.8)), jax.numpy.float32)
+pools = {k: pool[:k] for k in (1, 2, 3, 7, 60)}
+queries = np.asarray(jax.random.normal(jax.random.key(6), (17, 64)), np.float32)
+rng = np.random.default_rng(7)
+out = []
+for _ in range(int(sys.argv[2])):
+  b, k = int(rng.choice([1, 2, 3, 5, 17])), int(rng.choice([1, 2, 3, 7, 60]))
+  pause = float(rng.choice([0, 0, 0, 3e-4, 1e-3]))  # workers asleep, waking, or late into a call
+  if pause:
+    time.sleep(pause)
+  out.append(scorer(params, queries[:b], pools[k]).ravel())
+np.save(sys.argv[1], np.concatenate(out))
+"""
+
+
+def test_late_sleeping_and_oversubscribed_workers_give_the_same_bits(tmp_path):
+  """Many small calls of mixed sizes, some after the workers fell asleep, on 1 thread and on 6 threads on this
+  machine's cores (workers often come late and take units from others' ranges): the same bits, since each unit is
+  computed whole by one thread."""
+  scores = {}
+  for threads in (1, 6):
+    out = str(tmp_path / f"late_{threads}.npy")
+    env = dict(os.environ, HIERAMAS_NATIVE_THREADS=str(threads), PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", _LATE_WORKERS_SCRIPT, out, "400"], env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores[threads] = np.load(out)
+  assert scores[1].size > 2000
+  np.testing.assert_array_equal(scores[6], scores[1])
+
+
+def test_a_call_of_more_pairs_than_a_range_word_holds():
+  """Over 2^22 (query, graph) pairs, the kernel's units hold several pairs each: the scores still match XLA's."""
+  graphdef, params = _model(4, 16, 8, 4, 2)  # a small model, so the call takes about a second
+  pool = jnp.tile(jnp.asarray(graphs.dag_pool(4, 4, 100, (0.2, 0.8)), jnp.float32), (10, 1, 1))
+  q = jax.random.normal(jax.random.key(8), (4200, 16))  # 4.2M pairs
+  native = gcn.PoolScorer(graphdef, native=True)(params, q, pool)
+  xla = gcn.PoolScorer(graphdef, host_max_pairs=0, native=False)(params, q, pool)
+  np.testing.assert_allclose(native, np.asarray(xla), rtol=1e-5, atol=1e-5)
 
 
 def test_other_python_threads_run_while_the_kernel_computes():

@@ -168,35 +168,72 @@ static void project(const model_t *m, const float *q, float *u, int c0, int c1) 
 }
 
 /* ------------------------------------------------------------------------------------------------------
- * Workers. The caller runs part 0 of a call; workers spin on a generation counter for a short while after
- * each call (back-to-back calls find them awake) and then sleep on a condition variable.
+ * Workers. A call is two phases of units: the query projections, then the (query, graph) pairs. Each thread
+ * starts with a contiguous range of each phase's units (the caller's first) and claims them from the front;
+ * a thread done with its own range takes units from the back of the others'. So a late or slow thread (a
+ * worker waking from sleep, a vCPU the host runs at half speed, a busy neighbour) costs the call only the unit
+ * it holds: the caller waits for nobody's untouched share. Workers spin on a generation counter for a short
+ * while after each call (back-to-back calls find them awake) and then sleep on a condition variable.
  * ------------------------------------------------------------------------------------------------------ */
 #define MAX_THREADS 256
-/* Multiply-adds (the pairs' transforms and the projections) under which a call runs on the caller alone when
- * every worker is asleep: about 120 us on one thread of that VM (a B=1, K=50 call at H=64 is 1.7M). Larger
- * calls wake a worker and wait for it. With 16M (B=8, K=50 included), 5 of 15 samples of back-to-back B=8,
- * K=50 calls ran at one thread's speed, against 1 of 15 without this path (cause not established). */
-#define SOLO_WHEN_ASLEEP_MACS (4 << 20)
 typedef struct {
   const model_t *m;
   const float *query;
   float *u;
   float *out;
   int64_t batch;
-  int parts;
+  int64_t proj_chunks;     /* projection units per query: 1 (whole queries) or HV (one column vector each) */
+  int64_t query_unit_size; /* with whole queries, consecutive queries per unit: 1 unless they exceed UNIT_MASK */
+  int64_t proj_units;
+  int64_t pair_unit_size;  /* consecutive pairs per unit (graph-major order): 1 unless they exceed UNIT_MASK */
+  int64_t pair_units;
 } job_t;
 
+/* A thread's range [next, end) of one phase's units, packed with the call's epoch (the generation's low bits)
+ * in one word, so a claim made for a call that is over fails: epoch (20 bits) | next (22) | end (22). */
+#define UNIT_BITS 22
+#define UNIT_MASK ((1ull << UNIT_BITS) - 1)
+#define EPOCH_MASK ((1ull << (64 - 2 * UNIT_BITS)) - 1)
+typedef struct {
+  _Atomic uint64_t word;
+  char pad[64 - sizeof(uint64_t)];
+} range_t;
+
 static job_t g_job;
-static atomic_int g_generation, g_remaining, g_projected, g_sleepers;
-static atomic_int g_nudges; /* wakes sleeping workers without a job: they spin again, ready for the next call */
+static range_t g_proj_ranges[MAX_THREADS] __attribute__((aligned(64)));
+static range_t g_pair_ranges[MAX_THREADS] __attribute__((aligned(64)));
+/* Units done in this call: each thread adds its count once per phase; a phase is over when they sum to its units. */
+typedef struct {
+  _Atomic int64_t value;
+  char pad[64 - sizeof(int64_t)];
+} counter_t;
+static counter_t g_proj_done __attribute__((aligned(64))), g_pairs_done __attribute__((aligned(64)));
+static atomic_uint g_generation;
+static atomic_int g_sleepers;
 static pthread_mutex_t g_sleep_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t g_call_mu = PTHREAD_MUTEX_INITIALIZER; /* one call at a time */
 static int g_threads = 0;    /* requested, caller included */
 static int g_workers = 0;    /* running worker threads */
 static int g_started = 0;
-static int g_start_generation = 0;
+static unsigned g_start_generation = 0;
 static double g_spin_s = 200e-6;
+
+static uint64_t range_word(uint64_t epoch, int64_t next, int64_t end) {
+  return (epoch << (2 * UNIT_BITS)) | ((uint64_t)next << UNIT_BITS) | (uint64_t)end;
+}
+
+/* The next unit of a range, claimed from its front (its owner) or its back (another thread); -1 when the range
+ * is empty or belongs to another call. */
+static int64_t claim(range_t *range, uint64_t epoch, int from_back) {
+  uint64_t word = atomic_load_explicit(&range->word, memory_order_relaxed);
+  for (;;) {
+    const int64_t next = (int64_t)((word >> UNIT_BITS) & UNIT_MASK), end = (int64_t)(word & UNIT_MASK);
+    if ((word >> (2 * UNIT_BITS)) != epoch || next >= end) return -1;
+    const uint64_t claimed = from_back ? word - 1 : word + (1ull << UNIT_BITS);
+    if (atomic_compare_exchange_weak(&range->word, &word, claimed)) return from_back ? end - 1 : next;
+  }
+}
 
 /* Denormals flushed to zero while a part runs, as XLA's CPU runtime does: a pool whose activations reach
  * denormal values otherwise runs 1.5x slower (microcode assists), and scores then match XLA's. */
@@ -239,59 +276,90 @@ static double now_s(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static void run_part_flushed(int part);
-
-static void run_part(int part) {
-  const fp_state_t fp_state = flush_denormals();
-  run_part_flushed(part);
-  restore_fp(fp_state);
+static void project_unit(int64_t unit) {
+  const job_t *job = &g_job; /* read after the claim: its epoch says this call's job is in place */
+  const int64_t dim = job->m->query_dim;
+  if (job->proj_chunks > 1) {
+    const int64_t b = unit / job->proj_chunks, c = unit % job->proj_chunks;
+    project(job->m, job->query + b * dim, job->u + b * HIDDEN, (int)c, (int)c + 1);
+    return;
+  }
+  const int64_t first = unit * job->query_unit_size;
+  const int64_t last = first + job->query_unit_size < job->batch ? first + job->query_unit_size : job->batch;
+  for (int64_t b = first; b < last; b++) project(job->m, job->query + b * dim, job->u + b * HIDDEN, 0, HV);
 }
 
-static void run_part_flushed(int part) {
+static void score_unit(int64_t unit) {
   const job_t *job = &g_job;
-  const int parts = job->parts;
-  const int64_t dim = job->m->query_dim, batch = job->batch, num_graphs = job->m->num_graphs;
-  /* Phase 1, the query projections: split by query, or by column when there are fewer queries than parts. */
-  if (batch >= parts) {
-    for (int64_t b = batch * part / parts; b < batch * (part + 1) / parts; b++)
-      project(job->m, job->query + b * dim, job->u + b * HIDDEN, 0, HV);
-  } else {
-    for (int64_t b = 0; b < batch; b++)
-      project(job->m, job->query + b * dim, job->u + b * HIDDEN, HV * part / parts, HV * (part + 1) / parts);
-  }
-  if (parts > 1) {
-    atomic_fetch_add(&g_projected, 1);
-    while (atomic_load(&g_projected) < parts) cpu_relax();
-  }
-  /* Phase 2, the pairs: contiguous ranges in graph-major order (a graph's terms are read once per part). */
-  const int64_t pairs = batch * num_graphs;
-  for (int64_t p = pairs * part / parts; p < pairs * (part + 1) / parts; p++) {
+  const int64_t batch = job->batch, num_graphs = job->m->num_graphs, pairs = batch * num_graphs;
+  const int64_t first = unit * job->pair_unit_size;
+  const int64_t last = first + job->pair_unit_size < pairs ? first + job->pair_unit_size : pairs;
+  for (int64_t p = first; p < last; p++) { /* graph-major: a graph's terms are read once for its queries */
     const int64_t k = p / batch, b = p % batch;
     job->out[b * num_graphs + k] = score_pair(job->m, k, job->u + b * HIDDEN);
   }
 }
 
+/* One phase on thread `self` of `threads`: its own range from the front, then the others' from the back.
+ * Returns the units it ran. */
+static int64_t run_phase(range_t *ranges, int self, int threads, uint64_t epoch, void (*run_unit)(int64_t)) {
+  int64_t done = 0, unit;
+  while ((unit = claim(&ranges[self], epoch, 0)) >= 0) {
+    run_unit(unit);
+    done++;
+  }
+  for (int i = 1; i < threads; i++) {
+    range_t *other = &ranges[(self + i) % threads];
+    while ((unit = claim(other, epoch, 1)) >= 0) {
+      run_unit(unit);
+      done++;
+    }
+  }
+  return done;
+}
+
+/* Thread `self`'s part in the call of `generation` (the caller is thread 0). A worker that comes late finds a
+ * later call's ranges (its claims fail) or the generation moved on (it stops waiting for the projections). */
+static void run_call(int self, unsigned generation) {
+  const fp_state_t fp_state = flush_denormals();
+  const int threads = g_workers + 1;
+  const uint64_t epoch = generation & EPOCH_MASK;
+  const int64_t projected = run_phase(g_proj_ranges, self, threads, epoch, project_unit);
+  if (projected > 0) atomic_fetch_add(&g_proj_done.value, projected);
+  const int64_t proj_units = g_job.proj_units;
+  int current = 1;
+  while (atomic_load(&g_proj_done.value) < proj_units) {
+    if (atomic_load(&g_generation) != generation) {
+      current = 0; /* that call is over */
+      break;
+    }
+    cpu_relax();
+  }
+  if (current) {
+    const int64_t scored = run_phase(g_pair_ranges, self, threads, epoch, score_unit);
+    if (scored > 0) atomic_fetch_add(&g_pairs_done.value, scored);
+  }
+  restore_fp(fp_state);
+}
+
 static void *worker_main(void *arg) {
-  const int part = (int)(intptr_t)arg;
-  int seen = g_start_generation;
+  const int self = (int)(intptr_t)arg;
+  unsigned seen = g_start_generation;
   for (;;) {
     double start = now_s();
     for (int spins = 1; atomic_load(&g_generation) == seen; spins++) {
       cpu_relax();
       if (spins % 256 == 0 && now_s() - start > g_spin_s) {
         pthread_mutex_lock(&g_sleep_mu);
-        const int nudges = atomic_load(&g_nudges);
         atomic_fetch_add(&g_sleepers, 1);
-        while (atomic_load(&g_generation) == seen && atomic_load(&g_nudges) == nudges)
-          pthread_cond_wait(&g_wake, &g_sleep_mu);
+        while (atomic_load(&g_generation) == seen) pthread_cond_wait(&g_wake, &g_sleep_mu);
         atomic_fetch_sub(&g_sleepers, 1);
         pthread_mutex_unlock(&g_sleep_mu);
         start = now_s(); /* awake again: spin a while before sleeping */
       }
     }
     seen = atomic_load(&g_generation);
-    if (part < g_job.parts) run_part(part);
-    atomic_fetch_sub(&g_remaining, 1);
+    run_call(self, seen);
   }
   return NULL;
 }
@@ -341,7 +409,20 @@ int hieramas_configure(int threads, double spin_s) {
 static float *g_u = NULL;
 static int64_t g_u_rows = 0;
 
-/* Logits out[B, K] of queries [B, D]. Returns the number of threads that ran it, or -1 if out of memory. */
+/* Each thread's first range of `units`: contiguous shares for the first `parts` threads, none for the rest. */
+static void split_units(range_t *ranges, int threads, int parts, uint64_t epoch, int64_t units) {
+  for (int i = 0; i < threads; i++) {
+    const int64_t first = i < parts ? units * i / parts : units, end = i < parts ? units * (i + 1) / parts : units;
+    atomic_store(&ranges[i].word, range_word(epoch, first, end));
+  }
+}
+
+/* Items (queries, pairs) per unit: 1, or as many as keep the units within a range word's UNIT_MASK. */
+static int64_t unit_size(int64_t items) {
+  return items > (int64_t)UNIT_MASK ? (items + (int64_t)UNIT_MASK - 1) / (int64_t)UNIT_MASK : 1;
+}
+
+/* Logits out[B, K] of queries [B, D]. Returns the number of threads given a share, or -1 if out of memory. */
 static int hieramas_score(const model_t *m, const float *query, int64_t batch, float *out) {
   pthread_mutex_lock(&g_call_mu);
   if (batch > g_u_rows) {
@@ -355,36 +436,32 @@ static int hieramas_score(const model_t *m, const float *query, int64_t batch, f
     g_u_rows = batch;
   }
   if (!g_started) start_workers();
-  int parts = g_workers + 1;
+  const int threads = g_workers + 1;
   const int64_t pairs = batch * m->num_graphs;
-  if (pairs < 2 * (int64_t)parts) parts = pairs > 1 ? (int)(pairs / 2) : 1; /* at least 2 pairs a part */
-  if (parts > 1 && atomic_load(&g_sleepers) == g_workers &&
-      pairs * (NUM_ROLES * HIDDEN * HIDDEN * (int64_t)(NUM_LAYERS > 0 ? NUM_LAYERS : 1)) + batch * m->query_dim * HIDDEN <
-          SOLO_WHEN_ASLEEP_MACS) {
-    /* Every worker is asleep and the call is small: waking one means a futex wake and, on a VM, the host's
-     * wake-up of an idle vCPU, which took 0.1 to 1.5 ms on a 2-core VM (EXPERIMENTS.md, 2026-12-04), longer than
-     * the call's work on one thread. The caller scores it alone and nudges the workers awake, spinning, for
-     * the calls that may follow. */
+  int parts = threads;
+  if (pairs < 2 * (int64_t)parts) parts = pairs > 1 ? (int)(pairs / 2) : 1; /* at least 2 pairs a share */
+  const int64_t proj_chunks = batch >= parts ? 1 : HV; /* fewer queries than shares: split their columns */
+  const int64_t query_unit_size = unit_size(batch), pair_unit_size = unit_size(pairs);
+  const int64_t proj_units = proj_chunks > 1 ? batch * proj_chunks : (batch + query_unit_size - 1) / query_unit_size;
+  const int64_t pair_units = (pairs + pair_unit_size - 1) / pair_unit_size;
+  const unsigned generation = atomic_load(&g_generation) + 1;
+  const uint64_t epoch = generation & EPOCH_MASK;
+  /* The new epoch's ranges first: from here on a late worker's claims on the last call fail. */
+  split_units(g_proj_ranges, threads, parts, epoch, proj_units);
+  split_units(g_pair_ranges, threads, parts, epoch, pair_units);
+  atomic_store(&g_proj_done.value, 0);
+  atomic_store(&g_pairs_done.value, 0);
+  g_job = (job_t){m, query, g_u, out, batch, proj_chunks, query_unit_size, proj_units, pair_unit_size, pair_units};
+  atomic_store(&g_generation, generation);
+  if (parts > 1 && atomic_load(&g_sleepers) > 0) {
+    /* Sleeping workers are woken, not waited for: until one is up (a futex wake and, on a VM, the host's wake-up
+     * of an idle vCPU: 0.1 to 1.5 ms on a 2-core VM, EXPERIMENTS.md 2026-12-04) the caller takes its share. */
     pthread_mutex_lock(&g_sleep_mu);
-    atomic_fetch_add(&g_nudges, 1);
     pthread_cond_broadcast(&g_wake);
     pthread_mutex_unlock(&g_sleep_mu);
-    parts = 1;
   }
-  g_job = (job_t){m, query, g_u, out, batch, parts};
-  atomic_store(&g_projected, 0);
-  if (parts > 1) {
-    atomic_store(&g_remaining, g_workers);
-    atomic_fetch_add(&g_generation, 1);
-    if (atomic_load(&g_sleepers) > 0) {
-      pthread_mutex_lock(&g_sleep_mu);
-      pthread_cond_broadcast(&g_wake);
-      pthread_mutex_unlock(&g_sleep_mu);
-    }
-  }
-  run_part(0);
-  if (parts > 1)
-    while (atomic_load(&g_remaining) > 0) cpu_relax();
+  run_call(0, generation);
+  while (atomic_load(&g_pairs_done.value) < pair_units) cpu_relax(); /* units that other threads hold */
   pthread_mutex_unlock(&g_call_mu);
   return parts;
 }
