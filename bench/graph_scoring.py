@@ -34,8 +34,8 @@ queries x K=200 candidate DAGs x N=8 roles, query embeddings of size 1024):
   interleaved XLA calls slowed the C kernel's small calls); the fixed per-call costs (the dispatch
   floor: a jitted no-op taking the same arguments, which XLA runs on the calling
   thread; the hand-off floor: a trivial product XLA runs on a worker thread, so
-  dispatch, hand-off and the caller's wake-up; a whole B=1, K=1 call, timed on its own since it runs on one
-  thread and lets the C kernel's worker fall asleep); a B=1, K=50 call after 2 ms idle; the whole
+  dispatch, hand-off and the caller's wake-up; a whole B=1, K=1 call, timed on its own: a call of one pair leaves
+  the C kernel's worker little to do, and in the grid's turns such calls let it fall asleep); B=1, K=50 and B=8, K=50 calls after 2 ms idle; the whole
   computation per call (nothing cached) at small points, a B=1, K=50 call on a
   new pool each time, and the same call through a jit with the graphdef as a
   static argument (``score_pool`` before ``PoolScorer``);
@@ -499,10 +499,8 @@ def main() -> None:
 
     # The grid's points (the path score_pool takes) in turns of their own: interleaved XLA calls measured to slow
     # the C kernel's small calls that follow them (XLA's runtime threads share the two cores). A B=1, K=1 call
-    # runs on one thread, and the kernel's worker falls asleep during its turn: timed on its own, since in the
-    # grid's turns it put the worker to sleep before B=1, K=50 alone (bursts of B=1, K=50 calls right after the
-    # worker slept measured 53 us a call in some rounds against 29 us in others: EXPERIMENTS.md). The XLA
-    # comparisons and the fixed costs in a third set of turns.
+    # (one pair: one thread's share) is timed on its own: in the grid's turns it once let the kernel's worker fall
+    # asleep right before B=1, K=50 (EXPERIMENTS.md). The XLA comparisons and the fixed costs in a third set of turns.
     grid_times = median_times({point: scorer("dense", queries_all[:point[0]], pool_all[:point[1]])
                                for point in points}, args.repeats, args.min_sample_s)
     grid_times |= median_times({"one_pair": scorer("dense", small_q, pool_all[:1])}, args.repeats,
@@ -586,11 +584,12 @@ def main() -> None:
     result["uncached_call_us"] = {f"B{gb}_K{gk}": round(1e6 * grid_times[("whole", gb, gk)], 1)
                                   for gb, gk in uncached_points}
     result["call_us_B1_K50_new_pool_each_call"] = round(1e6 * grid_times["cold_pool_B1_K50"], 1)
-    # Routing one query at a time between LLM calls: each call after 2 ms of idleness (the kernel's workers
-    # asleep), on the default path and on XLA.
-    result["call_us_B1_K50_after_2ms_idle"] = {
-        "default": round(1e6 * after_idle_seconds(scorer("dense", small_q, small_pool)), 1),
-        "xla": round(1e6 * after_idle_seconds(xla_fast(small_q, small_pool)), 1)}
+    # Routing queries one at a time (or a few) between LLM calls: each call after 2 ms of idleness (the kernel's
+    # workers asleep), on the default path and on XLA.
+    result["call_us_after_2ms_idle"] = {f"B{gb}_K{gk}": {
+        "default": round(1e6 * after_idle_seconds(scorer("dense", queries_all[:gb], pool_all[:gk])), 1),
+        "xla": round(1e6 * after_idle_seconds(xla_fast(queries_all[:gb], pool_all[:gk])), 1)}
+        for gb, gk in ((1, 50), (8, 50))}
     result["call_us_B1_K50_static_graphdef_jit"] = round(1e6 * grid_times["static_graphdef"], 1)
     result["prepared_pool_bytes"] = {f"K{gk}": nbytes for gk, nbytes in prepared.items()}
     result["scores_per_s_by_pairs_per_block"] = block_size_figures(
