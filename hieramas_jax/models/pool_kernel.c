@@ -327,15 +327,8 @@ static void run_call(int self, unsigned generation) {
   const int64_t projected = run_phase(g_proj_ranges, self, threads, epoch, project_unit);
   if (projected > 0) atomic_fetch_add(&g_proj_done.value, projected);
   const int64_t proj_units = g_job.proj_units;
-  int current = 1;
-  while (atomic_load(&g_proj_done.value) < proj_units) {
-    if (atomic_load(&g_generation) != generation) {
-      current = 0; /* that call is over */
-      break;
-    }
-    cpu_relax();
-  }
-  if (current) {
+  while (atomic_load(&g_proj_done.value) < proj_units && atomic_load(&g_generation) == generation) cpu_relax();
+  if (atomic_load(&g_generation) == generation) { /* else that call is over */
     const int64_t scored = run_phase(g_pair_ranges, self, threads, epoch, score_unit);
     if (scored > 0) atomic_fetch_add(&g_pairs_done.value, scored);
   }
@@ -446,12 +439,13 @@ static int hieramas_score(const model_t *m, const float *query, int64_t batch, f
   const int64_t pair_units = (pairs + pair_unit_size - 1) / pair_unit_size;
   const unsigned generation = atomic_load(&g_generation) + 1;
   const uint64_t epoch = generation & EPOCH_MASK;
-  /* The new epoch's ranges first: from here on a late worker's claims on the last call fail. */
-  split_units(g_proj_ranges, threads, parts, epoch, proj_units);
-  split_units(g_pair_ranges, threads, parts, epoch, pair_units);
+  /* The job before the ranges that hand out its units: a thread that claims a unit (whatever generation it last
+   * saw) reads this job. The last call's ranges are all claimed, so a late worker finds nothing meanwhile. */
+  g_job = (job_t){m, query, g_u, out, batch, proj_chunks, query_unit_size, proj_units, pair_unit_size, pair_units};
   atomic_store(&g_proj_done.value, 0);
   atomic_store(&g_pairs_done.value, 0);
-  g_job = (job_t){m, query, g_u, out, batch, proj_chunks, query_unit_size, proj_units, pair_unit_size, pair_units};
+  split_units(g_proj_ranges, threads, parts, epoch, proj_units);
+  split_units(g_pair_ranges, threads, parts, epoch, pair_units);
   atomic_store(&g_generation, generation);
   if (parts > 1 && atomic_load(&g_sleepers) > 0) {
     /* Sleeping workers are woken, not waited for: until one is up (a futex wake and, on a VM, the host's wake-up
