@@ -70,6 +70,8 @@ import subprocess
 import tempfile
 import time
 
+import timing  # bench/timing.py (the script's own folder is on sys.path)
+
 _GRID_BATCHES = (1, 8, 64, 256)
 _GRID_POOLS = (50, 200, 1000)
 # Pairs per block compared, and the points they are compared at (scores/s of cached calls): on a CPU around
@@ -170,13 +172,7 @@ def after_idle_seconds(fn, calls: int = 200, idle_s: float = 0.002) -> float:
   """Median seconds of single calls, each after ``idle_s`` of idleness (a worker thread that spins only briefly
   after a call is asleep by then, as when queries come one at a time)."""
   fn()
-  times = []
-  for _ in range(calls):
-    time.sleep(idle_s)
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(timing.single_call_times(fn, calls, idle_s))
 
 
 def minor_faults_per_call(fn, calls: int = 20) -> float:
@@ -368,7 +364,6 @@ def main() -> None:
   def xla_fast(q, pool):
     return lambda: jax.block_until_ready(xla_scorer(params, q, pool))
 
-  from hieramas_jax.models import native_pool  # pylint: disable=g-import-not-at-top
   default_scorer = gcn.pool_scorer(graphdef)
   native_lib = default_scorer.native_library(default_scorer.prepared_pool(params, pool, None, b)[0])
 
@@ -429,9 +424,8 @@ def main() -> None:
       # The C kernel of native_pool where it could be built (score_pool's path on a CPU), else XLA.
       "fast_path": "native" if native_lib is not None else "xla",
       "native_kernel": {"available": native_lib is not None,
-                        "unavailable_reason": None if native_lib is not None else
-                        "not a CPU backend: XLA runs the fast path" if jax.default_backend() != "cpu" else
-                        native_pool.unavailable_reason((n, h, mlp, args.num_layers - 1)),
+                        "unavailable_reason": default_scorer.native_unavailable_reason(
+                            default_scorer.prepared_pool(params, pool, None, b)[0]),
                         "threads": getattr(native_lib, "threads", None),
                         "vector_width_floats": getattr(native_lib, "vector_width", None)},
       "scores_per_s_fast": round(rates["dense"]),

@@ -27,21 +27,12 @@ import multiprocessing
 import os
 import time
 
+import timing  # bench/timing.py (the script's own folder is on sys.path)
+
 
 def _spin(stop) -> None:
   while not stop.is_set():
     pass
-
-
-def _call_times(fn, calls: int, idle_s: float) -> list[float]:
-  times = []
-  for _ in range(calls):
-    if idle_s:
-      time.sleep(idle_s)
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
 
 
 def _summary(np, times: list[float]) -> dict:
@@ -71,9 +62,9 @@ def main() -> None:
   pool = jnp.asarray(graphs.dag_pool(0, 8, 50, (0.2, 0.8)), jnp.float32)
   queries = jax.random.normal(jax.random.key(2), (8, 1024), jnp.float32)
   scorer = gcn.PoolScorer(graphdef, native=True)
-  if scorer.native_library(scorer.prepared_pool(params, pool, None, 1)[0]) is None:
-    raise SystemExit("the C kernel is unavailable here (" + str(native_pool.unavailable_reason((8, 64, 64, 1))) +
-                     "): nothing to measure")
+  reason = scorer.native_unavailable_reason(scorer.prepared_pool(params, pool, None, 1)[0])
+  if reason is not None:
+    raise SystemExit(f"nothing to measure: the C kernel is unavailable here ({reason})")
   fns = {f"B{b}_K50": (lambda q=queries[:b]: scorer(params, q, pool)) for b in (1, 8)}
   for fn in fns.values():
     for _ in range(200):
@@ -83,8 +74,8 @@ def main() -> None:
   context = multiprocessing.get_context("spawn")
   for _ in range(args.rounds):  # the settings in turns, so each sees the same phases of a noisy machine
     for name, fn in fns.items():
-      samples[("quiet", name)] += _call_times(fn, args.calls, 0.0)
-      samples[("after_2ms_idle", name)] += _call_times(fn, max(1, args.calls // 10), 0.002)
+      samples[("quiet", name)] += timing.single_call_times(fn, args.calls, 0.0)
+      samples[("after_2ms_idle", name)] += timing.single_call_times(fn, max(1, args.calls // 10), 0.002)
     stop = context.Event()
     spinners = [context.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
     for spinner in spinners:
@@ -92,7 +83,7 @@ def main() -> None:
     time.sleep(0.2)  # the spinners running
     try:
       for name, fn in fns.items():
-        samples[("busy_neighbour", name)] += _call_times(fn, args.calls, 0.0)
+        samples[("busy_neighbour", name)] += timing.single_call_times(fn, args.calls, 0.0)
     finally:
       stop.set()
       for spinner in spinners:

@@ -319,6 +319,21 @@ def test_a_compile_error_is_reported_with_the_compiler_output(monkeypatch, tmp_p
   assert "this compiler refuses" in native_pool.unavailable_reason((8, 64, 64, 1))
 
 
+def test_a_scorer_says_why_it_does_not_use_the_kernel(monkeypatch, tmp_path):
+  graphdef, params = _model(8, 64, 64, 64, 2)
+  pool = jnp.asarray(graphs.dag_pool(1, 8, 10, (0.2, 0.8)), jnp.float32)
+  on = gcn.PoolScorer(graphdef, native=True)
+  assert on.native_unavailable_reason(on.prepared_pool(params, pool, None, 1)[0]) is None
+  off = gcn.PoolScorer(graphdef, native=False)
+  assert "native=False" in off.native_unavailable_reason(off.prepared_pool(params, pool, None, 1)[0])
+  _fresh(monkeypatch, tmp_path)
+  monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+  broken = gcn.PoolScorer(graphdef, native=True)
+  with pytest.warns(RuntimeWarning):
+    reason = broken.native_unavailable_reason(broken.prepared_pool(params, pool, None, 1)[0])
+  assert "no C compiler" in reason
+
+
 def test_disabled_by_environment_and_bad_thread_counts_are_errors(monkeypatch, tmp_path):
   _fresh(monkeypatch, tmp_path)
   monkeypatch.setenv("HIERAMAS_NATIVE_SCORING", "0")

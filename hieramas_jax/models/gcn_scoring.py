@@ -186,14 +186,29 @@ class PoolScorer:
     params_entry, entry = self._pool_entry(params, adjs, role_mask, batch)
     return (None, None) if entry is None else (params_entry[2], entry)
 
+  @staticmethod
+  def _native_shape(tensors: dict) -> tuple[int, int, int, int]:
+    """The kernel's compile-time shape (roles, hidden, mlp, hidden layers) for ``scoring_tensors``."""
+    return (*tensors["role_part"].shape, tensors["head_kernel"].shape[1], len(tensors["layers"]))
+
   def native_library(self, tensors: dict):
     """The C kernel for this model's shape, or None (not on a CPU backend, disabled, or it cannot be built)."""
     if not self.native:
       return None
     if self._native_lib is None:
-      shape = (*tensors["role_part"].shape, tensors["head_kernel"].shape[1], len(tensors["layers"]))
-      self._native_lib = native_pool.library(shape) or False
+      self._native_lib = native_pool.library(self._native_shape(tensors)) or False
     return self._native_lib or None
+
+  def native_unavailable_reason(self, tensors: dict) -> str | None:
+    """Why ``native_library(tensors)`` is None, or None when the kernel is in use."""
+    if self.native_library(tensors) is not None:
+      return None
+    if jax.default_backend() != "cpu":
+      return "not a CPU backend: XLA runs the fast path"
+    if not self.native:
+      return "turned off for this scorer (native=False)" if native_pool.enabled() else \
+          native_pool.unavailable_reason(self._native_shape(tensors))
+    return native_pool.unavailable_reason(self._native_shape(tensors))
 
   def _host_call(self, params, params_entry, entry, query_emb, adjs, role_mask) -> np.ndarray:
     """A cached pool scored on the host: the C kernel, else ``host_score``. Its terms are kept with the entry."""
